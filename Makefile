@@ -1,0 +1,36 @@
+# Two commands set up a fresh machine: `make demo` (the main job) and `make test` (the tests).
+# Both create or refresh .venv from the pinned requirements first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PIP    := $(BIN)/python -m pip --disable-pip-version-check
+export MLFLOW_DISABLE_TELEMETRY := true
+export PYTHONUNBUFFERED := 1
+
+.PHONY: venv demo test bench proto clean
+
+$(STAMP): requirements/service.txt requirements/train.txt requirements/test.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -r requirements/test.txt
+	$(PIP) install -q --no-deps fastmri==0.3.0
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+venv: $(STAMP)
+
+demo: venv
+	$(BIN)/dnirecon demo $(DEMO_ARGS)
+
+test: venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: venv
+	$(BIN)/dnirecon bench $(BENCH_ARGS)
+
+# Regenerates the committed gRPC stubs from protos/ (a test checks they are in step).
+proto: venv
+	$(BIN)/python -m service.protogen
+
+clean:
+	rm -rf $(VENV) .pytest_cache
