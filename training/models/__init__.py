@@ -1,0 +1,1 @@
+"""Networks: Down-Up, the sensitivity network (SN), the fastMRI-style U-Net, the PatchGAN discriminator."""

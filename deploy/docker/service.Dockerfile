@@ -1,0 +1,59 @@
+# syntax=docker/dockerfile:1.7
+# dnirecon gRPC service: onnxruntime-gpu on CUDA 13 / cuDNN 9, no torch, no training code.
+# Build from the repository root:
+#   docker build -f deploy/docker/service.Dockerfile --build-arg GIT_REVISION=$(git rev-parse HEAD) \
+#     -t REGISTRY/dnirecon-service:VERSION .
+ARG CUDA_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
+
+FROM ${CUDA_IMAGE} AS build
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# Versions come from the pinned base tag's Ubuntu snapshot; apt pins would break on every security update.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-venv \
+ && rm -rf /var/lib/apt/lists/*
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+# The build backend lives in its own venv so it never reaches the runtime image.
+RUN python3 -m venv /opt/build \
+ && /opt/build/bin/pip install --no-cache-dir setuptools==84.2.1
+WORKDIR /src
+COPY requirements/service.txt requirements/service.txt
+RUN python3 -m venv /opt/venv \
+ && /opt/venv/bin/pip install --no-cache-dir -r requirements/service.txt
+# Only what the service needs: the shared package, the service and the protos (no training/, no registry/).
+COPY pyproject.toml README.md ./
+COPY dnirecon/ dnirecon/
+COPY service/ service/
+COPY protos/ protos/
+RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation -w /wheels . \
+ && /opt/venv/bin/pip install --no-cache-dir --no-deps /wheels/dnirecon-*.whl
+
+FROM ${CUDA_IMAGE}
+ARG GIT_REVISION=unknown
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="dnirecon-service" \
+      org.opencontainers.image.description="dnirecon gRPC reconstruction service (onnxruntime, CUDA 13, cuDNN 9)" \
+      org.opencontainers.image.source="https://example.invalid/dnirecon" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${GIT_REVISION}"
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --gid 10001 dnirecon \
+ && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin dnirecon \
+ && install -d -o 10001 -g 10001 /var/cache/dnirecon
+COPY --from=build /opt/venv /opt/venv
+# Read-only root filesystem in Kubernetes: no .pyc writes, model cache on a mounted volume.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    MLFLOW_DISABLE_TELEMETRY=true \
+    DNIRECON_CACHE_DIR=/var/cache/dnirecon \
+    DNIRECON_GRPC_PORT=50051 \
+    DNIRECON_METRICS_PORT=9090
+USER 10001:10001
+EXPOSE 50051 9090
+ENTRYPOINT ["dnirecon"]
+CMD ["serve"]

@@ -1,0 +1,256 @@
+"""ONNX export of the whole reconstruction (contract 2): k-space and mask in, magnitude image out.
+
+The exported graph is the SN with MATMUL_FFT swapped in (same weights) behind a boundary that turns
+the real-view k-space into complex and returns |x| and the data-consistency residual
+||M F S x - y|| / ||y||. The continuous variant holds both weight sets and interpolates every float
+parameter inside the graph from an `alpha` input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from dnirecon.errors import ModelError
+from training.physics.fft import MATMUL_FFT, TORCH_FFT, FourierPair
+from training.physics.sense import SenseOp
+
+log = logging.getLogger(__name__)
+
+OPSET = 18
+INPUT_NAMES = ["kspace", "mask"]
+OUTPUT_NAMES = ["image", "dc_residual"]
+# Example shapes for tracing: all different and > 1, so no dynamic dim gets specialised or unified.
+EXAMPLE_SHAPE = (2, 3, 20, 18)
+
+
+def dc_residual(image: Tensor, maps: Tensor, kspace: Tensor, mask: Tensor, fourier: FourierPair) -> Tensor:
+    """||M F S x - y|| / ||y|| per slice. image (B,H,W), maps and kspace (B,C,H,W) complex, mask (B,W)."""
+    m = mask[:, None, None, :].to(kspace.real.dtype)
+    # multiply by the mask again: correct whether or not SenseOp.forward already masks (0/1 mask)
+    predicted = m * SenseOp(maps, mask, fourier).forward(image)
+    diff = predicted - kspace
+    num = (diff.real.square() + diff.imag.square()).sum(dim=(1, 2, 3)).sqrt()
+    den = (kspace.real.square() + kspace.imag.square()).sum(dim=(1, 2, 3)).sqrt()
+    return num / den.clamp_min(torch.finfo(den.dtype).tiny)
+
+
+class ReconstructionBoundary(nn.Module):
+    """The ONNX boundary: kspace (B,C,H,W,2) float32, mask (B,W) float32 -> image (B,H,W), dc_residual (B,)."""
+
+    def __init__(self, sn: nn.Module, fourier: FourierPair):
+        super().__init__()
+        self.sn = sn
+        self.fourier = fourier
+
+    def forward(self, kspace: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        y = torch.complex(kspace[..., 0], kspace[..., 1])
+        x, maps = self.sn.reconstruct(y, mask)
+        return x.abs(), dc_residual(x, maps, y, mask, self.fourier)
+
+
+class ContinuousReconstruction(nn.Module):
+    """Both weight sets as buffers; theta(alpha) = (1 - alpha) theta_SN + alpha theta_SN-GAN in the graph.
+
+    Non-float entries stay those of the template network (they are copied, not interpolated).
+    """
+
+    def __init__(self, boundary: ReconstructionBoundary, sn_state: Mapping[str, Tensor],
+                 gan_state: Mapping[str, Tensor]):
+        super().__init__()
+        self.boundary = boundary
+        self._keys = [k for k, v in sn_state.items() if v.is_floating_point()]
+        for i, key in enumerate(self._keys):
+            self.register_buffer(f"theta_sn_{i}", sn_state[key].detach().clone())
+            self.register_buffer(f"theta_gan_{i}", gan_state[key].detach().clone())
+
+    def forward(self, kspace: Tensor, mask: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor]:
+        a = alpha.reshape(())
+        params = {}
+        for i, key in enumerate(self._keys):
+            ta, tb = getattr(self, f"theta_sn_{i}"), getattr(self, f"theta_gan_{i}")
+            params[f"sn.{key}"] = (1.0 - a).to(ta.dtype) * ta + a.to(tb.dtype) * tb
+        return torch.func.functional_call(self.boundary, params, (kspace, mask), strict=False)
+
+
+def with_fourier(model: nn.Module, fourier: FourierPair, config=None) -> nn.Module:
+    """A copy of the SN built with another FFT implementation and the same weights, in eval mode."""
+    config = config if config is not None else getattr(model, "config", None)
+    if config is None:
+        raise ModelError(f"{type(model).__name__} has no .config; pass config= to rebuild it with another FFT")
+    twin = type(model)(config, fourier=fourier)
+    missing = twin.load_state_dict(model.state_dict(), strict=True)
+    del missing
+    return twin.eval()
+
+
+def _example_inputs(dtype=torch.float32) -> tuple[Tensor, Tensor]:
+    b, c, h, w = EXAMPLE_SHAPE
+    g = torch.Generator().manual_seed(0)
+    mask = torch.zeros(b, w)
+    mask[:, w // 2 - 2: w // 2 + 2] = 1.0  # a contiguous centre (ACS) run
+    mask[:, ::3] = 1.0
+    k = torch.randn(b, c, h, w, 2, generator=g, dtype=dtype) * mask[:, None, None, :, None]
+    return k, mask
+
+
+def _dynamic_shapes(continuous: bool):
+    from torch.export import Dim
+
+    b, c, h, w = Dim("B", min=1), Dim("C", min=1), Dim("H", min=2), Dim("W", min=2)
+    shapes = {"kspace": {0: b, 1: c, 2: h, 3: w}, "mask": {0: b, 1: w}}
+    if continuous:
+        shapes["alpha"] = None
+    return shapes
+
+
+def sha256_file(path: Path | str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_onnx_file(path: Path | str) -> None:
+    """The contract checks: ONNX checker passes, no DFT node anywhere, no external-data tensors."""
+    import onnx
+
+    path = Path(path)
+    model = onnx.load(str(path), load_external_data=False)
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise ModelError(f"{path}: ONNX checker failed: {exc}") from None
+    graphs = [model.graph] + [f for f in model.functions]
+    while graphs:
+        g = graphs.pop()
+        for node in g.node:
+            if node.op_type == "DFT":
+                raise ModelError(f"{path}: graph has a DFT node ({node.name!r}); onnxruntime's CUDA provider "
+                                 "has no DFT kernel: export with MATMUL_FFT")
+            for attr in node.attribute:
+                if attr.g is not None and attr.g.node:
+                    graphs.append(attr.g)
+                graphs.extend(attr.graphs)
+    for init in model.graph.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            raise ModelError(f"{path}: initializer {init.name!r} is stored as external data; "
+                             "the artefact must be one self-contained file")
+
+
+def _export(module: nn.Module, args: tuple, path: Path, continuous: bool, opset: int) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    input_names = INPUT_NAMES + (["alpha"] if continuous else [])
+    try:
+        with torch.no_grad():
+            torch.onnx.export(
+                module, args, str(tmp), dynamo=True, external_data=False, opset_version=opset,
+                input_names=input_names, output_names=OUTPUT_NAMES,
+                dynamic_shapes=_dynamic_shapes(continuous), verbose=False,
+            )
+        if Path(str(tmp) + ".data").exists():
+            raise ModelError(f"{path}: the exporter wrote an external-data sidecar despite external_data=False")
+        check_onnx_file(tmp)
+        os.replace(tmp, path)  # atomic: a reader never sees a half-written model
+    finally:
+        for leftover in (tmp, Path(str(tmp) + ".data")):
+            if leftover.exists():
+                leftover.unlink()
+    return path
+
+
+def export_reconstruction(model: nn.Module, path: Path | str, alpha_input: bool = False, *,
+                          gan_state: Mapping[str, Tensor] | None = None, config=None,
+                          opset: int = OPSET) -> Path:
+    """Export `model` (an SN) as the whole reconstruction to one self-contained ONNX file at `path`.
+
+    alpha_input=True exports the continuous model: `model`'s weights are theta_SN and `gan_state`
+    the SN-GAN state_dict; the graph gets a third input `alpha` (float32 (1,)).
+    """
+    net = with_fourier(model, MATMUL_FFT, config)
+    boundary = ReconstructionBoundary(net, MATMUL_FFT).eval()
+    kspace, mask = _example_inputs()
+    if alpha_input:
+        if gan_state is None:
+            raise ModelError("the continuous export needs gan_state (the SN-GAN state_dict)")
+        module = ContinuousReconstruction(boundary, net.state_dict(), gan_state).eval()
+        return _export(module, (kspace, mask, torch.tensor([0.5])), Path(path), True, opset)
+    return _export(boundary, (kspace, mask), Path(path), False, opset)
+
+
+# ---------------------------------------------------------------- running and parity
+def to_real_view(kspace) -> np.ndarray:
+    """complex (…, C, H, W) -> float32 (…, C, H, W, 2)."""
+    k = np.asarray(kspace)
+    return np.stack([k.real, k.imag], axis=-1).astype(np.float32)
+
+
+def ort_session(path: Path | str, threads: int | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(session, kspace, mask, alpha: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One slice or a batch: kspace complex (C,H,W) or (B,C,H,W), mask (W,) or (B,W)."""
+    k = np.asarray(kspace)
+    m = np.asarray(mask, dtype=np.float32)
+    single = k.ndim == 3
+    if single:
+        k, m = k[None], m[None]
+    feed = {"kspace": to_real_view(k), "mask": m}
+    if alpha is not None:
+        feed["alpha"] = np.asarray([alpha], dtype=np.float32)
+    image, residual = session.run(OUTPUT_NAMES, feed)
+    return (image[0], residual[0]) if single else (image, residual)
+
+
+def run_torch(model: nn.Module, kspace, mask, fourier: FourierPair = TORCH_FFT) -> tuple[np.ndarray, np.ndarray]:
+    """The torch reference through the same boundary (TORCH_FFT by default)."""
+    k = torch.as_tensor(np.asarray(kspace))
+    m = torch.as_tensor(np.asarray(mask, dtype=np.float32))
+    single = k.ndim == 3
+    if single:
+        k, m = k[None], m[None]
+    kr = torch.stack([k.real, k.imag], dim=-1).to(torch.float32)
+    with torch.no_grad():
+        image, residual = ReconstructionBoundary(model.eval(), fourier)(kr, m)
+    image, residual = image.numpy(), residual.numpy()
+    return (image[0], residual[0]) if single else (image, residual)
+
+
+def relative_max_error(reference: np.ndarray, other: np.ndarray) -> float:
+    scale = float(np.max(np.abs(reference)))
+    return float(np.max(np.abs(other - reference))) / (scale if scale > 0 else 1.0)
+
+
+def check_parity(model: nn.Module, onnx_path: Path | str, slices: Iterable[Sequence], session=None,
+                 alpha: float | None = None) -> float:
+    """max over slices of max|onnx - torch| / max|torch| (images), onnxruntime CPU vs torch (TORCH_FFT).
+
+    slices: (kspace complex (C,H,W), mask (W,), ...) items; extra fields are ignored.
+    alpha: for the continuous model, the alpha fed to the graph (model is then theta(alpha)).
+    """
+    session = session or ort_session(onnx_path)
+    worst = 0.0
+    for item in slices:
+        kspace, mask = item[0], item[1]
+        ref, _ = run_torch(model, kspace, mask)
+        out, _ = run_onnx(session, kspace, mask, alpha)
+        worst = max(worst, relative_max_error(ref, out))
+    return worst

@@ -1,0 +1,340 @@
+"""MLflow registry operations for baked sets: list, describe, promote with gates, rollback.
+
+No torch here: these commands run wherever the MLflow client runs. Aliases only, never stages.
+A promotion is recorded twice: as tags on the promoted version (who, when, why, what it replaced)
+and in an alias history on the registered model (a JSON list per alias), which rollback walks back.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from dnirecon.errors import ConfigError, ModelError
+
+INTERPSN = "interpsn"
+MANIFEST_FORMAT = "dnirecon.interpsn/1"
+# Contract: ONNX vs torch within 1e-4 of the image maximum (issue 4, acceptance 2 and 5).
+PARITY_TOLERANCE = 1e-4
+# Metric gate: the candidate may be this much worse than the version it replaces (evaluation noise).
+PSNR_TOLERANCE_DB = 0.1
+SSIM_TOLERANCE = 0.002
+HISTORY_TAG = "alias_history.{alias}"
+
+
+def get_client(tracking_uri: str | None = None):
+    """An MlflowClient on `tracking_uri`, default training.tracking's (MLFLOW_TRACKING_URI or ./mlflow.db)."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from mlflow import MlflowClient
+
+    from training.tracking import tracking_uri as default_uri  # torch-free at import
+
+    uri = tracking_uri or default_uri()
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def current_user() -> str:
+    return os.environ.get("USER") or getpass.getuser()
+
+
+def utc_now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def alpha_key(alpha: float) -> str:
+    """The per-alpha name used in file names and tags: 0.25 -> 'alpha_0.25'."""
+    return f"alpha_{float(alpha):.2f}"
+
+
+# ---------------------------------------------------------------- lineage tags of a baked set
+def manifest_tags(manifest: dict) -> dict[str, str]:
+    """Flatten a baked set's manifest into the version tags that make each alpha traceable."""
+    alphas = manifest["alphas"]
+    tags = {
+        "format": manifest["format"],
+        "preset": str(manifest.get("preset", "")),
+        "alphas": ",".join(f"{a['alpha']:g}" for a in alphas),
+        "parity_max_err": f"{max(a['parity_max_err'] for a in alphas):.3e}",
+        "parity_tolerance": f"{PARITY_TOLERANCE:g}",
+    }
+    for role, src in manifest["sources"].items():
+        tags[f"source.{role}"] = f"{src['name']}/{src['version']}"
+        tags[f"{role.replace('-', '_')}_version"] = str(src["version"])
+    for a in alphas:
+        k = alpha_key(a["alpha"])
+        tags[f"sha256.{k}"] = a["sha256"]
+        tags[f"parity.{k}"] = f"{a['parity_max_err']:.3e}"
+        tags[f"metrics.{k}"] = json.dumps({m: round(float(v), 6) for m, v in a["metrics"].items()},
+                                         sort_keys=True)
+    summary = metrics_summary(alphas)
+    tags["metrics_summary"] = json.dumps(summary, sort_keys=True)
+    if manifest.get("continuous"):
+        cont = manifest["continuous"]
+        tags["sha256.continuous"] = cont["sha256"]
+        tags["continuous_max_err_vs_baked"] = f"{cont['max_err_vs_baked']:.3e}"
+    return tags
+
+
+def metrics_summary(alphas: list[dict]) -> dict[str, float]:
+    """Mean of each metric over the baked alphas, and the alpha-0 (SN end) values."""
+    out: dict[str, float] = {}
+    names = sorted({m for a in alphas for m in a["metrics"]})
+    for m in names:
+        vals = [float(a["metrics"][m]) for a in alphas if m in a["metrics"]]
+        out[f"{m}_mean"] = round(sum(vals) / len(vals), 6)
+    for a in alphas:
+        if float(a["alpha"]) == 0.0:
+            out.update({f"{m}_alpha0": round(float(v), 6) for m, v in a["metrics"].items()})
+    return out
+
+
+def per_alpha_metrics(tags: dict[str, str]) -> dict[float, dict[str, float]]:
+    out = {}
+    for key, value in tags.items():
+        if key.startswith("metrics.alpha_"):
+            out[round(float(key[len("metrics.alpha_"):]), 2)] = json.loads(value)
+    return out
+
+
+# ---------------------------------------------------------------- resolving versions
+def resolve_version(client, name: str, version: str | int | None = None, alias: str | None = None):
+    """The ModelVersion for a version number or an alias (ModelError naming what is missing)."""
+    from mlflow.exceptions import MlflowException
+
+    if (version is None) == (alias is None):
+        raise ConfigError("give exactly one of --version or --alias")
+    try:
+        if alias is not None:
+            return client.get_model_version_by_alias(name, alias)
+        return client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        what = f"alias {alias!r}" if alias is not None else f"version {version}"
+        raise ModelError(f"registered model {name!r} has no {what} in {client.tracking_uri}: "
+                         f"{exc.message if hasattr(exc, 'message') else exc}") from None
+
+
+def _alias_holder(client, name: str, alias: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+# ---------------------------------------------------------------- list / describe
+def list_versions(client, name: str | None = None) -> list[dict[str, Any]]:
+    """One row per registered version: model, version, aliases, created (UTC), key tags."""
+    if name is not None:
+        models = [client.get_registered_model(name)]
+    else:
+        models = list(client.search_registered_models(max_results=1000))
+    rows = []
+    for rm in sorted(models, key=lambda m: m.name):
+        # search_model_versions leaves ModelVersion.aliases empty; the registered model has them
+        by_version: dict[str, list[str]] = {}
+        for alias, v in (rm.aliases or {}).items():
+            by_version.setdefault(str(v), []).append(alias)
+        for mv in sorted(client.search_model_versions(f"name='{rm.name}'"), key=lambda v: int(v.version)):
+            rows.append({
+                "model": rm.name,
+                "version": str(mv.version),
+                "aliases": ",".join(sorted(by_version.get(str(mv.version), []))),
+                "created": datetime.fromtimestamp(mv.creation_timestamp / 1000, timezone.utc)
+                .strftime("%Y-%m-%d %H:%M"),
+                "tags": _key_tags(mv.tags or {}),
+            })
+    return rows
+
+
+def _key_tags(tags: dict[str, str]) -> str:
+    if "alphas" in tags:
+        summary = json.loads(tags.get("metrics_summary", "{}"))
+        parts = [f"alphas={tags['alphas']}",
+                 f"sn={tags.get('sn_version', '?')}", f"sn-gan={tags.get('sn_gan_version', '?')}",
+                 f"parity={tags.get('parity_max_err', '?')}"]
+        if "psnr_mean" in summary:
+            parts.append(f"psnr={summary['psnr_mean']:.2f}")
+        if "ssim_mean" in summary:
+            parts.append(f"ssim={summary['ssim_mean']:.4f}")
+        if "promoted_by" in tags:
+            parts.append(f"promoted_by={tags['promoted_by']}")
+        return " ".join(parts)
+    skip = ("sha256.", "metrics.", "parity.", "mlflow.")
+    return " ".join(f"{k}={v}" for k, v in sorted(tags.items()) if not k.startswith(skip) and len(v) <= 40)
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
+    if not rows:
+        return "(no registered models)"
+    columns = columns or list(rows[0])
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    lines = ["  ".join(c.upper().ljust(widths[c]) for c in columns),
+             "  ".join("-" * widths[c] for c in columns)]
+    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def describe(client, name: str, version: str | int | None = None, alias: str | None = None) -> dict[str, Any]:
+    """A version's identity, source, aliases, tags and (for the registered model) alias histories."""
+    if version is None and alias is None:
+        versions = sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
+        if not versions:
+            raise ModelError(f"registered model {name!r} has no versions in {client.tracking_uri}")
+        mv = versions[-1]
+    else:
+        mv = resolve_version(client, name, version, alias)
+    rm = client.get_registered_model(name)
+    return {
+        "name": mv.name,
+        "version": str(mv.version),
+        "aliases": sorted(mv.aliases or []),
+        "source": mv.source,
+        "run_id": mv.run_id,
+        "created": datetime.fromtimestamp(mv.creation_timestamp / 1000, timezone.utc).isoformat(),
+        "tags": dict(sorted((mv.tags or {}).items())),
+        "alias_history": {k.split(".", 1)[1]: json.loads(v) for k, v in (rm.tags or {}).items()
+                          if k.startswith("alias_history.")},
+    }
+
+
+# ---------------------------------------------------------------- promotion gates
+@dataclass
+class GateResult:
+    passed: bool
+    failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def check_gates(candidate_tags: dict[str, str], incumbent_tags: dict[str, str] | None,
+                parity_tolerance: float = PARITY_TOLERANCE, psnr_tolerance: float = PSNR_TOLERANCE_DB,
+                ssim_tolerance: float = SSIM_TOLERANCE) -> GateResult:
+    """Parity within tolerance; PSNR and SSIM, averaged over the alphas both sets baked, no worse
+    than the incumbent's beyond a small tolerance. Comparing on common alphas keeps sets with
+    different grids comparable; averaging covers the whole trade-off, not only the SN end."""
+    res = GateResult(passed=True)
+    for key in ("parity_max_err", "continuous_max_err_vs_baked"):
+        if key not in candidate_tags:
+            if key == "parity_max_err":
+                res.failures.append("parity gate: the version has no parity_max_err tag (not a baked set?)")
+            continue
+        err = float(candidate_tags[key])
+        if not (math.isfinite(err) and err <= parity_tolerance):
+            res.failures.append(f"parity gate: {key} = {err:.3e} exceeds the tolerance {parity_tolerance:g}")
+    cand = per_alpha_metrics(candidate_tags)
+    if not cand:
+        res.failures.append("metrics gate: the version has no metrics.alpha_* tags")
+    elif incumbent_tags is None:
+        res.notes.append("metrics gate: no version holds the alias yet; nothing to compare")
+    else:
+        inc = per_alpha_metrics(incumbent_tags)
+        common = sorted(set(cand) & set(inc))
+        if not common:
+            res.failures.append(f"metrics gate: no alpha in common with the current version "
+                                f"(candidate {sorted(cand)}, current {sorted(inc)})")
+        for metric, tol, unit in (("psnr", psnr_tolerance, " dB"), ("ssim", ssim_tolerance, "")):
+            if not common:
+                break
+            try:
+                c = sum(cand[a][metric] for a in common) / len(common)
+                i = sum(inc[a][metric] for a in common) / len(common)
+            except KeyError:
+                res.failures.append(f"metrics gate: {metric} missing for an alpha in {common}")
+                continue
+            if not (c >= i - tol):
+                res.failures.append(f"metrics gate: mean {metric} over alphas {common} is {c:.4f}{unit}, "
+                                    f"worse than the current version's {i:.4f}{unit} by more than {tol:g}{unit}")
+            else:
+                res.notes.append(f"{metric}: {c:.4f} vs current {i:.4f} over alphas {common}")
+    res.passed = not res.failures
+    return res
+
+
+def _history(client, name: str, alias: str) -> list[dict]:
+    rm = client.get_registered_model(name)
+    raw = (rm.tags or {}).get(HISTORY_TAG.format(alias=alias))
+    return json.loads(raw) if raw else []
+
+
+def _write_history(client, name: str, alias: str, history: list[dict]) -> None:
+    # MLflow tag values are bounded (5000 chars in the SQL store): keep the most recent entries.
+    while len(json.dumps(history)) > 4500 and len(history) > 1:
+        history = history[1:]
+    client.set_registered_model_tag(name, HISTORY_TAG.format(alias=alias), json.dumps(history))
+
+
+@dataclass
+class PromotionResult:
+    name: str
+    alias: str
+    version: str
+    previous_version: str | None
+    forced: bool
+    reason: str
+    gates: GateResult
+
+
+def promote(client, alias: str, version: str | int, name: str = INTERPSN, force: bool = False,
+            reason: str | None = None) -> PromotionResult:
+    """Point `alias` at `version` if it passes the gates (or if forced, with a recorded reason)."""
+    if not alias or not alias.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f"--alias must be a word such as production or staging, got {alias!r}")
+    if force and not (reason and reason.strip()):
+        raise ConfigError("--force needs --reason \"...\": a forced promotion must record why")
+    mv = resolve_version(client, name, version=version)
+    incumbent = _alias_holder(client, name, alias)
+    if incumbent is not None and str(incumbent.version) == str(mv.version):
+        raise ModelError(f"alias {alias!r} of {name!r} already points at version {mv.version}")
+    gates = check_gates(mv.tags or {}, incumbent.tags if incumbent is not None else None)
+    if not gates.passed and not force:
+        current = f"version {incumbent.version}" if incumbent is not None else "no version"
+        raise ModelError(f"refusing to promote {name} version {mv.version} to {alias!r} "
+                         f"(currently {current}): " + "; ".join(gates.failures)
+                         + " (use --force --reason \"...\" to override)")
+    who, when = current_user(), utc_now_iso()
+    previous = str(incumbent.version) if incumbent is not None else None
+    if not reason:
+        reason = "gates passed: " + ("; ".join(gates.notes) or "parity and metrics")
+    elif force and not gates.passed:
+        reason = f"FORCED past [{'; '.join(gates.failures)}]: {reason}"
+    client.set_registered_model_alias(name, alias, str(mv.version))
+    tags = {"promoted_by": who, "promoted_at": when, "promotion_reason": reason,
+            "promoted_alias": alias, "previous_version": previous or "none", "promotion_forced": str(bool(force))}
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(mv.version), key, value)
+    history = _history(client, name, alias)
+    history.append({"version": str(mv.version), "previous": previous, "by": who, "at": when,
+                    "reason": reason, "forced": bool(force)})
+    _write_history(client, name, alias, history)
+    return PromotionResult(name, alias, str(mv.version), previous, force, reason, gates)
+
+
+def rollback(client, alias: str, name: str = INTERPSN, reason: str | None = None) -> PromotionResult:
+    """Point `alias` back at the version it held before its latest promotion."""
+    history = _history(client, name, alias)
+    holder = _alias_holder(client, name, alias)
+    if holder is None:
+        raise ModelError(f"cannot roll back alias {alias!r} of {name!r}: no version holds it")
+    if not history or history[-1]["version"] != str(holder.version):
+        raise ModelError(f"cannot roll back alias {alias!r} of {name!r}: version {holder.version} holds it "
+                         "but the alias history does not record that promotion (set outside dnirecon?)")
+    previous = history[-1].get("previous")
+    if len(history) < 2 or previous is None:
+        raise ModelError(f"cannot roll back alias {alias!r} of {name!r}: version {holder.version} is the "
+                         "first version it ever pointed at; there is no previous target")
+    resolve_version(client, name, version=previous)  # refuses clearly if it was deleted
+    who, when = current_user(), utc_now_iso()
+    reason = reason or f"rollback from version {holder.version}"
+    client.set_registered_model_alias(name, alias, previous)
+    for key, value in {"rolled_back_to_by": who, "rolled_back_to_at": when, "rollback_reason": reason,
+                       "rolled_back_from": str(holder.version), "promoted_alias": alias}.items():
+        client.set_model_version_tag(name, previous, key, value)
+    client.set_model_version_tag(name, str(holder.version), "rolled_back_at", when)
+    # Undo semantics: drop the latest promotion so a second rollback goes one step further back.
+    _write_history(client, name, alias, history[:-1])
+    return PromotionResult(name, alias, previous, str(holder.version), False, reason, GateResult(True))

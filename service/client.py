@@ -1,0 +1,209 @@
+"""Scanner-side client of dnirecon.v1: streams slices, collects images. Imports neither torch nor training."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from dnirecon.errors import DataError
+from dnirecon.v1 import recon_pb2, recon_pb2_grpc
+from service import wire
+
+log = logging.getLogger(__name__)
+
+
+def _read(path) -> bytes | None:
+    return Path(path).read_bytes() if path else None
+
+
+class ReconClient:
+    """A channel to one server. token adds 'authorization: Bearer <token>'; root_cert enables TLS,
+    client_cert/client_key add the client side of mutual TLS."""
+
+    def __init__(self, target: str, *, token: str | None = None, root_cert: str | os.PathLike | None = None,
+                 client_cert: str | os.PathLike | None = None, client_key: str | os.PathLike | None = None,
+                 server_name: str | None = None):
+        options = list(wire.CHANNEL_OPTIONS)
+        if server_name:
+            options.append(("grpc.ssl_target_name_override", server_name))
+        if root_cert:
+            creds = grpc.ssl_channel_credentials(_read(root_cert), _read(client_key), _read(client_cert))
+            self.channel = grpc.secure_channel(target, creds, options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
+        self.stub = recon_pb2_grpc.ReconstructionStub(self.channel)
+        self.metadata = [("authorization", f"Bearer {token}")] if token else []
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "ReconClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        grpc.channel_ready_future(self.channel).result(timeout=timeout)
+
+    def stream(self, slices: Iterable[tuple[int, np.ndarray, np.ndarray]], recon_size: tuple[int, int], *,
+               alpha: float | None = None, model: str = "", request_id: str | None = None,
+               timeout: float | None = None, chunk_bytes: int = wire.MAX_CHUNK_BYTES) -> Iterator[recon_pb2.SliceResult]:
+        """Streams (index, kspace (C,H,W) complex64, mask (W,)) slices; yields results as they come back."""
+        rid = request_id or uuid.uuid4().hex
+
+        def requests():
+            for index, kspace, mask in slices:
+                yield from wire.slice_messages(index, kspace, mask, recon_size, alpha=alpha, model=model,
+                                               request_id=rid, chunk_bytes=chunk_bytes)
+
+        return self.stub.ReconstructStream(requests(), timeout=timeout, metadata=self.metadata)
+
+    def reconstruct_one(self, index: int, kspace: np.ndarray, mask: np.ndarray, recon_size: tuple[int, int], *,
+                        alpha: float | None = None, model: str = "", request_id: str | None = None,
+                        timeout: float | None = None) -> recon_pb2.SliceResult:
+        """The unary RPC: the packed lines must fit in one 4,000,000-byte message."""
+        header = wire.make_header(index, kspace.shape, mask, recon_size, alpha=alpha, model=model,
+                                  request_id=request_id or uuid.uuid4().hex)
+        data = wire.pack_acquired(kspace, mask)
+        return self.stub.Reconstruct(recon_pb2.SliceRequest(header=header, data=data, crc32=wire.crc32(data)),
+                                     timeout=timeout, metadata=self.metadata)
+
+    def list_models(self) -> recon_pb2.ListModelsResponse:
+        return self.stub.ListModels(recon_pb2.ListModelsRequest(), metadata=self.metadata)
+
+    def server_info(self) -> recon_pb2.ServerInfo:
+        return self.stub.GetServerInfo(recon_pb2.ServerInfoRequest(), metadata=self.metadata)
+
+    def health(self, service: str = "") -> str:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        resp = health_pb2_grpc.HealthStub(self.channel).Check(health_pb2.HealthCheckRequest(service=service))
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+
+
+@dataclass
+class VolumeResult:
+    images: np.ndarray  # (slices, h, w) float32
+    dc_residual: np.ndarray  # (slices,)
+    errors: dict[int, str] = field(default_factory=dict)
+    alpha: float | None = None
+    model: str = ""
+    bytes_sent: int = 0
+
+
+def volume_mask(kspace0: np.ndarray, padding: tuple[int, int], accel: int, seed: str) -> tuple[np.ndarray, bool]:
+    """The sampling mask of a volume from its first slice: the acquired columns if it is undersampled,
+    else (fully sampled) fastMRI's deterministic validation mask for accel, seeded by the file name."""
+    acquired = (np.abs(kspace0) > 0).any(axis=(0, 1))
+    left, right = padding
+    inside = np.zeros_like(acquired)
+    inside[left:right] = True
+    if acquired[inside].all():
+        from dnirecon.subsample import mask_for
+
+        mask = np.asarray(mask_for(accel, seed=seed, width=kspace0.shape[-1], padding=(left, right)), np.float32)
+        return mask.reshape(-1), True
+    return acquired.astype(np.float32), False
+
+
+def collect(results: Iterable[recon_pb2.SliceResult], indices: list[int], recon_size: tuple[int, int], progress=None) -> VolumeResult:
+    """Places each result at its slice index; a slice answered twice or never is a DataError."""
+    pos = {i: k for k, i in enumerate(indices)}
+    images = np.zeros((len(indices), *recon_size), np.float32)
+    dc = np.full(len(indices), np.nan, np.float32)
+    seen: set[int] = set()
+    out = VolumeResult(images, dc)
+    for r in results:
+        if r.slice_index not in pos or r.slice_index in seen:
+            raise DataError(f"server answered slice {r.slice_index} {'twice' if r.slice_index in seen else 'which was not sent'}")
+        seen.add(r.slice_index)
+        if r.HasField("error"):
+            out.errors[r.slice_index] = f"{r.error.code_name}: {r.error.reason}"
+        else:
+            images[pos[r.slice_index]] = wire.image_from_result(r)
+            dc[pos[r.slice_index]] = r.dc_residual
+            out.alpha, out.model = r.alpha, f"{r.model_name}/{r.model_version}"
+        if progress is not None:
+            progress.update(1)
+    missing = sorted(set(indices) - seen)
+    if missing:
+        raise DataError(f"server never answered slices {missing}")
+    return out
+
+
+def reconstruct_file(client: ReconClient, path: str | os.PathLike, *, accel: int = 4, alpha: float | None = None,
+                     model: str = "", timeout: float | None = None, progress: bool = False) -> VolumeResult:
+    """Streams every slice of a fastMRI-layout file (retrospectively undersampled when fully sampled)."""
+    from dnirecon.fastmri_io import FastMRIVolume
+
+    path = Path(path)
+    with FastMRIVolume(path) as vol:
+        hdr = vol.header
+        n = vol.num_slices
+        mask, retro = volume_mask(vol.kspace(0), (hdr.padding_left, hdr.padding_right), accel, path.name)
+        log.info("%s: %d slices, %s mask with %d of %d columns", path.name, n,
+                 "retrospective" if retro else "acquired", int(mask.sum()), mask.size)
+        sent = [0]
+
+        def slices():
+            for i in range(n):
+                k = vol.kspace(i)
+                sent[0] += int(k.shape[0] * k.shape[1] * mask.sum() * 8)
+                yield i, k, mask
+
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=n, unit="slice", desc=path.name)
+        try:
+            result = collect(client.stream(slices(), tuple(hdr.recon_size), alpha=alpha, model=model, timeout=timeout),
+                             list(range(n)), tuple(hdr.recon_size), bar)
+        finally:
+            if bar is not None:
+                bar.close()
+    result.bytes_sent = sent[0]
+    return result
+
+
+def write_outputs(result: VolumeResult, source: Path, out_dir: Path) -> tuple[Path, list[Path]]:
+    """HDF5 (written to a temporary file, then renamed: never half-written) and one PNG per slice."""
+    import h5py
+    from PIL import Image
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{source.stem}.recon.h5"
+    fd, tmp = tempfile.mkstemp(prefix=f".{source.stem}.", suffix=".h5.tmp", dir=out_dir)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("reconstruction", data=result.images)
+            f.create_dataset("dc_residual", data=result.dc_residual)
+            f.attrs["source"] = source.name
+            f.attrs["model"] = result.model
+            if result.alpha is not None:
+                f.attrs["alpha"] = result.alpha
+            f.attrs["failed_slices"] = np.array(sorted(result.errors), dtype=np.int64)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    png_dir = out_dir / source.stem
+    png_dir.mkdir(exist_ok=True)
+    pngs = []
+    for i, img in enumerate(result.images):
+        top = float(np.percentile(img, 99.5)) or 1.0
+        pixels = (np.clip(img / top, 0, 1) * 255).astype(np.uint8)
+        p = png_dir / f"slice_{i:03d}.png"
+        Image.fromarray(pixels).save(p)
+        pngs.append(p)
+    return target, pngs

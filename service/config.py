@@ -1,0 +1,149 @@
+"""Settings of `dnirecon serve`: each a flag and a DNIRECON_* (or MLFLOW_*) environment variable.
+
+The deploy manifests set exactly these variable names; flags win over the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dnirecon.errors import ConfigError
+
+PROVIDER_NAMES = {
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+CUDNN_ALGO_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
+HEALTH_SERVICE_NAMES = ("", "dnirecon.v1.Reconstruction")
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_uri: str = "models:/interpsn@production"
+    model_dir: Path | None = None
+    tracking_uri: str | None = None
+    cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "dnirecon")
+    host: str = "[::]"
+    grpc_port: int = 50051
+    metrics_port: int = 9090
+    providers: tuple[str, ...] = ("cuda", "cpu")
+    intra_op_threads: int = 0  # 0: onnxruntime's default
+    max_batch: int = 4
+    max_queue: int = 64
+    batch_wait_ms: float = 0.0  # 0: batch only what is already queued, never wait for company
+    stream_inflight: int = 4  # slices of one stream being computed; more stops reading (push back)
+    max_workers: int = 64
+    alias_poll_seconds: float = 30.0
+    drain_seconds: float = 20.0
+    auth_token_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    cudnn_conv_algo_search: str = "EXHAUSTIVE"
+    warmup_shapes: tuple[tuple[int, int, int], ...] = ()
+    max_slice_bytes: int = 256 * 1024 * 1024  # zero-filled complex64 matrix a slice may declare
+
+    def __post_init__(self) -> None:
+        for name in self.providers:
+            if name not in PROVIDER_NAMES:
+                raise ConfigError(
+                    f"DNIRECON_PROVIDERS / --providers: unknown provider {name!r}, expected a comma list of {sorted(PROVIDER_NAMES)}"
+                )
+        if not self.providers:
+            raise ConfigError("DNIRECON_PROVIDERS / --providers is empty, expected e.g. 'cuda,cpu'")
+        if self.cudnn_conv_algo_search not in CUDNN_ALGO_SEARCH:
+            raise ConfigError(
+                f"DNIRECON_CUDNN_CONV_ALGO_SEARCH / --cudnn-conv-algo-search is {self.cudnn_conv_algo_search!r}, expected one of {CUDNN_ALGO_SEARCH}"
+            )
+        for opt, value, low in [
+            ("DNIRECON_MAX_BATCH / --max-batch", self.max_batch, 1),
+            ("DNIRECON_MAX_QUEUE / --max-queue", self.max_queue, 1),
+            ("DNIRECON_INTRA_OP_THREADS / --intra-op-threads", self.intra_op_threads, 0),
+            ("DNIRECON_GRPC_PORT / --port", self.grpc_port, 0),
+            ("DNIRECON_METRICS_PORT / --metrics-port", self.metrics_port, 0),
+        ]:
+            if value < low:
+                raise ConfigError(f"{opt} is {value}, expected an integer >= {low}")
+        if self.alias_poll_seconds <= 0 or self.drain_seconds < 0:
+            raise ConfigError("DNIRECON_ALIAS_POLL_SECONDS must be > 0 and DNIRECON_DRAIN_SECONDS >= 0")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ConfigError("DNIRECON_TLS_CERT_FILE and DNIRECON_TLS_KEY_FILE must be set together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ConfigError("DNIRECON_TLS_CLIENT_CA_FILE (mutual TLS) needs DNIRECON_TLS_CERT_FILE and DNIRECON_TLS_KEY_FILE")
+
+    @property
+    def ort_providers(self) -> list[str]:
+        return [PROVIDER_NAMES[p] for p in self.providers]
+
+
+def parse_providers(text: str) -> tuple[str, ...]:
+    return tuple(p.strip().lower() for p in text.split(",") if p.strip())
+
+
+def parse_shapes(text: str) -> tuple[tuple[int, int, int], ...]:
+    """'15x640x368,8x192x112' -> ((15, 640, 368), (8, 192, 112)): coils x readout x phase."""
+    shapes = []
+    for item in (s.strip() for s in text.split(",")):
+        if not item:
+            continue
+        parts = item.lower().split("x")
+        if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise ConfigError(
+                f"DNIRECON_WARMUP_SHAPES / --warmup-shapes: {item!r} is not COILSxREADOUTxPHASE, e.g. '15x640x368'"
+            )
+        shapes.append(tuple(int(p) for p in parts))
+    return tuple(shapes)
+
+
+# (flag, env variable, Settings field, type, help)
+_OPTIONS = [
+    ("--model-uri", "DNIRECON_MODEL_URI", "model_uri", str, "MLflow model URI, models:/NAME@ALIAS or models:/NAME/VERSION"),
+    ("--model-dir", "DNIRECON_MODEL_DIR", "model_dir", Path, "local baked-set directory (offline; wins over --model-uri)"),
+    ("--tracking-uri", "MLFLOW_TRACKING_URI", "tracking_uri", str, "MLflow tracking URI"),
+    ("--cache-dir", "DNIRECON_CACHE_DIR", "cache_dir", Path, "download cache, keyed by name/version"),
+    ("--host", "DNIRECON_GRPC_HOST", "host", str, "address to bind"),
+    ("--port", "DNIRECON_GRPC_PORT", "grpc_port", int, "gRPC port"),
+    ("--metrics-port", "DNIRECON_METRICS_PORT", "metrics_port", int, "Prometheus metrics port (0: off)"),
+    ("--providers", "DNIRECON_PROVIDERS", "providers", parse_providers, "onnxruntime providers in order, e.g. cuda,cpu"),
+    ("--intra-op-threads", "DNIRECON_INTRA_OP_THREADS", "intra_op_threads", int, "onnxruntime intra-op threads (0: default)"),
+    ("--max-batch", "DNIRECON_MAX_BATCH", "max_batch", int, "most slices computed in one run"),
+    ("--max-queue", "DNIRECON_MAX_QUEUE", "max_queue", int, "most slices waiting for compute"),
+    ("--batch-wait-ms", "DNIRECON_BATCH_WAIT_MS", "batch_wait_ms", float, "wait this long for slices to batch with"),
+    ("--stream-inflight", "DNIRECON_STREAM_INFLIGHT", "stream_inflight", int, "slices of one stream in compute at once"),
+    ("--max-workers", "DNIRECON_MAX_WORKERS", "max_workers", int, "gRPC worker threads"),
+    ("--alias-poll-seconds", "DNIRECON_ALIAS_POLL_SECONDS", "alias_poll_seconds", float, "how often the alias is checked"),
+    ("--drain-seconds", "DNIRECON_DRAIN_SECONDS", "drain_seconds", float, "after SIGTERM, time for in-flight work"),
+    ("--auth-token-file", "DNIRECON_AUTH_TOKEN_FILE", "auth_token_file", Path, "require 'authorization: Bearer <token>'"),
+    ("--tls-cert-file", "DNIRECON_TLS_CERT_FILE", "tls_cert_file", Path, "server certificate (PEM)"),
+    ("--tls-key-file", "DNIRECON_TLS_KEY_FILE", "tls_key_file", Path, "server key (PEM)"),
+    ("--tls-client-ca-file", "DNIRECON_TLS_CLIENT_CA_FILE", "tls_client_ca_file", Path, "CA for client certificates (mutual TLS)"),
+    ("--cudnn-conv-algo-search", "DNIRECON_CUDNN_CONV_ALGO_SEARCH", "cudnn_conv_algo_search", str.upper, "EXHAUSTIVE|HEURISTIC|DEFAULT"),
+    ("--warmup-shapes", "DNIRECON_WARMUP_SHAPES", "warmup_shapes", parse_shapes, "e.g. 15x640x368,8x192x112"),
+    ("--max-slice-bytes", "DNIRECON_MAX_SLICE_BYTES", "max_slice_bytes", int, "largest zero-filled slice accepted"),
+]
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    for flag, env, _field, _type, help_text in _OPTIONS:
+        parser.add_argument(flag, default=None, help=f"{help_text} [env {env}]")
+
+
+def settings_from(args: argparse.Namespace | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Flag value if given, else the environment variable, else the default."""
+    environ = os.environ if environ is None else environ
+    values = {}
+    for flag, env, name, conv, _help in _OPTIONS:
+        raw = getattr(args, flag.lstrip("-").replace("-", "_"), None) if args is not None else None
+        if raw is None:
+            raw = environ.get(env) or None
+        if raw is None:
+            continue
+        try:
+            values[name] = conv(raw) if isinstance(raw, str) else raw
+        except ValueError as exc:
+            raise ConfigError(f"{flag} / {env} = {raw!r}: {exc}") from None
+    return Settings(**values)

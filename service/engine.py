@@ -1,0 +1,310 @@
+"""onnxruntime execution of baked sets: sessions, alpha selection, warm-up and micro-batching.
+
+Knows onnxruntime and numpy; nothing of gRPC or MLflow.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnxruntime as ort
+
+from dnirecon.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+INPUTS = ("kspace", "mask")
+OUTPUTS = ("image", "dc_residual")
+
+
+def provider_list(providers: list[str], cudnn_conv_algo_search: str = "EXHAUSTIVE") -> list:
+    """onnxruntime's providers argument, with the CUDA options from the settings."""
+    out: list = []
+    for p in providers:
+        if p == CUDA:
+            out.append((CUDA, {"cudnn_conv_algo_search": cudnn_conv_algo_search}))
+        else:
+            out.append(p)
+    return out
+
+
+class OnnxModel:
+    """One ONNX reconstruction (contract: kspace (B,C,H,W,2), mask (B,W)[, alpha (1,)] -> image, dc_residual)."""
+
+    def __init__(self, path: Path, providers: list[str], *, intra_op_threads: int = 0, cudnn_conv_algo_search: str = "EXHAUSTIVE"):
+        self.path = Path(path)
+        opts = ort.SessionOptions()
+        if intra_op_threads:
+            opts.intra_op_num_threads = intra_op_threads
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path), sess_options=opts, providers=provider_list(providers, cudnn_conv_algo_search)
+            )
+        except Exception as exc:  # onnxruntime raises its own exception types for unreadable or invalid graphs
+            raise ModelError(f"{self.path}: onnxruntime cannot load it: {exc}") from None
+        self.requested = list(providers)
+        # What the session really got: onnxruntime-gpu lists CUDA as available even without a GPU.
+        self.providers = list(self.session.get_providers())
+        names = [i.name for i in self.session.get_inputs()]
+        outs = [o.name for o in self.session.get_outputs()]
+        if names[:2] != list(INPUTS) or not set(OUTPUTS) <= set(outs):
+            raise ModelError(
+                f"{self.path}: inputs {names} / outputs {outs}, expected inputs kspace, mask[, alpha] and outputs image, dc_residual"
+            )
+        self.has_alpha = "alpha" in names
+        self.use_iobinding = CUDA in self.providers
+
+    @property
+    def fallback(self) -> bool:
+        return any(p not in self.providers for p in self.requested if p != "TensorrtExecutionProvider")
+
+    def run(self, kspace: np.ndarray, mask: np.ndarray, alpha: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """kspace (B,C,H,W,2) float32, mask (B,W) float32 -> image (B,H,W), dc_residual (B,)."""
+        feeds = {"kspace": np.ascontiguousarray(kspace, np.float32), "mask": np.ascontiguousarray(mask, np.float32)}
+        if self.has_alpha:
+            feeds["alpha"] = np.array([0.0 if alpha is None else alpha], np.float32)
+        if self.use_iobinding:
+            binding = self.session.io_binding()
+            for name, value in feeds.items():
+                binding.bind_cpu_input(name, value)
+            for name in OUTPUTS:
+                binding.bind_output(name, "cuda")
+            self.session.run_with_iobinding(binding)
+            image, dc = binding.copy_outputs_to_cpu()[:2]
+        else:
+            image, dc = self.session.run(list(OUTPUTS), feeds)[:2]
+        return np.asarray(image, np.float32), np.asarray(dc, np.float32).reshape(-1)
+
+
+@dataclass
+class Selection:
+    model: OnnxModel
+    alpha: float  # the alpha used
+    feed_alpha: float | None  # fed to a continuous model, None for a baked one
+
+
+class ModelSet:
+    """The sessions of one baked set: one per baked alpha, plus the continuous model if any."""
+
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        baked: list[tuple[float, Path]],
+        continuous: Path | None,
+        providers: list[str],
+        *,
+        intra_op_threads: int = 0,
+        cudnn_conv_algo_search: str = "EXHAUSTIVE",
+        default_alpha: float | None = None,
+    ):
+        if not baked and continuous is None:
+            raise ModelError(f"model set {name} version {version} has no ONNX file")
+        self.name, self.version = name, version
+        kw = dict(intra_op_threads=intra_op_threads, cudnn_conv_algo_search=cudnn_conv_algo_search)
+        self.baked = [(float(a), OnnxModel(p, providers, **kw)) for a, p in sorted(baked)]
+        self.continuous = OnnxModel(continuous, providers, **kw) if continuous is not None else None
+        if self.continuous is not None and not self.continuous.has_alpha:
+            raise ModelError(f"{continuous}: the continuous model has no 'alpha' input")
+        self.default_alpha = float(default_alpha) if default_alpha is not None else (self.baked[0][0] if self.baked else 0.0)
+        self.requested = list(providers)
+        self.providers: list[str] = []
+        for m in self.models():
+            self.providers += [p for p in m.providers if p not in self.providers]
+        self.fallback = any(m.fallback for m in self.models())
+        if self.fallback:
+            log.error(
+                "onnxruntime providers requested %s but sessions got %s: running on the fallback (no GPU?)",
+                self.requested, self.providers,
+            )
+        else:
+            log.info("onnxruntime providers in use: %s", self.providers)
+
+    def models(self) -> list[OnnxModel]:
+        return [m for _a, m in self.baked] + ([self.continuous] if self.continuous else [])
+
+    @property
+    def alphas(self) -> list[float]:
+        return [a for a, _m in self.baked]
+
+    def select(self, alpha: float | None) -> Selection:
+        """Nearest baked alpha, or exactly the requested one when the continuous model is served."""
+        if alpha is None:
+            alpha = self.default_alpha
+        if not (0.0 <= alpha <= 1.0):  # also false for NaN
+            raise ValueError(f"alpha {alpha} is outside [0, 1]")
+        if self.baked:
+            best, model = min(self.baked, key=lambda am: abs(am[0] - alpha))
+            if self.continuous is None or abs(best - alpha) < 1e-6:
+                return Selection(model, best, None)
+        return Selection(self.continuous, float(np.float32(alpha)), float(alpha))
+
+    def warmup(self, shapes: list[tuple[int, int, int]]) -> None:
+        """Runs every session on each (coils, readout, phase) shape; raises ModelError on failure."""
+        rng = np.random.default_rng(0)
+        for coils, h, w in shapes:
+            kspace = (rng.standard_normal((1, coils, h, w, 2)) * 1e-3).astype(np.float32)
+            mask = warmup_mask(w)[None]
+            kspace *= mask[:, None, None, :, None]
+            for alpha, model in [(a, m) for a, m in self.baked] + ([(0.5, self.continuous)] if self.continuous else []):
+                t0 = time.perf_counter()
+                try:
+                    image, dc = model.run(kspace, mask, alpha)
+                except Exception as exc:  # onnxruntime failures are reported as this set's failure
+                    raise ModelError(f"{model.path}: warm-up on {coils}x{h}x{w} failed: {exc}") from None
+                if image.shape != (1, h, w) or dc.shape != (1,) or not np.isfinite(image).all():
+                    raise ModelError(
+                        f"{model.path}: warm-up on {coils}x{h}x{w} gave image {image.shape} (finite: {np.isfinite(image).all()}), "
+                        f"dc_residual {dc.shape}; expected (1, {h}, {w}) finite and (1,)"
+                    )
+                log.info("warmed %s on %dx%dx%d in %.1f ms", model.path.name, coils, h, w, 1e3 * (time.perf_counter() - t0))
+
+
+def warmup_mask(width: int) -> np.ndarray:
+    """Every 4th column plus a centre block: a mask every reconstruction accepts."""
+    mask = np.zeros(width, np.float32)
+    mask[::4] = 1
+    c, half = width // 2, max(2, width // 25)
+    mask[c - half : c + half] = 1
+    return mask
+
+
+class QueueFull(Exception):
+    pass
+
+
+@dataclass
+class Job:
+    """One slice waiting for compute. kspace (C,H,W,2) float32, mask (W,) float32."""
+
+    selection: Selection
+    kspace: np.ndarray
+    mask: np.ndarray
+    deadline: float | None = None  # time.monotonic() by which the answer is useless
+    is_cancelled: Callable[[], bool] = lambda: False
+    future: Future = field(default_factory=Future)
+    enqueued: float = field(default_factory=time.perf_counter)
+
+    @property
+    def key(self) -> tuple:
+        return (id(self.selection.model), self.selection.feed_alpha, self.kspace.shape)
+
+
+@dataclass
+class JobResult:
+    image: np.ndarray  # (H, W) full field of view
+    dc_residual: float
+    queue_s: float
+    compute_s: float
+    batch_size: int
+
+
+class Cancelled(Exception):
+    """The job's caller cancelled or its deadline passed before compute started."""
+
+
+class Batcher:
+    """A bounded queue and worker threads that run jobs of the same model, alpha and shape together."""
+
+    def __init__(self, max_batch: int = 4, max_queue: int = 64, wait_ms: float = 0.0, workers: int = 1, metrics=None):
+        self.max_batch, self.max_queue, self.wait_s = max_batch, max_queue, wait_ms / 1e3
+        self.metrics = metrics
+        self._q: collections.deque[Job] = collections.deque()
+        self._cv = threading.Condition()
+        self._stopped = False
+        self._threads = [threading.Thread(target=self._loop, name=f"batcher-{i}", daemon=True) for i in range(workers)]
+        for t in self._threads:
+            t.start()
+
+    def depth(self) -> int:
+        return len(self._q)
+
+    def submit(self, job: Job, timeout: float | None = None) -> Future:
+        """Queues job; waits up to timeout for room, then raises QueueFull (the caller pushes back)."""
+        end = None if timeout is None else time.monotonic() + timeout
+        with self._cv:
+            while len(self._q) >= self.max_queue:
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    raise QueueFull(f"compute queue full ({self.max_queue} slices)")
+                self._cv.wait(left)
+            job.enqueued = time.perf_counter()
+            self._q.append(job)
+            self._gauge()
+            self._cv.notify_all()
+        return job.future
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stopped = True
+            self._cv.notify_all()
+
+    def _gauge(self) -> None:
+        if self.metrics is not None:
+            self.metrics.queue_depth.set(len(self._q))
+
+    def _take_matching(self, key: tuple, batch: list[Job]) -> None:
+        for job in list(self._q):
+            if len(batch) >= self.max_batch:
+                return
+            if job.key == key:
+                self._q.remove(job)
+                batch.append(job)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._q and not self._stopped:
+                    self._cv.wait()
+                if self._stopped:
+                    return
+                first = self._q.popleft()
+                batch = [first]
+                self._take_matching(first.key, batch)
+                end = time.monotonic() + self.wait_s
+                while len(batch) < self.max_batch and time.monotonic() < end:
+                    self._cv.wait(end - time.monotonic())
+                    self._take_matching(first.key, batch)
+                self._gauge()
+                self._cv.notify_all()  # room in the queue
+            self._run(batch)
+
+    def _run(self, batch: list[Job]) -> None:
+        now = time.monotonic()
+        live = []
+        for job in batch:
+            if job.is_cancelled() or (job.deadline is not None and now > job.deadline):
+                job.future.set_exception(Cancelled("cancelled or past its deadline before compute"))
+            else:
+                live.append(job)
+        if not live:
+            return
+        start = time.perf_counter()
+        sel = live[0].selection
+        try:
+            image, dc = sel.model.run(
+                np.stack([j.kspace for j in live]), np.stack([j.mask for j in live]), sel.feed_alpha
+            )
+        except Exception as exc:  # a failed run fails its slices, never the worker
+            for job in live:
+                job.future.set_exception(exc)
+            return
+        compute = time.perf_counter() - start
+        if self.metrics is not None:
+            self.metrics.compute_time.observe(compute)
+            self.metrics.batch_size.observe(len(live))
+        for i, job in enumerate(live):
+            queue_s = start - job.enqueued
+            if self.metrics is not None:
+                self.metrics.queue_time.observe(queue_s)
+            job.future.set_result(JobResult(image[i], float(dc[i]), queue_s, compute, len(live)))

@@ -1,0 +1,218 @@
+"""Where baked sets come from: a local directory or the MLflow registry, with a sha256-checked disk
+cache and an alias follower. Knows MLflow and files; nothing of onnxruntime or gRPC."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from dnirecon.errors import ConfigError, ModelError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+FORMAT = "dnirecon.interpsn/1"
+
+
+@dataclass(frozen=True)
+class BakedSet:
+    directory: Path
+    name: str
+    version: str
+    uri: str
+    manifest: dict
+    manifest_sha256: str
+    baked: tuple[tuple[float, Path], ...]  # (alpha, onnx file)
+    continuous: Path | None
+
+    @property
+    def preset(self) -> str:
+        return str(self.manifest.get("preset", ""))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_baked_set(directory: str | os.PathLike, *, name: str = "", version: str = "", uri: str = "") -> BakedSet:
+    """Reads manifest.json and checks every listed file's sha256 (ModelError on any mismatch)."""
+    directory = Path(directory)
+    mpath = directory / MANIFEST
+    if not mpath.is_file():
+        raise ModelError(f"{mpath}: missing; a baked set directory holds manifest.json and its ONNX files")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{mpath}: not readable JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ModelError(f"{mpath}: field 'format' is {got!r}, expected {FORMAT!r}")
+    entries = manifest.get("alphas") or []
+    if not isinstance(entries, list):
+        raise ModelError(f"{mpath}: field 'alphas' must be a list of {{alpha, file, sha256}}")
+    files: list[tuple[float | None, dict]] = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not {"alpha", "file", "sha256"} <= entry.keys():
+            raise ModelError(f"{mpath}: alphas[{i}] needs 'alpha', 'file' and 'sha256'")
+        alpha = float(entry["alpha"])
+        if not 0.0 <= alpha <= 1.0:
+            raise ModelError(f"{mpath}: alphas[{i}].alpha is {alpha}, expected a value in [0, 1]")
+        files.append((alpha, entry))
+    cont = manifest.get("continuous")
+    if cont:
+        if not isinstance(cont, dict) or not {"file", "sha256"} <= cont.keys():
+            raise ModelError(f"{mpath}: 'continuous' needs 'file' and 'sha256'")
+        files.append((None, cont))
+    if not files:
+        raise ModelError(f"{mpath}: lists no ONNX file (empty 'alphas' and no 'continuous')")
+    baked, continuous = [], None
+    for alpha, entry in files:
+        path = directory / entry["file"]
+        if Path(entry["file"]).name != entry["file"] or not path.is_file():
+            raise ModelError(f"{mpath}: file {entry['file']!r} is not a file in {directory}")
+        digest = sha256_file(path)
+        if digest != entry["sha256"]:
+            raise ModelError(f"{path}: sha256 {digest} does not match manifest.json ({entry['sha256']})")
+        if alpha is None:
+            continuous = path
+        else:
+            baked.append((alpha, path))
+    return BakedSet(
+        directory=directory,
+        name=name or str(manifest.get("name", directory.name)),
+        version=version or str(manifest.get("version", "local")),
+        uri=uri or str(directory),
+        manifest=manifest,
+        manifest_sha256=sha256_file(mpath),
+        baked=tuple(sorted(baked)),
+        continuous=continuous,
+    )
+
+
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """models:/NAME@ALIAS -> (NAME, ALIAS, None); models:/NAME/VERSION -> (NAME, None, VERSION)."""
+    if not uri.startswith("models:/"):
+        raise ConfigError(f"DNIRECON_MODEL_URI {uri!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+    rest = uri[len("models:/") :].strip("/")
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        if name and alias and "/" not in name:
+            return name, alias, None
+    elif rest.count("/") == 1:
+        name, version = rest.split("/")
+        if name and version.isdigit():
+            return name, None, version
+    raise ConfigError(f"DNIRECON_MODEL_URI {uri!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+
+
+class MlflowStore:
+    """Resolves registered versions and downloads their artifacts into cache_dir/NAME/VERSION."""
+
+    def __init__(self, tracking_uri: str | None, cache_dir: Path):
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        from mlflow.tracking import MlflowClient  # heavy import, only when MLflow is used
+
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self.cache_dir = Path(cache_dir).expanduser()
+
+    def resolve(self, name: str, alias: str | None, version: str | None) -> tuple[str, str]:
+        """-> (version, source) of models:/name@alias or models:/name/version."""
+        try:
+            mv = self.client.get_model_version_by_alias(name, alias) if alias else self.client.get_model_version(name, version)
+        except Exception as exc:  # MlflowException and connection errors alike
+            what = f"{name}@{alias}" if alias else f"{name}/{version}"
+            raise ModelError(f"MLflow model {what} at {self.tracking_uri}: cannot resolve ({exc})") from None
+        return str(mv.version), str(mv.source)
+
+    def fetch(self, name: str, version: str, source: str, uri: str) -> BakedSet:
+        """The baked set of name/version: from the cache when it verifies, else downloaded and verified."""
+        target = self.cache_dir / name / version
+        if target.is_dir():
+            try:
+                return read_baked_set(target, name=name, version=version, uri=uri)
+            except ModelError as exc:
+                log.warning("cached %s/%s fails verification (%s); downloading again", name, version, exc)
+                shutil.rmtree(target, ignore_errors=True)
+        import mlflow.artifacts
+
+        tmp = self.cache_dir / name / f".tmp-{version}-{os.getpid()}-{threading.get_ident()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp), tracking_uri=self.tracking_uri))
+            if not (local / MANIFEST).is_file():  # a source pointing at the run root holding one folder
+                found = list(local.rglob(MANIFEST))
+                if len(found) != 1:
+                    raise ModelError(f"MLflow {name}/{version} source {source}: expected one {MANIFEST}, found {len(found)}")
+                local = found[0].parent
+            read_baked_set(local, name=name, version=version, uri=uri)  # refuse before caching
+            if not target.exists():  # another process may have cached it meanwhile
+                os.replace(local, target)
+        except ModelError:
+            raise
+        except Exception as exc:  # download failures
+            raise ModelError(f"MLflow {name}/{version}: cannot download {source} ({exc})") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return read_baked_set(target, name=name, version=version, uri=uri)
+
+    def load(self, uri: str) -> BakedSet:
+        name, alias, version = parse_model_uri(uri)
+        version, source = self.resolve(name, alias, version)
+        return self.fetch(name, version, source, uri)
+
+
+class AliasFollower:
+    """Polls models:/NAME@ALIAS; a new version is handed to on_new (load + warm + swap), which
+    returns False or raises to refuse it; a refused version is not retried until the alias moves."""
+
+    def __init__(self, store: MlflowStore, uri: str, current_version: str, poll_s: float,
+                 on_new: Callable[[BakedSet], None], on_refused: Callable[[str, Exception], None] | None = None):
+        self.store, self.uri, self.poll_s = store, uri, poll_s
+        self.name, self.alias, _v = parse_model_uri(uri)
+        self.current, self.refused = current_version, None
+        self.on_new, self.on_refused = on_new, on_refused
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="alias-follower", daemon=True)
+
+    def start(self) -> "AliasFollower":
+        if self.alias:
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def check_once(self) -> None:
+        version, source = self.store.resolve(self.name, self.alias, None)
+        if version in (self.current, self.refused):
+            return
+        log.info("alias %s@%s moved to version %s; loading beside version %s", self.name, self.alias, version, self.current)
+        try:
+            self.on_new(self.store.fetch(self.name, version, source, self.uri))
+        except Exception as exc:  # refusing keeps the old set serving
+            self.refused = version
+            log.error("version %s of %s refused, version %s keeps serving: %s", version, self.name, self.current, exc)
+            if self.on_refused:
+                self.on_refused(version, exc)
+            return
+        self.current, self.refused = version, None
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.check_once()
+            except Exception as exc:  # a registry outage must not stop following
+                log.warning("alias check of %s failed: %s", self.uri, exc)

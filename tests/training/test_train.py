@@ -1,0 +1,96 @@
+"""Training loops: the loss goes down, resume continues exactly, runs register versions with tags."""
+
+import json
+
+import pytest
+import torch
+
+from training import tracking
+from training.data import SliceDataset, collate, split_dirs
+from training.train import Trainer, new_model, schedule_for, train_model
+from training.presets import get_preset
+
+
+def _batch(tiny_data):
+    train_files, _ = split_dirs(tiny_data)
+    ds = SliceDataset(train_files, (4.0,), train=True, seed=0)
+    return collate([ds[0], ds[1]])
+
+
+def test_dataset_samples_have_the_documented_layout(tiny_data):
+    train_files, val_files = split_dirs(tiny_data)
+    train = SliceDataset(train_files, (4.0, 8.0), train=True, seed=3)
+    val = SliceDataset(val_files, (4.0, 8.0), train=False)
+    s = train[0]
+    assert s.kspace.dtype == torch.complex64 and s.kspace.dim() == 3 and s.kspace.shape[0] == 4
+    assert s.mask.shape == (s.kspace.shape[-1],) and s.target.shape == (32, 32)
+    assert torch.all(s.kspace[..., s.mask == 0] == 0)  # unacquired columns are zero
+    assert 0 < s.foreground.mean() < 1
+    assert len(val) == 2 * len(val.refs)  # every slice at 4x and at 8x
+    # validation masks are fixed per file; training masks are reproducible per (seed, epoch, index)
+    assert torch.equal(val[0].mask, SliceDataset(val_files, (4.0, 8.0), train=False)[0].mask)
+    again = SliceDataset(train_files, (4.0, 8.0), train=True, seed=3)
+    assert torch.equal(again[0].mask, s.mask)
+    train.set_epoch(1)
+    assert not all(torch.equal(train[i].mask, again[i].mask) for i in range(len(train)))
+
+
+def test_two_sn_steps_decrease_the_loss(tiny_data):
+    torch.manual_seed(0)
+    preset = get_preset("cpu")
+    model = new_model("sn", {"cascades": 2, "width": 8, "blocks": 1, "dc_weight_init": 1.0})
+    sched = schedule_for(preset, "sn", lr=1e-3)
+    trainer = Trainer("sn", model, torch.optim.RMSprop(model.parameters(), lr=sched.lr), sched,
+                      torch.device("cpu"), amp=False)
+    batch = _batch(tiny_data)
+    first = trainer.step(batch)["loss"]
+    second = trainer.step(batch)["loss"]
+    third = trainer.step(batch)["loss"]
+    assert second < first and third < second
+
+
+def test_resume_continues_from_the_saved_step(tiny_data, tmp_path):
+    kw = dict(preset="cpu", accels=(4.0, 8.0), epochs=2, seed=5, log_mlflow=False, progress=False,
+              batch_size=1)
+    straight = train_model("sn", tiny_data, max_steps=3, out_dir=tmp_path / "a", **kw)
+    first = train_model("sn", tiny_data, max_steps=1, out_dir=tmp_path / "b", **kw)
+    ck1 = torch.load(first.checkpoint_path, weights_only=True)
+    assert (ck1["step"], ck1["epoch"], ck1["batch_in_epoch"]) == (1, 0, 1)
+    resumed = train_model("sn", tiny_data, max_steps=3, resume=first.checkpoint_path, out_dir=tmp_path / "c", **kw)
+    ck = torch.load(resumed.checkpoint_path, weights_only=True)
+    ref = torch.load(straight.checkpoint_path, weights_only=True)
+    assert ck["step"] == 3 and (ck["epoch"], ck["batch_in_epoch"]) == (ref["epoch"], ref["batch_in_epoch"])
+    for k, v in ref["model"].items():  # same data order, masks and optimiser state: same weights
+        torch.testing.assert_close(ck["model"][k], v, rtol=1e-5, atol=1e-6)
+    for a, b in zip(ck["optimizer"]["state"].values(), ref["optimizer"]["state"].values()):
+        torch.testing.assert_close(a["square_avg"], b["square_avg"], rtol=1e-5, atol=1e-9)
+
+
+def test_runs_register_new_versions_with_lineage_tags(tiny_data, tmp_path, mlflow_store):
+    kw = dict(preset="cpu", accels=(4.0, 8.0), epochs=1, progress=False, out_dir=tmp_path / "ck")
+    first = train_model("sn", tiny_data, max_steps=1, **kw)
+    second = train_model("sn", tiny_data, max_steps=1, seed=1, **kw)
+    assert (first.version, second.version) == ("1", "2")
+    gan = train_model("sn-gan", tiny_data, max_steps=1, init_from="champion", **kw)
+    assert gan.version == "1"
+
+    c = tracking.client()
+    sn2 = c.get_model_version("sn", "2")
+    for tag in ("acceleration", "contrasts", "preset", "arch_signature", "dataset_id"):
+        assert sn2.tags[tag], tag
+    assert sn2.tags["acceleration"] == "4,8" and sn2.tags["contrasts"] == "CORPDFS_FBK,CORPD_FBK"
+    gv = c.get_model_version("sn-gan", "1")
+    assert gv.tags["sn_version"] == "2" and gv.tags["arch_signature"] == sn2.tags["arch_signature"]
+    assert str(c.get_model_version_by_alias("sn", "champion").version) == "2"
+
+    run = c.get_run(first.run_id)
+    assert "val_psnr_4x" in run.data.metrics and "val_ssim_8x" in run.data.metrics
+    assert run.data.params["preset"] == "cpu" and run.data.params["train_volumes"] == "2"
+    names = {a.path for a in c.list_artifacts(first.run_id)}
+    assert {"model", "figures", "preset.json", "data.json"} <= names
+    model_files = {a.path for a in c.list_artifacts(first.run_id, "model")}
+    assert model_files == {"model/weights.pt", "model/config.json"}
+
+    loaded = tracking.load_registered_model("sn-gan", "champion")
+    assert loaded.config["kind"] == "sn-gan" and loaded.config["sn_version"] == "2"
+    assert json.loads(json.dumps(loaded.config))["arch_signature"] == sn2.tags["arch_signature"]

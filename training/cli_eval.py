@@ -1,0 +1,64 @@
+"""`dnirecon eval baselines|model`: Table-1-style metrics per contrast and acceleration."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dnirecon.errors import ConfigError
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--accel expects a positive number, got {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"--accel expects a positive number, got {text!r}")
+    return value
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, required=True, help="directory of fastMRI-layout .h5 volumes")
+    p.add_argument("--accel", type=positive_float, nargs="+", default=[4.0, 8.0],
+                   help="acceleration factors (default: 4 8)")
+    p.add_argument("--mask", choices=["random", "equispaced"], default="random",
+                   help="Cartesian mask type, fastMRI semantics (default: random)")
+    p.add_argument("--out", type=Path, default=Path("results"),
+                   help="directory for the table (markdown, CSV, JSON); default: results/")
+    p.add_argument("--limit-volumes", type=int, default=None, help="evaluate the first N volumes only")
+    p.add_argument("--cg-lambda", type=float, default=None, help="Tikhonov weight of CG-SENSE")
+    p.add_argument("--cg-iters", type=int, default=None, help="conjugate-gradient iterations of CG-SENSE")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    ev = sub.add_parser("eval", help="evaluate baselines and trained models (Table-1 metrics)")
+    evsub = ev.add_subparsers(dest="eval_command", metavar="WHAT", required=True)
+
+    b = evsub.add_parser("baselines", help="zero-filled RSS and CG-SENSE on a dataset")
+    _common(b)
+    b.set_defaults(func=_run_baselines)
+
+    m = evsub.add_parser("model", help="a trained model (MLflow version or local checkpoint) next to the baselines")
+    _common(m)
+    m.add_argument("--model", choices=["sn", "sn-gan", "unet"], default=None, help="registered model name")
+    src = m.add_mutually_exclusive_group()
+    src.add_argument("--version", help="registered model version")
+    src.add_argument("--alias", help="registered model alias (e.g. champion)")
+    src.add_argument("--checkpoint", type=Path, help="local checkpoint file instead of MLflow")
+    m.add_argument("--no-baselines", action="store_true", help="skip the baseline rows")
+    m.set_defaults(func=_run_model)
+
+
+def _run_baselines(args: argparse.Namespace) -> int:
+    from training.evaluate import eval_baselines_command
+
+    return eval_baselines_command(args)
+
+
+def _run_model(args: argparse.Namespace) -> int:
+    if args.checkpoint is None and args.model is None:
+        raise ConfigError("eval model needs --model NAME (with --version or --alias) or --checkpoint PATH")
+    from training.evaluate import eval_model_command
+
+    return eval_model_command(args)

@@ -1,0 +1,60 @@
+"""SENSE encoding operator A = M F S and its adjoint A^H = S^H F^H M."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from training.physics.fft import TORCH_FFT, FourierPair
+
+
+def expand_mask(mask: Tensor) -> Tensor:
+    """Column mask (B, W) -> (B, 1, 1, W), broadcastable over coils and readout of (B, C, H, W)."""
+    return mask[:, None, None, :]
+
+
+def coil_expand(x: Tensor, maps: Tensor) -> Tensor:
+    """S x: image (B, H, W) -> coil images (B, C, H, W)."""
+    return maps * x[:, None]
+
+
+def coil_combine(coil_images: Tensor, maps: Tensor) -> Tensor:
+    """S^H z: coil images (B, C, H, W) -> image (B, H, W), conjugate maps summed over coils."""
+    return (maps.conj() * coil_images).sum(dim=1)
+
+
+class SenseOp:
+    """Multi-coil Cartesian SENSE operator.
+
+    maps: complex (B, C, H, W) coil sensitivities; mask: float (B, W), 1 = acquired phase-encode column;
+    fourier: the centred orthonormal FFT pair to use (TORCH_FFT in training, MATMUL_FFT in export).
+    """
+
+    def __init__(self, maps: Tensor, mask: Tensor, fourier: FourierPair = TORCH_FFT):
+        self.maps = maps
+        self.mask = expand_mask(mask).to(maps.real.dtype)
+        self.fourier = fourier
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Image (B, H, W) -> masked multi-coil k-space (B, C, H, W)."""
+        return self.mask * self.fourier.fft(coil_expand(x, self.maps))
+
+    def adjoint(self, y: Tensor) -> Tensor:
+        """Multi-coil k-space (B, C, H, W) -> image (B, H, W)."""
+        return coil_combine(self.fourier.ifft(self.mask * y), self.maps)
+
+    def normal(self, x: Tensor) -> Tensor:
+        """A^H A x, the operator of the SENSE normal equations."""
+        return self.adjoint(self.forward(x))
+
+    __call__ = forward
+
+
+def data_residual(image: Tensor, maps: Tensor, kspace: Tensor, mask: Tensor,
+                  fourier: FourierPair = TORCH_FFT) -> Tensor:
+    """||M F S x - y|| / ||y|| per sample, (B,): how far an image is from the measured k-space."""
+    m = expand_mask(mask).to(kspace.real.dtype)
+    diff = SenseOp(maps, mask, fourier).forward(image) - m * kspace
+    num = diff.abs().square().sum(dim=(1, 2, 3))
+    den = (m * kspace).abs().square().sum(dim=(1, 2, 3))
+    return torch.sqrt(num / (den + torch.finfo(den.dtype).tiny))

@@ -1,0 +1,109 @@
+"""Model and schedule presets as data: `cpu` (tests, demo: 2 cores) and `paper` (Qin et al., for GPUs)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from dnirecon.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SNConfig:
+    """Sensitivity network: `cascades` x (Down-Up network of `blocks` blocks, `width` features; DC)."""
+
+    cascades: int = 10
+    width: int = 128
+    blocks: int = 2
+    dc_weight_init: float = 1.0
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """fastMRI-style U-Net: `chans` features at the top, `num_pool_layers` poolings."""
+
+    chans: int = 32
+    num_pool_layers: int = 4
+    drop_prob: float = 0.0
+
+
+@dataclass(frozen=True)
+class DiscriminatorConfig:
+    """PatchGAN: `chans` features in the first layer, `num_layers` strided layers."""
+
+    chans: int = 64
+    num_layers: int = 3
+
+
+@dataclass(frozen=True)
+class TrainSchedule:
+    epochs: int
+    lr: float
+    batch: int = 1
+    optimiser: str = "rmsprop"
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    sn: SNConfig
+    unet: UNetConfig
+    discriminator: DiscriminatorConfig
+    sn_schedule: TrainSchedule  # SN from scratch
+    finetune_schedule: TrainSchedule  # SN-GAN (and its discriminator) from the trained SN
+    unet_schedule: TrainSchedule
+
+
+PRESETS: dict[str, Preset] = {
+    # Paper: 10 cascades, Down-Up width 128 with 2 blocks; SN 50 epochs RMSProp 1e-4; fine-tune 10 at 5e-5.
+    "paper": Preset(
+        name="paper",
+        sn=SNConfig(cascades=10, width=128, blocks=2),
+        unet=UNetConfig(chans=32, num_pool_layers=4),
+        discriminator=DiscriminatorConfig(chans=64, num_layers=3),
+        sn_schedule=TrainSchedule(epochs=50, lr=1e-4, batch=1, optimiser="rmsprop"),
+        finetune_schedule=TrainSchedule(epochs=10, lr=5e-5, batch=1, optimiser="rmsprop"),
+        unet_schedule=TrainSchedule(epochs=50, lr=1e-3, batch=1, optimiser="rmsprop"),
+    ),
+    # 2-core CPU: small enough that SN trains in ~10 minutes on small synthetic volumes.
+    "cpu": Preset(
+        name="cpu",
+        sn=SNConfig(cascades=4, width=12, blocks=1),
+        unet=UNetConfig(chans=12, num_pool_layers=3),
+        discriminator=DiscriminatorConfig(chans=16, num_layers=3),
+        sn_schedule=TrainSchedule(epochs=8, lr=1e-3, batch=2, optimiser="rmsprop"),
+        finetune_schedule=TrainSchedule(epochs=3, lr=5e-4, batch=2, optimiser="rmsprop"),
+        unet_schedule=TrainSchedule(epochs=8, lr=1e-3, batch=2, optimiser="rmsprop"),
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"--preset {name!r} is not known; expected one of {sorted(PRESETS)}") from None
+
+
+def config_to_dict(config: Any) -> dict:
+    """A config dataclass as plain data (for config.json next to weights.pt)."""
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(cls: type, data: dict, source: str = "config") -> Any:
+    """Rebuild a config dataclass; unknown or missing fields raise ConfigError naming `source`."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{source}: unknown {cls.__name__} field(s) {unknown}; expected some of {sorted(names)}")
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise ConfigError(f"{source}: cannot build {cls.__name__}: {exc}") from None
+
+
+__all__ = [
+    "SNConfig", "UNetConfig", "DiscriminatorConfig", "TrainSchedule", "Preset", "PRESETS",
+    "get_preset", "config_to_dict", "config_from_dict",
+]

@@ -1,0 +1,529 @@
+"""Synthetic knee dataset in the exact fastMRI multi-coil layout (DESIGN.md contract 1), numpy only.
+
+Each slice is a coronal knee cross-section (femoral and tibial condyles with trabecular marrow and a
+cortical rim, articular cartilage, joint fluid, menisci, cruciate and collateral ligaments, muscle with
+fibres and fat septa, subcutaneous fat, skin), with a smooth phase, seen by C loop coils on a cylinder
+around the leg (Biot-Savart fields) with correlated noise. Files carry, besides fastMRI's datasets,
+`reconstruction_sense` (|SENSE combination with the true maps|, cropped) and `sensitivity_maps`.
+
+Coordinates: "normalised units" are half the reconstructed field of view (70 mm at 140 mm FOV);
+y runs along the readout rows (superior -> inferior), x along the phase-encode columns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+from scipy import ndimage
+from scipy.interpolate import RectBivariateSpline
+
+from dnirecon.errors import ConfigError
+from dnirecon.fastmri_io import ISMRMRD_NS, center_crop
+from dnirecon.fftc import fft2c, ifft2c
+
+log = logging.getLogger(__name__)
+
+CONTRASTS = {"pd": "CORPD_FBK", "pdfs": "CORPDFS_FBK"}
+FOV_MM = 140.0
+SLICE_MM = 3.0
+
+# Relative signal of each tissue. Fat is bright in PD and suppressed in PDFS, where fluid is brightest.
+TISSUE = {
+    "pd":   dict(skin=0.55, fat=1.00, muscle=0.34, septa=0.85, marrow=0.88, cortex=0.03, cartilage=0.62,
+                 fluid=0.70, meniscus=0.05, ligament=0.09, physis=0.35, scale=1.0, noise=0.012),
+    "pdfs": dict(skin=0.45, fat=0.13, muscle=0.42, septa=0.16, marrow=0.20, cortex=0.03, cartilage=0.58,
+                 fluid=1.00, meniscus=0.05, ligament=0.08, physis=0.30, scale=0.55, noise=0.012),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthConfig:
+    """Options of `dnirecon data synth` (sizes are the fastMRI names: recon (h, w), enc width W)."""
+
+    volumes_per_contrast: int = 2
+    slices: int = 8
+    coils: int = 8
+    recon_size: tuple[int, int] = (96, 96)
+    enc_width: int | None = None
+    seed: int = 0
+    contrasts: tuple[str, ...] = ("pd", "pdfs")
+
+    def validated(self) -> "SynthConfig":
+        def positive(name: str, v: int) -> None:
+            if not isinstance(v, (int, np.integer)) or v < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
+
+        positive("volumes_per_contrast", self.volumes_per_contrast)
+        positive("slices", self.slices)
+        positive("coils", self.coils)
+        h, w = self.recon_size
+        if h < 16 or w < 16:
+            raise ConfigError(f"--recon-size must be at least 16 16, got {h} {w}")
+        if self.enc_width is not None and self.enc_width < w:
+            raise ConfigError(f"--enc-width must be >= the recon width {w}, got {self.enc_width}")
+        for c in self.contrasts:
+            if c not in CONTRASTS:
+                raise ConfigError(f"--contrasts: unknown contrast {c!r}, expected one of {sorted(CONTRASTS)}")
+        return self
+
+    @property
+    def enc_w(self) -> int:
+        w = self.recon_size[1]
+        return self.enc_width if self.enc_width is not None else w + 2 * round(0.075 * w)
+
+
+def acquired_columns(enc_w: int) -> tuple[int, int]:
+    """Acquired phase columns [left, right) inside the encoded width; the rest is zero padding."""
+    pad = round(0.045 * enc_w)
+    return pad, enc_w - pad
+
+
+# ----------------------------------------------------------------------------- shape helpers
+def _smoothstep(e0: float, e1: float, v: np.ndarray) -> np.ndarray:
+    t = np.clip((v - e0) / (e1 - e0), 0.0, 1.0)
+    return t * t * (3 - 2 * t)
+
+
+def _ellipse(x, y, cx, cy, a, b):
+    """Approximate signed distance to an ellipse (negative inside)."""
+    return (np.sqrt(((x - cx) / a) ** 2 + ((y - cy) / b) ** 2) - 1.0) * min(a, b)
+
+
+def _smin(a, b, k):
+    """Smooth union of two signed distances (k: blend width)."""
+    h = np.clip(0.5 + 0.5 * (b - a) / k, 0.0, 1.0)
+    return b * (1 - h) + a * h - k * h * (1 - h)
+
+
+def _smax(a, b, k):
+    return -_smin(-a, -b, k)
+
+
+def _segment(x, y, p0, p1):
+    """Distance to the line segment p0-p1."""
+    px, py = x - p0[0], y - p0[1]
+    dx, dy = p1[0] - p0[0], p1[1] - p0[1]
+    t = np.clip((px * dx + py * dy) / (dx * dx + dy * dy), 0.0, 1.0)
+    return np.hypot(px - t * dx, py - t * dy)
+
+
+def _bandpass_noise(rng, shape, spacing, wavelength, rel_bw=0.35, stretch=(1.0, 1.0)):
+    """Unit-variance noise with energy at one spatial wavelength (normalised units).
+
+    stretch (sy, sx) > 1 along an axis lengthens the structures along it (fibres, septa).
+    """
+    ky = np.fft.fftfreq(shape[0], d=spacing[0])[:, None] * stretch[0]
+    kx = np.fft.fftfreq(shape[1], d=spacing[1])[None, :] * stretch[1]
+    k = np.hypot(ky, kx)
+    f0 = 1.0 / wavelength
+    filt = np.exp(-0.5 * ((k - f0) / (rel_bw * f0)) ** 2)
+    white = rng.standard_normal(shape)
+    out = np.fft.ifft2(np.fft.fft2(white) * filt).real
+    return out / (out.std() + 1e-12)
+
+
+@dataclasses.dataclass
+class KneeParams:
+    """Per-volume anatomy: size, position, shape ratios, which side the fibula is on."""
+
+    s: float; cx: float; jy: float; tilt: float; leg_w: float; fat_t: float; skin_t: float
+    shaft_w: float; cond_w: float; med_ratio: float; lat_ratio: float; notch_w: float
+    plat_w: float; cart_t: float; gap: float; side: float; coverage: float; trab_wl: float
+
+    @staticmethod
+    def sample(rng: np.random.Generator) -> "KneeParams":
+        u = rng.uniform
+        return KneeParams(
+            s=u(0.85, 1.05), cx=u(-0.06, 0.06), jy=u(-0.1, 0.1), tilt=u(-0.06, 0.06), leg_w=u(0.56, 0.66),
+            fat_t=u(0.05, 0.11), skin_t=u(0.012, 0.018), shaft_w=u(0.17, 0.21), cond_w=u(0.38, 0.43),
+            med_ratio=u(0.95, 1.1), lat_ratio=u(0.88, 1.0), notch_w=u(0.8, 1.2), plat_w=u(0.38, 0.43),
+            cart_t=u(0.022, 0.032), gap=u(0.008, 0.016), side=float(rng.choice([-1.0, 1.0])),
+            coverage=u(0.75, 0.95), trab_wl=u(0.028, 0.036),
+        )
+
+
+class _Grid:
+    """Pixel-centre coordinates of the full field of view (2 h rows x W columns) in normalised units."""
+
+    def __init__(self, recon_size: tuple[int, int], enc_w: int):
+        h, w = recon_size
+        self.shape = (2 * h, enc_w)
+        self.spacing = (2.0 / h, 2.0 / w)
+        self.y = ((np.arange(2 * h) - h) * self.spacing[0])[:, None]
+        self.x = ((np.arange(enc_w) - enc_w // 2) * self.spacing[1])[None, :]
+        self.pixel = max(self.spacing)
+
+
+def _occ(d: np.ndarray, edge: float) -> np.ndarray:
+    """Soft inside-indicator of a signed distance (edge ~ half a pixel: no staircase aliasing)."""
+    return 0.5 * (1.0 - np.tanh(d / edge))
+
+
+def knee_slice(p: KneeParams, t: float, grid: _Grid, rng: np.random.Generator, contrast: str) -> np.ndarray:
+    """Magnitude image (2h, W) of one coronal slice; t in [-1, 1] runs anterior -> posterior."""
+    v = TISSUE[contrast]
+    edge = 0.5 * grid.pixel
+    x0, y = grid.x, grid.y
+    x = x0 - p.cx - p.tilt * (y - p.jy)  # the leg axis leans a little
+    s, jy = p.s, p.jy
+    a = np.abs(t)
+
+    # leg outline: slightly wider thigh, narrower towards the ends of the slab, rounded ends
+    hw_leg = s * p.leg_w * np.sqrt(1 - 0.3 * t * t) * (1 + 0.1 * _smoothstep(jy + 0.2, jy - 1.2, y)
+                                                         + 0.03 * np.sin(3.1 * y + 7 * p.cx))
+    d_leg = np.maximum(np.abs(x) - hw_leg, np.abs(y - 0.05) - 1.75)
+    fat_t = p.fat_t * (1 + 0.35 * np.sin(2.3 * y + 11 * p.tilt) * np.sign(x) + 0.2 * np.cos(4 * y))
+
+    # femur: shaft flaring into two condyles, intercondylar notch deepening posteriorly
+    hw_f = s * (p.shaft_w + (p.cond_w - p.shaft_w) * _smoothstep(jy - 0.65, jy - 0.2, y)) * (1 - 0.1 * a)
+    f_bot = jy - p.gap / 2 - p.cart_t
+    d_col = np.maximum(np.abs(x) - hw_f, y - (f_bot - 0.14))
+    cw = s * p.cond_w * (1 - 0.1 * a)
+    med = _ellipse(x, y, -p.side * cw * 0.5, f_bot - 0.16, cw * 0.5 * p.med_ratio, 0.16)
+    lat = _ellipse(x, y, p.side * cw * 0.5, f_bot - 0.155, cw * 0.5 * p.lat_ratio, 0.155)
+    d_fem = _smin(d_col, _smin(med, lat, 0.04), 0.06)
+    notch_depth = 0.05 + 0.22 * _smoothstep(-0.7, 0.6, t)
+    notch = _ellipse(x, y, 0.0, f_bot + 0.02, s * 0.065 * p.notch_w * (0.6 + 0.6 * _smoothstep(-0.5, 0.8, t)),
+                     notch_depth)
+    d_fem = _smax(d_fem, -notch, 0.02)
+
+    # tibia: plateau with two shallow compartments and the tibial spines, tapering to the shaft
+    t_top = jy + p.gap / 2 + p.cart_t
+    top = (t_top + 0.012 * np.cos(np.pi * x / (s * p.plat_w * 0.5))
+           - 0.04 * np.exp(-(((np.abs(x) - 0.04 * s) / 0.025) ** 2)) * (1 - 0.6 * a))
+    hw_t = s * (0.19 + (p.plat_w - 0.19) * (1 - _smoothstep(jy + 0.12, jy + 0.6, y))) * (1 - 0.08 * a)
+    d_tib = _smax(np.abs(x) - hw_t, top - y, 0.04)
+
+    # fibular head, lateral and below the plateau, in posterior slices only
+    fib_f = _smoothstep(0.1, 0.5, t)
+    d_fib = np.full(grid.shape, 10.0)
+    if fib_f > 0.35:
+        fx = p.side * (s * p.plat_w + 0.03)
+        head = _ellipse(x, y, fx, jy + 0.32, 0.07 * s * fib_f + 1e-3, 0.09 * fib_f + 1e-3)
+        shaft = np.maximum(np.abs(x - fx - p.side * 0.02 * (y - jy)) - 0.04 * s * fib_f, jy + 0.35 - y)
+        d_fib = _smin(head, shaft, 0.04)
+
+    # patella in anterior slices (above the joint, in front of the femur)
+    pat_f = _smoothstep(-0.45, -0.85, t)
+    d_pat = np.full(grid.shape, 10.0)
+    if pat_f > 0:
+        d_pat = _ellipse(x, y, 0.02, jy - 0.45, 0.17 * s * pat_f + 1e-3, 0.2 * pat_f + 1e-3)
+
+    d_bone = np.minimum(np.minimum(d_fem, d_tib), np.minimum(d_fib, d_pat))
+
+    # --- textures -----------------------------------------------------------------------------
+    wl = max(p.trab_wl, 2.6 * grid.pixel)
+    trab_n = _bandpass_noise(rng, grid.shape, grid.spacing, wl, rel_bw=0.45)
+    trab = np.exp(-((trab_n / 0.45) ** 2))  # zero crossings of band-pass noise: a trabecular mesh
+    marrow_lf = _bandpass_noise(rng, grid.shape, grid.spacing, 0.25, rel_bw=0.6)
+    fibres = _bandpass_noise(rng, grid.shape, grid.spacing, max(0.02, 2.2 * grid.pixel), rel_bw=0.5,
+                             stretch=(8.0, 1.0))
+    septa_n = _bandpass_noise(rng, grid.shape, grid.spacing, 0.35, rel_bw=0.5, stretch=(3.0, 1.0))
+    septa = np.exp(-((septa_n / 0.07) ** 2))
+    lobules = _bandpass_noise(rng, grid.shape, grid.spacing, max(0.05, 3 * grid.pixel), rel_bw=0.5)
+
+    # --- painter's algorithm, outside in --------------------------------------------------------
+    img = np.zeros(grid.shape)
+
+    def paint(value, occupancy):
+        nonlocal img
+        img = img * (1 - occupancy) + value * occupancy
+
+    paint(v["skin"], _occ(d_leg, edge))
+    paint(v["fat"] * (1 + 0.05 * lobules), _occ(d_leg + p.skin_t, edge))
+    soft_inner = d_leg + p.skin_t + fat_t
+    muscle_w = _smoothstep(0.12, 0.35, np.abs(y - jy))  # at the joint line: fat, tendons, ligaments
+    muscle = v["muscle"] * (1 + 0.12 * fibres)
+    muscle = muscle * (1 - septa) + v["septa"] * septa
+    periart = 0.75 * v["fat"] + 0.25 * v["muscle"]
+    paint(muscle * muscle_w + periart * (1 - muscle_w), _occ(soft_inner, edge))
+
+    # collateral ligaments hugging both sides of the joint, and cruciates in the notch
+    lig = np.full(grid.shape, 10.0)
+    for side in (-1.0, 1.0):
+        xe = side * (s * p.plat_w + 0.025)
+        lig = np.minimum(lig, _segment(x, y, (side * (cw + 0.02), jy - 0.3), (xe, jy + 0.35)) - 0.018)
+    cr = _smoothstep(-0.6, 0.0, t) * _smoothstep(1.0, 0.6, t)
+    if cr > 0:
+        lig = np.minimum(lig, _segment(x, y, (0.035 * s, f_bot - 0.17), (-0.03 * s, jy + 0.02)) - 0.02 * cr)
+    paint(v["ligament"], _occ(lig, edge) * (soft_inner < 0.02) * (d_bone > 0))
+
+    # bone: cortical rim, then marrow with trabecular mesh, growth-plate scars
+    cort = max(0.012, 1.2 * grid.pixel)
+    paint(v["cortex"], _occ(d_bone, edge))
+    marrow = v["marrow"] * (1 + 0.06 * marrow_lf) * (1 - 0.5 * trab)
+    physis = np.minimum(np.abs(y - (jy - 0.32 - 0.05 * np.cos(3 * x))), np.abs(y - (jy + 0.26 + 0.03 * np.cos(4 * x))))
+    marrow = marrow * (1 - 0.6 * np.exp(-((physis / max(0.006, grid.pixel * 0.7)) ** 2))) \
+        + v["physis"] * 0.6 * np.exp(-((physis / max(0.006, grid.pixel * 0.7)) ** 2)) * 0.3
+    paint(marrow, _occ(d_bone + cort, edge))
+
+    # articular cartilage on the distal femur and the tibial plateau, fluid in the joint space
+    near_joint = _smoothstep(0.28, 0.12, np.abs(y - jy))
+    cart_fem = (d_fem > -0.005) & (d_fem < p.cart_t) & (y > f_bot - 0.12)
+    cart_tib = (d_tib > -0.005) & (d_tib < p.cart_t) & (y < t_top + 0.03)
+    cart = _occ(np.maximum(d_fem, -d_fem) - p.cart_t * 0.5, edge)  # soft, used only for the fringe
+    fem_c = cart_fem * (np.abs(x) < cw * 1.05) * near_joint
+    tib_c = cart_tib * (np.abs(x) < s * p.plat_w) * near_joint
+    paint(v["cartilage"], np.clip(fem_c + tib_c, 0, 1) * np.maximum(cart, 1.0))
+    gap = (np.abs(y - jy) < p.gap / 2 + 0.5 * grid.pixel) & (np.abs(x) < s * p.plat_w) & (d_bone > 0) \
+        & ~(notch < 0)
+    paint(v["fluid"], gap.astype(float))
+
+    # menisci: dark wedges at the periphery of the joint, bases outward
+    for side in (-1.0, 1.0):
+        xb = s * p.plat_w + 0.01
+        xa = xb - 0.12 * s
+        half_h = (p.gap / 2 + p.cart_t) * np.clip((side * x - xa) / (xb - xa), 0, 1)
+        wedge = (side * x > xa) & (side * x < xb) & (np.abs(y - jy) < half_h + 0.003)
+        paint(v["meniscus"], wedge.astype(float))
+
+    return img * v["scale"]
+
+
+# ----------------------------------------------------------------------------- coils
+def coil_layout(coils: int, rng: np.random.Generator) -> list[tuple[float, float, float]]:
+    """(azimuth, superior-inferior position, loop radius) of each element of a cylindrical knee array."""
+    rows = 1 if coils <= 4 else 2 if coils <= 10 else 3
+    per_row = [coils // rows + (1 if r < coils % rows else 0) for r in range(rows)]
+    ys = np.linspace(-0.55, 0.55, rows) if rows > 1 else np.array([0.0])
+    rot = rng.uniform(0, 2 * np.pi)
+    out = []
+    for r, n in enumerate(per_row):
+        for j in range(n):
+            phi = rot + 2 * np.pi * (j + 0.5 * (r % 2)) / n
+            out.append((phi, float(ys[r] + rng.normal(0, 0.03)), float(rng.uniform(0.42, 0.5))))
+    return out
+
+
+def coil_fields(layout, z: float, grid: _Grid, radius: float = 1.15, segments: int = 24) -> np.ndarray:
+    """Complex receive sensitivities (C, 2h, W) of loop coils, Biot-Savart on a coarse grid.
+
+    B0 runs along the leg (y), so the receive field is B1- = Bx - i Bz; computed on a coarse grid and
+    spline-interpolated because the fields are smooth.
+    """
+    gy = np.linspace(grid.y[0, 0], grid.y[-1, 0], min(grid.shape[0], 48))
+    gx = np.linspace(grid.x[0, 0], grid.x[0, -1], min(grid.shape[1], 40))
+    P = np.stack(np.broadcast_arrays(gx[None, :], gy[:, None], np.full((1, 1), z)), -1)  # (gy, gx, 3) xyz
+    tau = np.linspace(0, 2 * np.pi, segments, endpoint=False)
+    maps = []
+    for phi, yc, a in layout:
+        centre = np.array([radius * np.cos(phi), yc, radius * np.sin(phi)])
+        u = np.array([-np.sin(phi), 0.0, np.cos(phi)])
+        w = np.array([0.0, 1.0, 0.0])
+        pts = centre + a * (np.cos(tau)[:, None] * u + np.sin(tau)[:, None] * w)          # (S, 3)
+        dl = a * (2 * np.pi / segments) * (-np.sin(tau)[:, None] * u + np.cos(tau)[:, None] * w)
+        r = P[None] - pts[:, None, None, :]                                                  # (S, gy, gx, 3)
+        B = np.sum(np.cross(dl[:, None, None, :], r) / (np.linalg.norm(r, axis=-1, keepdims=True) ** 3), 0)
+        c = B[..., 0] - 1j * B[..., 2]
+        fine = (RectBivariateSpline(gy, gx, c.real)(grid.y[:, 0], grid.x[0])
+                + 1j * RectBivariateSpline(gy, gx, c.imag)(grid.y[:, 0], grid.x[0]))
+        maps.append(fine)
+    return np.stack(maps)
+
+
+def normalise_maps(raw: np.ndarray) -> np.ndarray:
+    """Scale the coil fields so that sum_c |S_c|^2 = 1 at every pixel."""
+    return raw / np.sqrt(np.sum(np.abs(raw) ** 2, axis=0, keepdims=True))
+
+
+def noise_mixing(layout, rng: np.random.Generator) -> np.ndarray:
+    """A (C, C) matrix A: coil noise A @ white has covariance A A^H with neighbour coupling."""
+    pos = np.array([[np.cos(p), yc, np.sin(p)] for p, yc, _ in layout])
+    dist = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
+    n = len(layout)
+    coupling = (rng.standard_normal((n, n)) + 1j * rng.standard_normal((n, n))) / np.sqrt(2)
+    coupling *= 0.3 * np.exp(-dist / 0.8)
+    np.fill_diagonal(coupling, 0)
+    gains = rng.uniform(0.85, 1.15, n)
+    A = gains[:, None] * (np.eye(n) + coupling)
+    return A / np.sqrt(np.mean(np.sum(np.abs(A) ** 2, 1)))  # mean noise variance 1 per coil
+
+
+def smooth_phase(grid: _Grid, coeffs: np.ndarray, t: float) -> np.ndarray:
+    y, x = grid.y / 2, grid.x  # y spans [-1, 1] over the oversampled rows
+    c = coeffs[0] + t * coeffs[1]
+    return (c[0] + c[1] * x + c[2] * y + c[3] * x * y + c[4] * (x * x - y * y) + c[5] * np.sin(2 * x + c[6]))
+
+
+# ----------------------------------------------------------------------------- header
+def ismrmrd_header(recon_size, enc_w, slices, coils, contrast, pad) -> str:
+    """A full ISMRMRD XML header of a Siemens-like Cartesian TSE knee scan (fastMRI's fields)."""
+    h, w = recon_size
+    left, right = pad
+    center = enc_w // 2 - left
+    maximum = right - left - 1
+    fov_y = FOV_MM * enc_w / w
+    te = 27 if contrast == "pd" else 33
+    return f"""<?xml version="1.0" encoding="utf-8"?>
+<ismrmrdHeader xmlns="{ISMRMRD_NS}" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+  <version>1</version>
+  <subjectInformation><patientWeight_kg>70</patientWeight_kg></subjectInformation>
+  <measurementInformation><patientPosition>FFS</patientPosition>
+    <protocolName>{CONTRASTS[contrast]}</protocolName></measurementInformation>
+  <acquisitionSystemInformation><systemVendor>SIEMENS</systemVendor><systemModel>dnirecon-synth</systemModel>
+    <systemFieldStrength_T>2.89362</systemFieldStrength_T><relativeReceiverNoiseBandwidth>0.793</relativeReceiverNoiseBandwidth>
+    <receiverChannels>{coils}</receiverChannels><institutionName>synthetic</institutionName></acquisitionSystemInformation>
+  <experimentalConditions><H1resonanceFrequency_Hz>123251815</H1resonanceFrequency_Hz></experimentalConditions>
+  <encoding>
+    <encodedSpace><matrixSize><x>{2 * h}</x><y>{enc_w}</y><z>1</z></matrixSize>
+      <fieldOfView_mm><x>{2 * FOV_MM:.1f}</x><y>{fov_y:.2f}</y><z>{SLICE_MM:.1f}</z></fieldOfView_mm></encodedSpace>
+    <reconSpace><matrixSize><x>{h}</x><y>{w}</y><z>1</z></matrixSize>
+      <fieldOfView_mm><x>{FOV_MM:.1f}</x><y>{FOV_MM:.1f}</y><z>{SLICE_MM:.1f}</z></fieldOfView_mm></reconSpace>
+    <trajectory>cartesian</trajectory>
+    <encodingLimits>
+      <kspace_encoding_step_1><minimum>0</minimum><maximum>{maximum}</maximum><center>{center}</center></kspace_encoding_step_1>
+      <kspace_encoding_step_2><minimum>0</minimum><maximum>0</maximum><center>0</center></kspace_encoding_step_2>
+      <average><minimum>0</minimum><maximum>0</maximum><center>0</center></average>
+      <slice><minimum>0</minimum><maximum>{slices - 1}</maximum><center>{slices // 2}</center></slice>
+      <contrast><minimum>0</minimum><maximum>0</maximum><center>0</center></contrast>
+      <phase><minimum>0</minimum><maximum>0</maximum><center>0</center></phase>
+      <repetition><minimum>0</minimum><maximum>0</maximum><center>0</center></repetition>
+      <set><minimum>0</minimum><maximum>0</maximum><center>0</center></set>
+      <segment><minimum>0</minimum><maximum>0</maximum><center>0</center></segment>
+    </encodingLimits>
+    <parallelImaging><accelerationFactor><kspace_encoding_step_1>1</kspace_encoding_step_1>
+      <kspace_encoding_step_2>1</kspace_encoding_step_2></accelerationFactor>
+      <calibrationMode>other</calibrationMode></parallelImaging>
+  </encoding>
+  <sequenceParameters><TR>2750</TR><TE>{te}</TE><TI>100</TI><flipAngle_deg>140</flipAngle_deg>
+    <sequence_type>TurboSpinEcho</sequence_type><echo_spacing>13.5</echo_spacing></sequenceParameters>
+</ismrmrdHeader>
+"""
+
+
+# ----------------------------------------------------------------------------- volumes
+@dataclasses.dataclass
+class SynthVolume:
+    kspace: np.ndarray            # complex64 (S, C, 2h, W)
+    reconstruction_rss: np.ndarray    # float32 (S, h, w)
+    reconstruction_sense: np.ndarray  # float32 (S, h, w)
+    sensitivity_maps: np.ndarray  # complex64 (S, C, 2h, W)
+    header: str
+    attrs: dict
+
+
+def synth_volume(cfg: SynthConfig, contrast: str, seed_seq: np.random.SeedSequence) -> SynthVolume:
+    """Generate one volume (all slices) in memory."""
+    rng = np.random.default_rng(seed_seq)
+    h, w = cfg.recon_size
+    enc_w = cfg.enc_w
+    grid = _Grid(cfg.recon_size, enc_w)
+    pad = acquired_columns(enc_w)
+    p = KneeParams.sample(rng)
+    layout = coil_layout(cfg.coils, rng)
+    mix = noise_mixing(layout, rng)
+    coil_phase = np.exp(1j * rng.uniform(0, 2 * np.pi, cfg.coils))[:, None, None]
+    phase_coeffs = rng.normal(0, [[0.6, 0.8, 0.6, 0.5, 0.5, 0.3, 3.0], [0.1, 0.15, 0.1, 0.1, 0.1, 0.05, 0.3]])
+    amplitude = rng.uniform(1.5e-4, 3.5e-4)
+    noise_sd = TISSUE[contrast]["noise"] * amplitude
+    ts = np.linspace(-1, 1, cfg.slices) * p.coverage if cfg.slices > 1 else np.zeros(1)
+    shape = (cfg.slices, cfg.coils, 2 * h, enc_w)
+    kspace = np.zeros(shape, np.complex64)
+    maps = np.zeros(shape, np.complex64)
+    rss = np.zeros((cfg.slices, h, w), np.float32)
+    sense = np.zeros((cfg.slices, h, w), np.float32)
+    for i, t in enumerate(ts):
+        mag = knee_slice(p, float(t), grid, rng, contrast) * amplitude
+        image = mag * np.exp(1j * smooth_phase(grid, phase_coeffs, float(t)))
+        S = normalise_maps(coil_fields(layout, 0.35 * float(t), grid) * coil_phase)
+        k = fft2c((S * image).astype(np.complex64))
+        white = (rng.standard_normal((cfg.coils, k[0].size)) + 1j * rng.standard_normal((cfg.coils, k[0].size)))
+        k = k + (noise_sd / np.sqrt(2) * (mix @ white)).reshape(k.shape)
+        k[..., :pad[0]] = 0
+        k[..., pad[1]:] = 0
+        coil_images = ifft2c(k.astype(np.complex64))
+        kspace[i] = k
+        maps[i] = S
+        rss[i] = center_crop(np.sqrt(np.sum(np.abs(coil_images) ** 2, 0)), (h, w))
+        sense[i] = center_crop(np.abs(np.sum(np.conj(S) * coil_images, 0)), (h, w))
+    attrs = dict(acquisition=CONTRASTS[contrast], max=float(rss.max()), norm=float(np.linalg.norm(rss)),
+                 patient_id=seed_seq.generate_state(2, np.uint64).tobytes().hex(),
+                 synthetic="dnirecon.synth/1")
+    return SynthVolume(kspace, rss, sense, maps,
+                       ismrmrd_header(cfg.recon_size, enc_w, cfg.slices, cfg.coils, contrast, pad), attrs)
+
+
+def write_volume(vol: SynthVolume, path: Path) -> Path:
+    """Write a volume under a temporary name in the same directory, then rename: never a partial file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with h5py.File(tmp, "w") as f:
+            chunks = (1,) + vol.kspace.shape[1:]
+            f.create_dataset("kspace", data=vol.kspace, chunks=chunks)
+            f.create_dataset("reconstruction_rss", data=vol.reconstruction_rss)
+            f.create_dataset("reconstruction_sense", data=vol.reconstruction_sense)
+            f.create_dataset("sensitivity_maps", data=vol.sensitivity_maps, chunks=chunks)
+            f.create_dataset("ismrmrd_header", data=np.bytes_(vol.header.encode("utf-8")))
+            for k, v in vol.attrs.items():
+                f.attrs[k] = v
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def synthesize(out_dir: str | os.PathLike, cfg: SynthConfig, progress: bool = False) -> list[Path]:
+    """Write cfg.volumes_per_contrast volumes of each contrast as `synth_<contrast>_<NNN>.h5`."""
+    cfg = cfg.validated()
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot create the directory ({exc})") from None
+    jobs = [(c, i) for c in cfg.contrasts for i in range(cfg.volumes_per_contrast)]
+    if progress:
+        from tqdm import tqdm
+        jobs = tqdm(jobs, desc="synth", unit="vol")
+    written = []
+    for ci, (contrast, i) in enumerate(jobs):
+        t0 = time.perf_counter()
+        seq = np.random.SeedSequence([cfg.seed, list(CONTRASTS).index(contrast), i])
+        vol = synth_volume(cfg, contrast, seq)
+        written.append(write_volume(vol, out / f"synth_{contrast}_{i:03d}.h5"))
+        log.debug("wrote %s in %.2f s", written[-1], time.perf_counter() - t0)
+    return written
+
+
+def figure(out_png: str | os.PathLike, recon_size=(320, 320), coils: int = 8, slices: int = 8,
+           seed: int = 0, show_slices=(2, 4, 6)) -> Path:
+    """Save a grid of SENSE targets (rows: contrasts, columns: slices) to check the phantom by eye."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cfg = SynthConfig(volumes_per_contrast=1, slices=slices, coils=coils, recon_size=tuple(recon_size),
+                      seed=seed).validated()
+    show = [i for i in show_slices if i < slices] or [slices // 2]
+    fig, axes = plt.subplots(len(cfg.contrasts), len(show) + 1,
+                             figsize=(3.2 * (len(show) + 1), 3.3 * len(cfg.contrasts)), squeeze=False)
+    for r, contrast in enumerate(cfg.contrasts):
+        vol = synth_volume(cfg, contrast, np.random.SeedSequence([seed, r, 0]))
+        vmax = np.percentile(vol.reconstruction_sense, 99.5)
+        for c, i in enumerate(show):
+            ax = axes[r, c]
+            ax.imshow(vol.reconstruction_sense[i], cmap="gray", vmin=0, vmax=vmax)
+            ax.set_title(f"{CONTRASTS[contrast]} slice {i}", fontsize=9)
+            ax.axis("off")
+        ax = axes[r, -1]
+        ax.imshow(vol.reconstruction_rss[show[len(show) // 2]], cmap="gray", vmin=0, vmax=vmax)
+        ax.set_title(f"{CONTRASTS[contrast]} RSS slice {show[len(show) // 2]}", fontsize=9)
+        ax.axis("off")
+    fig.suptitle(f"dnirecon synthetic knee: {coils} coils, recon {recon_size[0]}x{recon_size[1]} (SENSE target)",
+                 fontsize=10)
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out

@@ -1,0 +1,591 @@
+"""Training loops for SN, SN-GAN and the U-Net baseline, with checkpoints, validation and MLflow.
+
+`train_model(kind, data_dir, preset, accels, ...)` is the library entry point the CLI and the demo call.
+One loop serves the three kinds; what differs is the reconstruction (`reconstruct`) and the step
+(`_sn_step`, `_gan_step`, `_unet_step`). Distributed data parallel runs under torchrun
+(WORLD_SIZE > 1): a DistributedSampler shards the data and only rank 0 validates, logs and registers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+
+from dnirecon.errors import ConfigError, ModelError
+from training import losses, tracking
+from training.data import Sample, SliceDataset, collate, describe_dataset, split_dirs
+
+log = logging.getLogger(__name__)
+CHECKPOINT_FORMAT = "dnirecon.checkpoint/1"
+
+
+class TrainResult(NamedTuple):
+    run_id: str | None
+    version: str | None
+    checkpoint_path: Path
+    metrics: dict
+
+
+@dataclass
+class Schedule:
+    """How one kind is trained; defaults come from the preset, CLI options override single fields."""
+
+    epochs: int
+    lr: float
+    batch_size: int = 1
+    critic_steps: int = 1  # discriminator updates per generator update (SN-GAN)
+    gamma: float = losses.GAN_SN_WEIGHT  # weight of L_SN in the SN-GAN loss
+    adv_weight: float = 1.0  # weight of the LSGAN generator term
+    l1_weight: float = losses.L1_WEIGHT
+    disc_lr: float | None = None  # defaults to lr
+    unet_loss: str = "l1"  # "l1" (fastMRI U-Net) or "sn" (the same L_SN as SN)
+    slices_per_volume: int | None = None  # central slices used per training volume (None: all)
+    val_slices_per_volume: int | None = None
+    grad_clip: float | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# presets
+
+
+def _get(obj: Any, name: str, default: Any = None) -> Any:
+    if isinstance(obj, Mapping):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def _as_dict(obj: Any) -> dict:
+    if obj is None:
+        return {}
+    if is_dataclass(obj):
+        return asdict(obj)
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    raise ConfigError(f"preset entry {obj!r} is neither a dataclass nor a mapping")
+
+
+def schedule_for(preset: Any, kind: str, **overrides: Any) -> Schedule:
+    """The preset's schedule for `kind` (epochs, lr, batch) with non-None overrides applied."""
+    key = {"sn": "sn_schedule", "sn-gan": "finetune_schedule", "unet": "unet_schedule"}[kind]
+    values = _as_dict(_get(preset, key))
+    sched = Schedule(epochs=int(values["epochs"]), lr=float(values["lr"]), batch_size=int(values.get("batch", 1)))
+    optimiser = values.get("optimiser", "rmsprop")
+    if optimiser != "rmsprop":
+        raise ConfigError(f"preset {key}.optimiser is {optimiser!r}; the training loop implements 'rmsprop'")
+    names = {f.name for f in fields(Schedule)}
+    unknown = {k for k, v in overrides.items() if v is not None} - names
+    if unknown:
+        raise ConfigError(f"unknown schedule option(s) {sorted(unknown)}; expected some of {sorted(names)}")
+    return replace(sched, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def model_config_for(preset: Any, kind: str) -> dict:
+    return _as_dict(_get(preset, "unet" if kind == "unet" else "sn"))
+
+
+# ---------------------------------------------------------------------------------------------
+# reconstruction
+
+
+def reconstruct(kind: str, model: torch.nn.Module, kspace: torch.Tensor, mask: torch.Tensor,
+                recon_size: Sequence[int]) -> torch.Tensor:
+    """Magnitude `(B, h, w)` at the recon size from masked k-space `(B, C, H, W)` and mask `(B, W)`.
+
+    SN returns a complex image, the U-Net a magnitude; both are full field of view.
+    """
+    from dnirecon.fastmri_io import center_crop
+
+    del kind  # both kinds share the (kspace, mask) -> image interface
+    return center_crop(model(kspace, mask), tuple(recon_size)).abs()
+
+
+# ---------------------------------------------------------------------------------------------
+# distributed helpers
+
+
+@dataclass
+class Dist:
+    world: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Dist(world, dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+class _ResumeSampler(Sampler):
+    """The wrapped sampler's order for this epoch without its first `skip` indices (mid-epoch resume)."""
+
+    def __init__(self, inner: DistributedSampler, skip: int = 0):
+        self.inner, self.skip = inner, skip
+
+    def set_epoch(self, epoch: int) -> None:
+        self.inner.set_epoch(epoch)
+
+    def __iter__(self):
+        return iter(list(self.inner)[self.skip:])
+
+    def __len__(self) -> int:
+        return max(0, len(self.inner) - self.skip)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# models and checkpoints
+
+
+def new_model(kind: str, model_config: Mapping) -> torch.nn.Module:
+    return tracking.build_model({"kind": kind, "model_config": dict(model_config)})
+
+
+def new_discriminator(preset: Any) -> torch.nn.Module:
+    from training.models.discriminator import PatchDiscriminator
+
+    return PatchDiscriminator(_get(preset, "discriminator"))
+
+
+def config_document(kind: str, preset_name: str, model_config: Mapping, model: torch.nn.Module,
+                    extra: Mapping | None = None) -> dict:
+    from training.models.signature import arch_signature
+
+    return tracking.model_config_document(kind, preset_name, model_config, arch_signature(model.state_dict()),
+                                          extra)
+
+
+def save_checkpoint(path: Path, state: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a crash mid-save never leaves a truncated checkpoint
+    return path
+
+
+def _load_training_checkpoint(path: Path, kind: str) -> dict:
+    if not Path(path).is_file():
+        raise ModelError(f"--resume {path} does not exist")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, Mapping) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ModelError(f"--resume {path} is not a dnirecon training checkpoint (format {CHECKPOINT_FORMAT})")
+    if ckpt["kind"] != kind:
+        raise ModelError(f"--resume {path} is a {ckpt['kind']} checkpoint, but this run trains {kind}")
+    return dict(ckpt)
+
+
+def _init_sn_for_gan(init_from: str | Path | None) -> tuple[torch.nn.Module, dict, str | None]:
+    """SN-GAN starts from trained SN weights: a local checkpoint/model dir, or `sn` version/alias."""
+    ref = "champion" if init_from is None else str(init_from)
+    if Path(ref).exists():
+        loaded = tracking.load_checkpoint(ref)
+    else:
+        loaded = tracking.load_registered_model("sn", ref.removeprefix("sn@").removeprefix("sn:"))
+    if loaded.config.get("kind") != "sn":
+        raise ModelError(f"--init-from {ref} is a {loaded.config.get('kind')} model; SN-GAN starts from an sn model")
+    return loaded.model, loaded.config, loaded.version
+
+
+# ---------------------------------------------------------------------------------------------
+# steps
+
+
+@dataclass
+class Trainer:
+    kind: str
+    model: torch.nn.Module  # possibly DDP-wrapped
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    device: torch.device
+    amp: bool
+    discriminator: torch.nn.Module | None = None
+    disc_optimizer: torch.optim.Optimizer | None = None
+    history: list = field(default_factory=list)
+
+    @property
+    def bare(self) -> torch.nn.Module:
+        return getattr(self.model, "module", self.model)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+
+    def _recon(self, batch: Sample) -> torch.Tensor:
+        with self._autocast():
+            out = reconstruct(self.kind, self.model, batch.kspace, batch.mask, tuple(batch.target.shape[-2:]))
+        return out.float()
+
+    def _apply(self, loss: torch.Tensor, optimizer, params) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.schedule.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, self.schedule.grad_clip)
+        optimizer.step()
+
+    def step(self, batch: Sample) -> dict:
+        s = self.schedule
+        pred = self._recon(batch)
+        if self.kind == "sn" or (self.kind == "unet" and s.unet_loss == "sn"):
+            loss = losses.sn_loss(pred, batch.target, batch.foreground, s.l1_weight)
+            self._apply(loss, self.optimizer, self.model.parameters())
+            return {"loss": loss.item()}
+        if self.kind == "unet":
+            loss = losses.l1_loss(pred, batch.target)
+            self._apply(loss, self.optimizer, self.model.parameters())
+            return {"loss": loss.item()}
+        return self._gan_step(batch, pred)
+
+    def _gan_step(self, batch: Sample, pred: torch.Tensor) -> dict:
+        s, disc = self.schedule, self.discriminator
+        dr = losses.data_range_of(batch.target)
+        real = losses.normalize_for_discriminator(batch.target, batch.foreground, dr)
+        fake = losses.normalize_for_discriminator(pred, batch.foreground, dr)
+        d_loss = torch.zeros(())
+        for _ in range(max(1, s.critic_steps)):
+            d_loss = losses.lsgan_discriminator_loss(disc(real), disc(fake.detach()))
+            self._apply(d_loss, self.disc_optimizer, disc.parameters())
+        for p in disc.parameters():  # D's gradients are not needed for the generator update
+            p.requires_grad_(False)
+        try:
+            sn_term = losses.sn_loss(pred, batch.target, batch.foreground, s.l1_weight)
+            adv = losses.lsgan_generator_loss(disc(fake))
+            g_loss = s.gamma * sn_term + s.adv_weight * adv
+            self._apply(g_loss, self.optimizer, self.model.parameters())
+        finally:
+            for p in disc.parameters():
+                p.requires_grad_(True)
+        return {"loss": g_loss.item(), "l_sn": sn_term.item(), "g_adv": adv.item(), "d_loss": d_loss.item()}
+
+
+def _to(batch: Sample, device: torch.device) -> Sample:
+    return batch._replace(kspace=batch.kspace.to(device), mask=batch.mask.to(device),
+                          target=batch.target.to(device), foreground=batch.foreground.to(device))
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+
+
+@torch.no_grad()
+def validate(kind: str, model: torch.nn.Module, dataset: SliceDataset, device: torch.device,
+             keep_examples: int = 2) -> tuple[dict, list[dict], list]:
+    """Metrics per validation volume and acceleration (dnirecon.metrics), their means, and a few
+    (target, zero-filled, reconstruction) examples for the figure."""
+    from dnirecon import metrics
+    from training.baselines import zero_filled_rss
+    from dnirecon.fastmri_io import center_crop
+
+    model.eval()
+    groups: dict[tuple[str, float], dict[str, list]] = {}
+    examples = []
+    first = [r for r in dataset.refs if r.path == dataset.refs[0].path]
+    example_slice = (first[len(first) // 2].path.name, first[len(first) // 2].slice_index)
+    for i in range(len(dataset)):
+        s = dataset[i]
+        k, m = s.kspace[None].to(device), s.mask[None].to(device)
+        pred = reconstruct(kind, model, k, m, tuple(s.target.shape))[0].float().cpu().numpy()
+        g = groups.setdefault((s.fname, s.accel), {"gt": [], "pred": [], "fg": [], "contrast": s.contrast})
+        g["gt"].append(s.target.numpy())
+        g["pred"].append(pred)
+        g["fg"].append(s.foreground.numpy() > 0)
+        if len(examples) < keep_examples and (s.fname, s.slice_index) == example_slice:
+            zf = center_crop(zero_filled_rss(k, m), tuple(s.target.shape))[0].abs().cpu().numpy()
+            examples.append({"accel": s.accel, "target": s.target.numpy(), "zf": zf, "pred": pred})
+    rows = []
+    for (fname, accel), g in groups.items():
+        r = metrics.evaluate_volume(np.stack(g["gt"]), np.stack(g["pred"]), np.stack(g["fg"]))
+        rows.append({"fname": fname, "accel": accel, "contrast": g["contrast"], **r})
+    summary = {}
+    for accel in sorted({r["accel"] for r in rows}):
+        agg = metrics.aggregate([{k: v for k, v in r.items() if k not in ("fname", "accel", "contrast")}
+                                 for r in rows if r["accel"] == accel])
+        for name, (mean, _std) in agg.items():
+            summary[f"val_{name}_{accel:g}x"] = float(mean)
+    agg = metrics.aggregate([{k: v for k, v in r.items() if k not in ("fname", "accel", "contrast")} for r in rows])
+    summary.update({f"val_{name}": float(mean) for name, (mean, _std) in agg.items()})
+    return summary, rows, examples
+
+
+def validation_figure(kind: str, examples: list[dict], epoch: int):
+    """Rows: one acceleration each; columns: zero-filled RSS, reconstruction, SENSE target, |error|."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = max(1, len(examples))
+    fig, axes = plt.subplots(n, 4, figsize=(10, 2.6 * n), squeeze=False)
+    for row, ex in zip(axes, examples):
+        vmax = float(ex["target"].max()) or 1.0
+        panels = [("zero-filled", ex["zf"]), (kind, ex["pred"]), ("SENSE target", ex["target"]),
+                  ("|error| x5", np.abs(ex["pred"] - ex["target"]) * 5)]
+        for ax, (title, img) in zip(row, panels):
+            ax.imshow(img, cmap="gray", vmin=0, vmax=vmax)
+            ax.set_title(f"{title} {ex['accel']:g}x", fontsize=8)
+            ax.axis("off")
+    fig.suptitle(f"{kind} validation, epoch {epoch}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+
+
+def train_model(kind: str, data_dir: str | Path, preset: str = "cpu", accels: Sequence[float] = (4.0, 8.0),
+                epochs: int | None = None, seed: int = 0, resume: str | Path | None = None,
+                register: bool = True, *, val_dir: str | Path | None = None, init_from: str | Path | None = None,
+                out_dir: str | Path = "checkpoints", batch_size: int | None = None, lr: float | None = None,
+                max_steps: int | None = None, device: str | None = None, amp: bool | None = None,
+                progress: bool = True, log_mlflow: bool = True, run_name: str | None = None,
+                schedule_overrides: Mapping[str, Any] | None = None, mask_kind: str = "random") -> TrainResult:
+    """Train `kind` ("sn", "sn-gan", "unet") on the volumes in `data_dir` and (rank 0) log/register it.
+
+    `init_from` (SN-GAN): an sn version/alias ("3", "champion") or a local checkpoint; `resume`: a
+    checkpoint of this kind to continue (step, epoch, optimiser state). `max_steps` stops early (tests).
+    """
+    if kind not in tracking.KINDS:
+        raise ConfigError(f"model kind {kind!r} is not one of {', '.join(tracking.KINDS)}")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    ddp = init_distributed(dev)
+    if dev.type == "cuda" and ddp.world > 1:
+        dev = torch.device("cuda", ddp.local_rank)
+        torch.cuda.set_device(dev)
+    use_amp = (dev.type == "cuda") if amp is None else bool(amp and dev.type == "cuda")
+    seed_everything(seed)
+    from training.presets import get_preset
+
+    preset_obj = get_preset(preset)
+    sched = schedule_for(preset_obj, kind, epochs=epochs, batch_size=batch_size, lr=lr,
+                         **dict(schedule_overrides or {}))
+
+    ckpt = _load_training_checkpoint(Path(resume), kind) if resume else None
+    sn_version = None
+    if ckpt is not None:
+        config = json.loads(ckpt["config"])
+        model = new_model(kind, config["model_config"])
+        model.load_state_dict(ckpt["model"])
+        sn_version = config.get("sn_version")
+    elif kind == "sn-gan":
+        model, sn_config, sn_version = _init_sn_for_gan(init_from)
+        config = config_document(kind, preset, sn_config["model_config"], model,
+                                 {"sn_version": sn_version, "sn_preset": sn_config.get("preset")})
+    else:
+        model = new_model(kind, model_config_for(preset_obj, kind))
+        config = config_document(kind, preset, model_config_for(preset_obj, kind), model)
+    model.to(dev).train()
+
+    train_files, val_files = split_dirs(Path(data_dir), Path(val_dir) if val_dir else None)
+    train_ds = SliceDataset(train_files, accels, train=True, seed=seed, mask_kind=mask_kind,
+                            slices_per_volume=sched.slices_per_volume)
+    val_ds = SliceDataset(val_files, accels, train=False, seed=seed, mask_kind=mask_kind,
+                          slices_per_volume=sched.val_slices_per_volume)
+    sampler = DistributedSampler(train_ds, num_replicas=ddp.world, rank=ddp.rank, shuffle=True, seed=seed)
+
+    wrapped = model
+    if ddp.world > 1:
+        wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    optimizer = torch.optim.RMSprop(model.parameters(), lr=sched.lr)
+    trainer = Trainer(kind, wrapped, optimizer, sched, dev, use_amp)
+    if kind == "sn-gan":
+        disc = new_discriminator(preset_obj).to(dev).train()
+        trainer.discriminator = (torch.nn.parallel.DistributedDataParallel(disc) if ddp.world > 1 else disc)
+        trainer.disc_optimizer = torch.optim.RMSprop(disc.parameters(), lr=sched.disc_lr or sched.lr)
+
+    start_epoch, skip_batches, step, run_id = 0, 0, 0, None
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if kind == "sn-gan":
+            _bare(trainer.discriminator).load_state_dict(ckpt["discriminator"])
+            trainer.disc_optimizer.load_state_dict(ckpt["disc_optimizer"])
+        start_epoch, skip_batches, step = int(ckpt["epoch"]), int(ckpt["batch_in_epoch"]), int(ckpt["step"])
+        run_id = ckpt.get("run_id") or None
+        trainer.history = json.loads(ckpt.get("history", "[]"))
+
+    logged = log_mlflow and ddp.main
+    if logged:
+        run_id = _start_run(run_id, kind, preset, preset_obj, sched, config, accels, seed, train_files,
+                            val_files, run_name)
+    ckpt_dir = Path(out_dir) / f"{kind}-{run_id or time.strftime('%Y%m%d-%H%M%S')}"
+    ckpt_path = ckpt_dir / "last.pt"
+
+    def checkpoint(epoch: int, batch_in_epoch: int) -> None:
+        if not ddp.main:
+            return
+        state = {"format": CHECKPOINT_FORMAT, "kind": kind, "config": json.dumps(config),
+                 "model": trainer.bare.state_dict(), "optimizer": optimizer.state_dict(),
+                 "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step, "seed": seed,
+                 "preset": preset, "accels": [float(a) for a in accels], "run_id": run_id or "",
+                 "history": json.dumps(trainer.history)}
+        if kind == "sn-gan":
+            state["discriminator"] = _bare(trainer.discriminator).state_dict()
+            state["disc_optimizer"] = trainer.disc_optimizer.state_dict()
+        save_checkpoint(ckpt_path, state)
+
+    bs = sched.batch_size
+    steps_per_epoch = math.ceil(len(sampler) / bs)
+    stopped = False
+    last_metrics: dict = trainer.history[-1] if trainer.history else {}
+    for epoch in range(start_epoch, sched.epochs):
+        sampler.set_epoch(epoch)
+        train_ds.set_epoch(epoch)
+        skip = skip_batches if epoch == start_epoch else 0
+        loader = DataLoader(train_ds, batch_size=bs, sampler=_ResumeSampler(sampler, skip * bs),
+                            collate_fn=collate, num_workers=0)
+        trainer.model.train()
+        bar = _progress(progress and ddp.main, total=steps_per_epoch, initial=skip,
+                        desc=f"{kind} epoch {epoch + 1}/{sched.epochs}")
+        t0, seen, running = time.perf_counter(), 0, []
+        batch_in_epoch = skip
+        for batch in loader:
+            out = trainer.step(_to(batch, dev))
+            step += 1
+            batch_in_epoch += 1
+            seen += batch.kspace.shape[0]
+            running.append(out["loss"])
+            rate = seen / max(time.perf_counter() - t0, 1e-9)
+            if bar is not None:
+                bar.set_postfix(loss=f"{out['loss']:.4f}", slices_s=f"{rate:.2f}")
+                bar.update(1)
+            if logged:
+                tracking.client().log_metric(run_id, "train_loss_step", out["loss"], step=step)
+            if max_steps is not None and step >= max_steps:
+                stopped = True
+                break
+        if bar is not None:
+            bar.close()
+        epoch_done = not stopped or batch_in_epoch >= steps_per_epoch
+        if stopped and not epoch_done:
+            checkpoint(epoch, batch_in_epoch)
+            break
+        metrics = {"epoch": epoch + 1, "train_loss": float(np.mean(running)) if running else float("nan"),
+                   "slices_per_s": seen / max(time.perf_counter() - t0, 1e-9)}
+        if ddp.main:
+            val, _rows, examples = validate(kind, trainer.bare, val_ds, dev)
+            metrics.update(val)
+            trainer.history.append(metrics)
+            last_metrics = metrics
+            log.info("%s epoch %d: %s", kind, epoch + 1,
+                     ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch"))
+            if logged:
+                c = tracking.client()
+                for k, v in metrics.items():
+                    if k != "epoch" and math.isfinite(v):
+                        c.log_metric(run_id, k, float(v), step=epoch + 1)
+                if epoch + 1 == sched.epochs or stopped:
+                    tracking.log_figure(run_id, validation_figure(kind, examples, epoch + 1),
+                                        f"figures/validation_epoch{epoch + 1:03d}.png")
+        checkpoint(epoch + 1, 0)
+        if ddp.world > 1:
+            dist.barrier()
+        if stopped:
+            break
+
+    if not ckpt_path.exists() and ddp.main:  # resumed a finished run, or zero epochs
+        checkpoint(max(start_epoch, sched.epochs), 0)
+    version = None
+    if logged:
+        version = _finish_run(run_id, kind, trainer.bare, config, accels, train_files, register)
+        if version is not None:
+            state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            state["registered_version"] = version
+            save_checkpoint(ckpt_path, state)
+    return TrainResult(run_id, version, ckpt_path, last_metrics)
+
+
+def _bare(m: torch.nn.Module) -> torch.nn.Module:
+    return getattr(m, "module", m)
+
+
+def _progress(enabled: bool, **kw):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(unit="step", dynamic_ncols=True, leave=True, **kw)
+
+
+def _start_run(run_id, kind, preset, preset_obj, sched, config, accels, seed, train_files, val_files, run_name):
+    c = tracking.client()
+    if run_id:
+        try:
+            c.get_run(run_id)
+            c.update_run(run_id, status="RUNNING")
+            return run_id
+        except Exception:  # the checkpoint's run lives in another store: start afresh
+            log.warning("run %s from the checkpoint is not in %s; starting a new run", run_id, tracking.tracking_uri())
+    exp = tracking.experiment_id()
+    train_desc, val_desc = describe_dataset(train_files), describe_dataset(val_files)
+    run = c.create_run(exp, run_name=run_name or f"{kind}-{preset}",
+                       tags={"kind": kind, "preset": preset, "dataset_id": train_desc.dataset_id})
+    rid = run.info.run_id
+    params = {"kind": kind, "preset": preset, "seed": seed, "accels": ",".join(f"{a:g}" for a in accels),
+              "dataset_id": train_desc.dataset_id, "contrasts": ",".join(train_desc.contrasts),
+              "train_volumes": train_desc.volumes, "train_slices": train_desc.slices,
+              "val_dataset_id": val_desc.dataset_id, "val_volumes": val_desc.volumes,
+              "val_slices": val_desc.slices, "arch_signature": config["arch_signature"]}
+    params.update(tracking.flatten_params("schedule", asdict(sched)))
+    params.update(tracking.flatten_params("model", config["model_config"]))
+    if config.get("sn_version"):
+        params["sn_version"] = config["sn_version"]
+    from mlflow.entities import Param
+
+    c.log_batch(rid, params=[Param(k, str(v)) for k, v in params.items()])
+    tracking.log_dict_artifact(rid, {"name": preset, "schedule": asdict(sched),
+                                     "preset": _jsonable(preset_obj)}, "preset.json")
+    tracking.log_dict_artifact(rid, {"train": train_desc.as_dict(), "val": val_desc.as_dict()}, "data.json")
+    return rid
+
+
+def _finish_run(run_id, kind, model, config, accels, train_files, register: bool) -> str | None:
+    c = tracking.client()
+    source = tracking.log_model_artifact(run_id, model.state_dict(), config)
+    version = None
+    if register:
+        desc = describe_dataset(train_files)
+        tags = {"acceleration": ",".join(f"{a:g}" for a in accels), "contrasts": ",".join(desc.contrasts),
+                "preset": config["preset"], "arch_signature": config["arch_signature"],
+                "dataset_id": desc.dataset_id}
+        if kind == "sn-gan":
+            tags["sn_version"] = config.get("sn_version") or ""
+        version = tracking.register_version(kind, source, run_id, tags)
+        c.set_tag(run_id, "registered_version", version)
+    c.set_terminated(run_id, "FINISHED")
+    return version
+
+
+def _jsonable(obj: Any) -> Any:
+    if is_dataclass(obj):
+        return _jsonable(asdict(obj))
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
