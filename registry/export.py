@@ -8,6 +8,7 @@ parameter inside the graph from an `alpha` input.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -104,11 +105,43 @@ def _example_inputs(dtype=torch.float32) -> tuple[Tensor, Tensor]:
 def _dynamic_shapes(continuous: bool):
     from torch.export import Dim
 
-    b, c, h, w = Dim("B", min=1), Dim("C", min=1), Dim("H", min=2), Dim("W", min=2)
-    shapes = {"kspace": {0: b, 1: c, 2: h, 3: w}, "mask": {0: b, 1: w}}
+    # Dim.DYNAMIC hints, not named Dims: the ACS-run slicing makes the named-Dim constraint solver
+    # fail (torch 2.13) while the hints export with all four sizes symbolic (mask W tied to kspace W).
+    d = Dim.DYNAMIC
+    shapes = {"kspace": {0: d, 1: d, 2: d, 3: d}, "mask": {0: d, 1: d}}
     if continuous:
         shapes["alpha"] = None
     return shapes
+
+
+def _complex_unsqueeze(self, dim: int):
+    """aten.unsqueeze on a complex tensor, which the exporter holds as real with a trailing axis of 2."""
+    from onnxscript import opset18 as op
+
+    complex_rank = len(self.shape) - 1
+    if dim < 0:
+        dim += complex_rank + 1  # count from the end of the complex shape, not the real view's
+    return op.Unsqueeze(self, op.Constant(value_ints=[dim]))
+
+
+@contextlib.contextmanager
+def _complex_ops_registered():
+    """torch 2.13's ONNX registry lacks a complex `unsqueeze` (SenseOp's `x[:, None]`), and
+    custom_translation_table registers real-only functions: add it to the registry the exporter builds."""
+    from torch.onnx._internal.exporter import _registration
+
+    original = _registration.ONNXRegistry.from_torchlib
+
+    def from_torchlib(cls, *args, **kwargs):
+        registry = original(*args, **kwargs)
+        registry.register_op(torch.ops.aten.unsqueeze.default, _complex_unsqueeze, is_complex=True)
+        return registry
+
+    _registration.ONNXRegistry.from_torchlib = classmethod(from_torchlib)
+    try:
+        yield
+    finally:
+        _registration.ONNXRegistry.from_torchlib = original
 
 
 def sha256_file(path: Path | str) -> str:
@@ -152,7 +185,7 @@ def _export(module: nn.Module, args: tuple, path: Path, continuous: bool, opset:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     input_names = INPUT_NAMES + (["alpha"] if continuous else [])
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _complex_ops_registered():
             torch.onnx.export(
                 module, args, str(tmp), dynamo=True, external_data=False, opset_version=opset,
                 input_names=input_names, output_names=OUTPUT_NAMES,

@@ -121,6 +121,7 @@ class MlflowStore:
 
     def __init__(self, tracking_uri: str | None, cache_dir: Path):
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep the service log to log lines
         from mlflow.tracking import MlflowClient  # heavy import, only when MLflow is used
 
         self.tracking_uri = tracking_uri

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from training.physics.coil import rss
+from training.physics.complex_ops import mul_real
 from training.physics.fft import TORCH_FFT, FourierPair
 from training.physics.sense import SenseOp, expand_mask
 from training.physics.sensitivity import acs_maps
@@ -18,7 +19,7 @@ CG_ITERS = 20
 
 def zero_filled_rss(kspace: Tensor, mask: Tensor, fourier: FourierPair = TORCH_FFT) -> Tensor:
     """kspace complex (B, C, H, W), mask float (B, W) -> RSS magnitude (B, H, W) of the masked data."""
-    return rss(fourier.ifft(kspace * expand_mask(mask).to(kspace.real.dtype)), dim=1)
+    return rss(fourier.ifft(mul_real(kspace, expand_mask(mask).to(kspace.real.dtype))), dim=1)
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
@@ -36,7 +37,7 @@ def cg_sense(kspace: Tensor, mask: Tensor, lam: float = CG_LAMBDA, iters: int = 
     """
     mask = mask.to(kspace.real.dtype)
     if maps is None:
-        maps = acs_maps(kspace * expand_mask(mask), mask, fourier)
+        maps = acs_maps(mul_real(kspace, expand_mask(mask)), mask, fourier)
     op = SenseOp(maps, mask, fourier)
     rhs = op.adjoint(kspace)
     x = torch.zeros_like(rhs)

@@ -216,6 +216,7 @@ def knee_slice(p: KneeParams, t: float, grid: _Grid, rng: np.random.Generator, c
         d_pat = _ellipse(x, y, 0.02, jy - 0.45, 0.17 * s * pat_f + 1e-3, 0.2 * pat_f + 1e-3)
 
     d_bone = np.minimum(np.minimum(d_fem, d_tib), np.minimum(d_fib, d_pat))
+    d_bone = np.maximum(d_bone, d_leg + p.skin_t + 0.04)  # shafts end inside the leg, not in the air
 
     # --- textures -----------------------------------------------------------------------------
     wl = max(p.trab_wl, 2.6 * grid.pixel)

@@ -68,7 +68,7 @@ def test_resume_continues_from_the_saved_step(tiny_data, tmp_path):
 
 def test_runs_register_new_versions_with_lineage_tags(tiny_data, tmp_path, mlflow_store):
     kw = dict(preset="cpu", accels=(4.0, 8.0), epochs=1, progress=False, out_dir=tmp_path / "ck")
-    first = train_model("sn", tiny_data, max_steps=1, **kw)
+    first = train_model("sn", tiny_data, **kw)  # one whole epoch: validation metrics and figure
     second = train_model("sn", tiny_data, max_steps=1, seed=1, **kw)
     assert (first.version, second.version) == ("1", "2")
     gan = train_model("sn-gan", tiny_data, max_steps=1, init_from="champion", **kw)

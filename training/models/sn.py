@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from training.models.downup import DownUpNetwork
+from training.physics.complex_ops import mul_real
 from training.physics.dc import DataConsistency
 from training.physics.fft import TORCH_FFT, FourierPair
 from training.physics.sense import coil_combine, coil_expand, expand_mask
@@ -53,16 +54,16 @@ class SensitivityNetwork(nn.Module):
         """(image complex (B, H, W), ACS maps complex (B, C, H, W)) for the same inputs as forward."""
         fft, ifft = self.fourier
         mask = mask.to(kspace.real.dtype)
-        measured = kspace * expand_mask(mask)
+        measured = mul_real(kspace, expand_mask(mask))
         maps = acs_maps(measured, mask, self.fourier)
         x = coil_combine(ifft(measured), maps)
         # Per-sample scale: RMS of the zero-filled SENSE image, so the network sees unit-level inputs.
         scale = torch.sqrt(torch.mean(x.real**2 + x.imag**2, dim=(-2, -1), keepdim=True))
         inv_scale = 1.0 / (scale + torch.finfo(scale.dtype).tiny)
-        x = x * inv_scale
-        measured = measured * inv_scale[:, None]
+        x = mul_real(x, inv_scale)
+        measured = mul_real(measured, inv_scale[:, None])
         for denoise, dc in zip(self.cascades, self.dc):
             x = channels_to_complex(denoise(complex_to_channels(x)))
             k = dc(fft(coil_expand(x, maps)), measured, mask)
             x = coil_combine(ifft(k), maps)
-        return x * scale, maps
+        return mul_real(x, scale), maps

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from training.physics.complex_ops import mul_real
 from training.physics.sense import expand_mask
 
 
@@ -23,4 +24,4 @@ class DataConsistency(nn.Module):
     def forward(self, k_pred: Tensor, k_measured: Tensor, mask: Tensor) -> Tensor:
         """k_pred, k_measured: complex (B, C, H, W); mask: float (B, W)."""
         w = torch.clamp(self.weight, 0.0, 1.0)
-        return k_pred + (w * expand_mask(mask)) * (k_measured - k_pred)
+        return k_pred + mul_real(k_measured - k_pred, w * expand_mask(mask))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from training.physics.complex_ops import mul_real, unsqueeze
 from training.physics.fft import TORCH_FFT, FourierPair
 
 
@@ -15,7 +16,7 @@ def expand_mask(mask: Tensor) -> Tensor:
 
 def coil_expand(x: Tensor, maps: Tensor) -> Tensor:
     """S x: image (B, H, W) -> coil images (B, C, H, W)."""
-    return maps * x[:, None]
+    return maps * unsqueeze(x, 1)
 
 
 def coil_combine(coil_images: Tensor, maps: Tensor) -> Tensor:
@@ -37,11 +38,11 @@ class SenseOp:
 
     def forward(self, x: Tensor) -> Tensor:
         """Image (B, H, W) -> masked multi-coil k-space (B, C, H, W)."""
-        return self.mask * self.fourier.fft(coil_expand(x, self.maps))
+        return mul_real(self.fourier.fft(coil_expand(x, self.maps)), self.mask)
 
     def adjoint(self, y: Tensor) -> Tensor:
         """Multi-coil k-space (B, C, H, W) -> image (B, H, W)."""
-        return coil_combine(self.fourier.ifft(self.mask * y), self.maps)
+        return coil_combine(self.fourier.ifft(mul_real(y, self.mask)), self.maps)
 
     def normal(self, x: Tensor) -> Tensor:
         """A^H A x, the operator of the SENSE normal equations."""
@@ -54,7 +55,8 @@ def data_residual(image: Tensor, maps: Tensor, kspace: Tensor, mask: Tensor,
                   fourier: FourierPair = TORCH_FFT) -> Tensor:
     """||M F S x - y|| / ||y|| per sample, (B,): how far an image is from the measured k-space."""
     m = expand_mask(mask).to(kspace.real.dtype)
-    diff = SenseOp(maps, mask, fourier).forward(image) - m * kspace
+    measured = mul_real(kspace, m)
+    diff = SenseOp(maps, mask, fourier).forward(image) - measured
     num = diff.abs().square().sum(dim=(1, 2, 3))
-    den = (m * kspace).abs().square().sum(dim=(1, 2, 3))
+    den = measured.abs().square().sum(dim=(1, 2, 3))
     return torch.sqrt(num / (den + torch.finfo(den.dtype).tiny))

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from training.physics.coil import rss
+from training.physics.complex_ops import mul_real
 from training.physics.fft import TORCH_FFT, FourierPair
 from training.physics.sense import expand_mask
 
@@ -38,8 +39,8 @@ def acs_maps(kspace: Tensor, mask: Tensor, fourier: FourierPair = TORCH_FFT, eps
     ACS columns only, divided by their RSS. eps is relative to each sample's largest RSS value so the maps
     do not depend on the k-space scale.
     """
-    low_res = fourier.ifft(kspace * expand_mask(acs_columns(mask)).to(kspace.real.dtype))
+    low_res = fourier.ifft(mul_real(kspace, expand_mask(acs_columns(mask)).to(kspace.real.dtype)))
     norm = rss(low_res, dim=1)
     peak = torch.amax(norm, dim=(-2, -1), keepdim=True)
     norm = norm + eps * peak + torch.finfo(norm.dtype).tiny
-    return low_res / norm[:, None]
+    return mul_real(low_res, 1.0 / norm[:, None])

@@ -1,0 +1,305 @@
+"""`dnirecon bench` (`make bench`): the service measured against in-process onnxruntime and torch eager.
+
+Per-slice latency through gRPC vs in-process onnxruntime on the same model and input, throughput with
+concurrent streams, server time from last chunk to image, bytes on the wire, server RSS growth,
+torch eager and FLOPs per slice vs the machine's peak. Writes docs/benchmarks.md.
+torch is imported only here (to build an untrained SN and time it), never by the server it starts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="service benchmarks (gRPC vs in-process onnxruntime), writes docs/benchmarks.md")
+    p.add_argument("--model-dir", type=Path, default=None, help="baked-set directory; default: an untrained SN of --preset")
+    p.add_argument("--preset", default="cpu", help="cpu or paper: the untrained SN built when no --model-dir is given")
+    p.add_argument("--sizes", default="15x640x368,4x128x96", help="COILSxREADOUTxPHASE list; the last is 'small'")
+    p.add_argument("--slices", type=int, default=10, help="slices timed per size and path")
+    p.add_argument("--streams", default="1,4,16", help="concurrent streams for throughput")
+    p.add_argument("--throughput-slices", type=int, default=32, help="slices per throughput run (small size)")
+    p.add_argument("--rss-slices", default="50,1000", help="server RSS after this many slices (small size)")
+    p.add_argument("--providers", default="cpu", help="onnxruntime providers, as DNIRECON_PROVIDERS")
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads for both server and in-process (0: default)")
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    p.set_defaults(func=run_bench)
+
+
+def parse_sizes(text: str) -> list[tuple[int, int, int]]:
+    from service.config import parse_shapes
+
+    return list(parse_shapes(text))
+
+
+def cpu_description() -> tuple[str, int, float | None]:
+    """(CPU model, logical cores usable, estimated fp32 peak GFLOP/s or None)."""
+    model, flags, mhz = platform.processor() or "unknown CPU", "", None
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            key, value = key.strip(), value.strip()
+            if key == "model name":
+                model = value
+            elif key == "flags" and not flags:
+                flags = value
+            elif key == "cpu MHz" and mhz is None:
+                mhz = float(value)
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0))
+    # fp32 FLOPs per cycle per core: 2 FMA units x vector width x 2 (multiply-add)
+    per_cycle = 64 if "avx512f" in flags else 32 if "avx2" in flags and "fma" in flags else 8
+    peak = cores * (mhz or 0) / 1e3 * per_cycle if mhz else None
+    return model, cores, peak
+
+
+def _median_ms(times: list[float]) -> float:
+    return 1e3 * statistics.median(times)
+
+
+def test_slice(coils: int, h: int, w: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    from dnirecon.subsample import mask_for
+
+    rng = np.random.default_rng(seed)
+    k = (rng.standard_normal((coils, h, w)) + 1j * rng.standard_normal((coils, h, w))).astype(np.complex64)
+    mask = np.asarray(mask_for(4, seed=seed, width=w), np.float32).reshape(-1)
+    return (k * mask).astype(np.complex64), mask
+
+
+test_slice.__test__ = False  # pytest: not a test
+
+
+def build_untrained(preset: str, out_dir: Path):
+    """An untrained SN of the preset, exported as a one-alpha baked set; returns (model, directory)."""
+    import torch
+
+    from registry.export import export_reconstruction, sha256_file
+    from training.models.sn import SensitivityNetwork
+    from training.presets import get_preset
+
+    torch.manual_seed(0)
+    model = SensitivityNetwork(get_preset(preset).sn).eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = export_reconstruction(model, out_dir / "alpha_0.00.onnx")
+    manifest = {"format": "dnirecon.interpsn/1", "preset": preset, "name": f"untrained-sn-{preset}", "version": "bench",
+                "sources": {}, "alphas": [{"alpha": 0.0, "file": path.name, "sha256": sha256_file(path)}]}
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return model, out_dir
+
+
+def torch_eager_ms(model, kspace: np.ndarray, mask: np.ndarray, n: int, threads: int) -> tuple[float, float | None]:
+    """(median ms per slice, GFLOP per slice from torch.utils.flop_counter) of the eager SN."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from registry.export import run_torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    run_torch(model, kspace, mask)
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        run_torch(model, kspace, mask)
+        times.append(time.perf_counter() - t0)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        run_torch(model, kspace, mask)
+    return _median_ms(times), counter.get_total_flops() / 1e9
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _grpc_sequential(client, kspace, mask, n: int) -> dict:
+    """One stream, one slice at a time: round trip, server time, bytes both ways per slice."""
+    from service import wire
+
+    rtt, server_ms, compute_ms = [], [], []
+    sent = sum(m.ByteSize() for m in wire.slice_messages(0, kspace, mask, kspace.shape[-2:]))
+    received = 0
+    gate = threading.Semaphore(0)
+    done = []
+
+    def requests():
+        for i in range(n + 1):
+            done.append(time.perf_counter())
+            yield from wire.slice_messages(i, kspace, mask, kspace.shape[-2:])
+            gate.acquire()  # wait for this slice's answer before sending the next
+
+    for r in client.stream(requests(), kspace.shape[-2:], timeout=3600):
+        t = time.perf_counter() - done[r.slice_index]
+        if r.HasField("error"):
+            raise RuntimeError(f"slice {r.slice_index}: {r.error.reason}")
+        if r.slice_index > 0:  # slice 0 warms the path
+            rtt.append(t)
+            server_ms.append(r.server_ms)
+            compute_ms.append(r.compute_ms)
+            received = r.ByteSize()
+        gate.release()
+    return {"rtt_ms": _median_ms(rtt), "server_ms": statistics.median(server_ms), "compute_ms": statistics.median(compute_ms),
+            "sent_bytes": sent, "received_bytes": received}
+
+
+def _throughput(target: str, kspace, mask, streams: int, total: int) -> float:
+    from service.client import ReconClient
+
+    per = max(1, total // streams)
+    errors = []
+
+    def one(s):
+        with ReconClient(target) as client:
+            res = list(client.stream(((i, kspace, mask) for i in range(per)), kspace.shape[-2:], timeout=3600))
+            if len(res) != per or any(r.HasField("error") for r in res):
+                errors.append(s)
+
+    threads = [threading.Thread(target=one, args=(s,)) for s in range(streams)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    if errors:
+        raise RuntimeError(f"throughput run with {streams} streams lost slices on streams {errors}")
+    return per * streams / wall
+
+
+def run_bench(args) -> int:
+    from dnirecon.procs import ServerProcess, free_port
+    from service.client import ReconClient
+    from service.config import PROVIDER_NAMES, parse_providers
+    from service.engine import OnnxModel
+    from service.model_store import read_baked_set
+
+    sizes = parse_sizes(args.sizes)
+    streams = [int(s) for s in args.streams.split(",") if s.strip()]
+    rss_points = [int(s) for s in args.rss_slices.split(",") if s.strip()]
+    providers = [PROVIDER_NAMES[p] for p in parse_providers(args.providers)]
+    work = Path(tempfile.mkdtemp(prefix="dnirecon-bench-"))
+    model = None
+    if args.model_dir is None:
+        log.info("building an untrained SN (preset %s) and exporting it", args.preset)
+        model, model_dir = build_untrained(args.preset, work / "baked")
+    else:
+        model_dir = args.model_dir
+    baked = read_baked_set(model_dir)
+    onnx_path = baked.baked[0][1] if baked.baked else baked.continuous
+    cpu, cores, peak = cpu_description()
+
+    inproc = OnnxModel(onnx_path, providers, intra_op_threads=args.threads)
+    rows = []
+    port = free_port()
+    shapes = ",".join(f"{c}x{h}x{w}" for c, h, w in sizes)
+    server_args = ["--model-dir", str(model_dir), "--host", "127.0.0.1", "--providers", args.providers, "--warmup-shapes", shapes, "--drain-seconds", "5"]
+    if args.threads:
+        server_args += ["--intra-op-threads", str(args.threads)]
+    with ServerProcess(server_args, log_path=work / "server.log", port=port) as server:
+        target = f"127.0.0.1:{port}"
+        with ReconClient(target) as client:
+            info = client.server_info()
+            for c, h, w in sizes:
+                kspace, mask = test_slice(c, h, w)
+                ri = np.stack([kspace.real, kspace.imag], -1)[None].astype(np.float32)
+                inproc.run(ri, mask[None])
+                times = []
+                for _ in range(args.slices):
+                    t0 = time.perf_counter()
+                    inproc.run(ri, mask[None])
+                    times.append(time.perf_counter() - t0)
+                row = {"size": f"{c}x{h}x{w}", "inproc_ms": _median_ms(times)}
+                row.update(_grpc_sequential(client, kspace, mask, args.slices))
+                row["zero_filled_bytes"] = kspace.nbytes
+                if model is not None:
+                    row["torch_ms"], row["gflop"] = torch_eager_ms(model, kspace, mask, max(1, min(args.slices, 5)), args.threads)
+                rows.append(row)
+                log.info("%s", row)
+        small = sizes[-1]
+        kspace, mask = test_slice(*small)
+        throughput = {s: _throughput(target, kspace, mask, s, args.throughput_slices) for s in streams}
+        rss = {}
+        done = 0
+        with ReconClient(target) as client:
+            for point in sorted(rss_points):
+                for r in client.stream(((i, kspace, mask) for i in range(done, point)), kspace.shape[-2:], timeout=3600):
+                    if r.HasField("error"):
+                        raise RuntimeError(r.error.reason)
+                done = point
+                rss[point] = _rss_mb(server.proc.pid)
+    report = render(rows, throughput, rss, info, cpu, cores, peak, args, small, model is not None, baked)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(report)
+    print(report)
+    return 0
+
+
+def render(rows, throughput, rss, info, cpu, cores, peak, args, small, have_torch, baked) -> str:
+    gpu = "CUDAExecutionProvider" in info.providers
+    lines = [
+        "# Service benchmarks",
+        "",
+        f"Written by `dnirecon bench` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        f"Machine: {cpu}, {cores} logical cores usable; onnxruntime {info.onnxruntime_version}; "
+        f"providers requested {list(info.requested_providers)}, in use {list(info.providers)}"
+        + (" (FALLBACK: a requested provider is not in use)" if info.provider_fallback else "") + ".",
+        f"Model: {baked.name} version {baked.version} (preset {baked.preset or '?'}), "
+        f"{'an untrained SN built by the bench' if have_torch else 'from ' + str(args.model_dir)}. "
+        f"Threads: {args.threads or 'onnxruntime default'}. Medians over {args.slices} slices.",
+        "",
+    ]
+    if not gpu:
+        lines += ["No GPU machine was at hand: every figure is on the CPU provider; the CUDA-provider run "
+                  "(every node on CUDA, IOBinding) is still to be measured.", ""]
+    lines += [
+        "## Per-slice latency: gRPC round trip vs in-process onnxruntime (same model, same input, 4x mask)",
+        "",
+        "| slice (CxHxW) | in-process ms | gRPC round trip ms | gRPC overhead | server: last chunk -> image sent ms | "
+        "compute ms | bytes sent / slice | bytes back / slice | zero-filled bytes | torch eager ms | GFLOP / slice |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        over = 100 * (r["rtt_ms"] / r["inproc_ms"] - 1)
+        lines.append(
+            f"| {r['size']} | {r['inproc_ms']:.2f} | {r['rtt_ms']:.2f} | {over:+.1f}% | {r['server_ms']:.2f} | {r['compute_ms']:.2f} | "
+            f"{r['sent_bytes']:,} | {r['received_bytes']:,} | {r['zero_filled_bytes']:,} | "
+            f"{r.get('torch_ms', float('nan')):.2f} | {r.get('gflop', float('nan')):.2f} |"
+        )
+    lines += ["", "Bytes are protobuf message sizes (HTTP/2 and TLS framing not counted). "
+              "Target of issue 5: gRPC adds under 5% at 15x640x368.", ""]
+    if peak:
+        lines += ["## FLOPs vs the machine's peak", ""]
+        for r in rows:
+            if r.get("gflop"):
+                achieved = r["gflop"] / (r["inproc_ms"] / 1e3)
+                lines.append(f"- {r['size']}: {r['gflop']:.2f} GFLOP per slice (torch.utils.flop_counter), "
+                             f"{achieved:.1f} GFLOP/s in onnxruntime = {100 * achieved / peak:.1f}% of an estimated "
+                             f"fp32 peak of {peak:.0f} GFLOP/s (cores x clock x FMA width)")
+        lines.append("")
+    c, h, w = small
+    lines += [f"## Throughput, {c}x{h}x{w} slices, concurrent streams", "", "| streams | slices/s |", "| ---: | ---: |"]
+    lines += [f"| {s} | {v:.1f} |" for s, v in throughput.items()]
+    lines += ["", f"## Server resident memory, {c}x{h}x{w} slices", "", "| slices served | RSS MiB |", "| ---: | ---: |"]
+    lines += [f"| {n} | {v:.0f} |" for n, v in rss.items()]
+    if len(rss) >= 2:
+        (n0, r0), (n1, r1) = sorted(rss.items())[0], sorted(rss.items())[-1]
+        lines += ["", f"RSS ratio after {n1} vs {n0} slices: {r1 / r0:.3f}."]
+    return "\n".join(lines) + "\n"

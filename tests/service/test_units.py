@@ -1,0 +1,124 @@
+"""Wire packing, settings, baked-set verification and alpha selection, without a server."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from dnirecon.errors import ConfigError, ModelError
+from service import wire
+from service.config import Settings, settings_from
+from service.engine import Batcher, Job, ModelSet
+from service.model_store import parse_model_uri, read_baked_set
+
+from .conftest import ort_reference, synthetic_kspace, test_mask
+
+
+def test_pack_sends_only_acquired_lines_and_unpack_zero_fills():
+    k = synthetic_kspace(1, 3, 8, 24)[0]
+    mask = test_mask()
+    payload = wire.pack_acquired(k, mask)
+    assert len(payload) == 3 * 8 * int(mask.sum()) * 8 == wire.expected_payload_bytes(3, 8, mask)
+    full = wire.unpack_acquired(payload, 3, 8, mask)
+    np.testing.assert_array_equal(full, k * mask)
+
+
+def test_chunks_stay_within_limit_and_carry_crc32():
+    payload = bytes(range(256)) * 40_000  # 10,240,000 bytes
+    chunks = list(wire.iter_chunks(4, payload))
+    assert [len(c.data) for c in chunks] == [4_000_000, 4_000_000, 2_240_000]
+    assert [c.seq for c in chunks] == [0, 1, 2] and [c.last for c in chunks] == [False, False, True]
+    assert b"".join(c.data for c in chunks) == payload
+    assert all(c.crc32 == wire.crc32(c.data) for c in chunks)
+    assert all(c.ByteSize() < wire.MAX_MESSAGE_BYTES for c in chunks)
+
+
+def test_settings_flags_win_over_environment():
+    env = {"DNIRECON_GRPC_PORT": "6000", "DNIRECON_PROVIDERS": "cpu", "DNIRECON_WARMUP_SHAPES": "15x640x368,8x192x112",
+           "DNIRECON_CUDNN_CONV_ALGO_SEARCH": "heuristic", "DNIRECON_ALIAS_POLL_SECONDS": "5"}
+
+    class Args:
+        port = "7000"
+
+    s = settings_from(Args(), env)
+    assert s.grpc_port == 7000 and s.providers == ("cpu",) and s.alias_poll_seconds == 5.0
+    assert s.warmup_shapes == ((15, 640, 368), (8, 192, 112)) and s.cudnn_conv_algo_search == "HEURISTIC"
+    assert Settings().model_uri == "models:/interpsn@production" and Settings().providers == ("cuda", "cpu")
+
+
+@pytest.mark.parametrize("env,needle", [
+    ({"DNIRECON_PROVIDERS": "gpu"}, "DNIRECON_PROVIDERS"),
+    ({"DNIRECON_WARMUP_SHAPES": "15x640"}, "DNIRECON_WARMUP_SHAPES"),
+    ({"DNIRECON_MAX_BATCH": "0"}, "DNIRECON_MAX_BATCH"),
+    ({"DNIRECON_GRPC_PORT": "abc"}, "DNIRECON_GRPC_PORT"),
+    ({"DNIRECON_CUDNN_CONV_ALGO_SEARCH": "FAST"}, "DNIRECON_CUDNN_CONV_ALGO_SEARCH"),
+    ({"DNIRECON_TLS_CERT_FILE": "/x.pem"}, "DNIRECON_TLS_KEY_FILE"),
+])
+def test_bad_settings_name_the_variable(env, needle):
+    with pytest.raises(ConfigError, match=needle):
+        settings_from(None, env)
+
+
+def test_model_uri_forms():
+    assert parse_model_uri("models:/interpsn@production") == ("interpsn", "production", None)
+    assert parse_model_uri("models:/interpsn/3") == ("interpsn", None, "3")
+    with pytest.raises(ConfigError, match="DNIRECON_MODEL_URI"):
+        parse_model_uri("runs:/abc/model")
+
+
+def test_baked_set_with_a_tampered_file_is_refused(baked_dir, tmp_path):
+    copy = tmp_path / "set"
+    shutil.copytree(baked_dir, copy)
+    assert [a for a, _p in read_baked_set(copy).baked] == [0.0, 1.0]
+    with open(copy / "alpha_1.00.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ModelError, match="alpha_1.00.onnx: sha256"):
+        read_baked_set(copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["format"] = "other/2"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="'format'"):
+        read_baked_set(copy)
+
+
+def test_alpha_selection_nearest_baked_or_continuous(continuous_dir):
+    b = read_baked_set(continuous_dir)
+    baked_only = ModelSet("m", "1", list(b.baked), None, ["CPUExecutionProvider"])
+    assert baked_only.select(0.4).alpha == 0.0 and baked_only.select(0.6).alpha == 1.0
+    assert baked_only.select(None).alpha == 0.0
+    with pytest.raises(ValueError):
+        baked_only.select(-0.1)
+    cont = ModelSet("m", "1", list(b.baked), b.continuous, ["CPUExecutionProvider"])
+    sel = cont.select(0.3)
+    assert sel.alpha == pytest.approx(0.3) and sel.feed_alpha == 0.3 and sel.model is cont.continuous
+    assert cont.select(1.0).feed_alpha is None  # a baked alpha uses its baked file
+
+
+def test_requested_cuda_that_came_back_cpu_is_reported(baked_dir):
+    b = read_baked_set(baked_dir)
+    m = ModelSet("m", "1", list(b.baked), None, ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert m.providers == ["CPUExecutionProvider"] and m.fallback  # no GPU on this machine
+
+
+def test_batcher_batches_same_shape_and_skips_cancelled(continuous_dir):
+    b = read_baked_set(continuous_dir)
+    models = ModelSet("m", "1", list(b.baked), b.continuous, ["CPUExecutionProvider"])
+    k = synthetic_kspace(3, 2, 32, 24, seed=5)
+    mask = test_mask()
+    ref, _ = ort_reference(b.continuous, k, mask, alpha=0.25)
+    batcher = Batcher(max_batch=4, max_queue=8, wait_ms=200)
+    zf = k * mask
+    ri = np.stack([zf.real, zf.imag], -1).astype(np.float32)
+    sel = models.select(0.25)
+    futs = [batcher.submit(Job(sel, ri[i], mask)) for i in range(3)]
+    cancelled = batcher.submit(Job(sel, ri[0], mask, is_cancelled=lambda: True))
+    results = [f.result(timeout=30) for f in futs]
+    assert max(r.batch_size for r in results) >= 2
+    for i, r in enumerate(results):
+        np.testing.assert_allclose(r.image, ref[i], atol=1e-5, rtol=0)
+    with pytest.raises(Exception, match="cancelled"):
+        cancelled.result(timeout=30)
+    batcher.stop()
