@@ -179,20 +179,81 @@ def check_onnx_file(path: Path | str) -> None:
                              "the artefact must be one self-contained file")
 
 
-def _export(module: nn.Module, args: tuple, path: Path, continuous: bool, opset: int) -> Path:
+# Exported graphs by architecture: the graph of an SN depends only on its config, its weights are
+# initializers named after the module's parameters (optimize=False keeps them unfolded), so a second
+# alpha of the same architecture swaps initializers instead of re-tracing (~30 s CPU per trace).
+_GRAPH_CACHE: dict[tuple, bytes] = {}
+
+
+def _graph_key(module: nn.Module, config, continuous: bool, opset: int) -> tuple:
+    return (type(module).__qualname__, repr(config), continuous, opset, torch.__version__)
+
+
+def _weights_by_initializer(module: nn.Module) -> dict[str, np.ndarray]:
+    """The module's float state as ONNX initializer names (the exporter uses state_dict names)."""
+    return {k: v.detach().cpu().numpy() for k, v in module.state_dict().items() if v.is_floating_point()}
+
+
+def _name_dynamic_axes(model) -> None:
+    """Rename the exporter's symbolic sizes (s31, s87, ...) to B, C, H, W everywhere in the graph."""
+    kspace = next(i for i in model.graph.input if i.name == "kspace")
+    mapping = {d.dim_param: n for d, n in zip(kspace.type.tensor_type.shape.dim, "BCHW") if d.dim_param}
+    for vi in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        for d in vi.type.tensor_type.shape.dim:
+            if d.dim_param in mapping:
+                d.dim_param = mapping[d.dim_param]
+
+
+def _trace(module: nn.Module, args: tuple, tmp: Path, continuous: bool, opset: int):
+    import onnx
+
+    input_names = INPUT_NAMES + (["alpha"] if continuous else [])
+    with torch.no_grad(), _complex_ops_registered():
+        torch.onnx.export(
+            module, args, str(tmp), dynamo=True, external_data=False, opset_version=opset,
+            input_names=input_names, output_names=OUTPUT_NAMES,
+            dynamic_shapes=_dynamic_shapes(continuous), verbose=False, optimize=False,
+        )
+    if Path(str(tmp) + ".data").exists():
+        raise ModelError(f"{tmp}: the exporter wrote an external-data sidecar despite external_data=False")
+    model = onnx.load(str(tmp))
+    _name_dynamic_axes(model)
+    return model
+
+
+def _swap_weights(model, weights: Mapping[str, np.ndarray]) -> bool:
+    """Set the initializers named in `weights`; False if one is missing or has another shape/dtype."""
+    from onnx import numpy_helper
+
+    by_name = {init.name: init for init in model.graph.initializer}
+    for name, value in weights.items():
+        init = by_name.get(name)
+        if init is None or tuple(init.dims) != value.shape or \
+                numpy_helper.to_array(init).dtype != value.dtype:
+            return False
+        init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(value), name))
+    return True
+
+
+def _export(module: nn.Module, args: tuple, path: Path, continuous: bool, opset: int, config) -> Path:
+    import onnx
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    input_names = INPUT_NAMES + (["alpha"] if continuous else [])
+    key = _graph_key(module, config, continuous, opset)
+    weights = _weights_by_initializer(module)
     try:
-        with torch.no_grad(), _complex_ops_registered():
-            torch.onnx.export(
-                module, args, str(tmp), dynamo=True, external_data=False, opset_version=opset,
-                input_names=input_names, output_names=OUTPUT_NAMES,
-                dynamic_shapes=_dynamic_shapes(continuous), verbose=False,
-            )
-        if Path(str(tmp) + ".data").exists():
-            raise ModelError(f"{path}: the exporter wrote an external-data sidecar despite external_data=False")
+        model = None
+        if key in _GRAPH_CACHE:
+            model = onnx.load_from_string(_GRAPH_CACHE[key])
+            if not _swap_weights(model, weights):
+                model = None
+        if model is None:
+            model = _trace(module, args, tmp, continuous, opset)
+            if _swap_weights(model, weights):  # every float weight is a named initializer: reusable
+                _GRAPH_CACHE[key] = model.SerializeToString()
+        onnx.save(model, str(tmp))
         check_onnx_file(tmp)
         os.replace(tmp, path)  # atomic: a reader never sees a half-written model
     finally:
@@ -209,7 +270,9 @@ def export_reconstruction(model: nn.Module, path: Path | str, alpha_input: bool 
 
     alpha_input=True exports the continuous model: `model`'s weights are theta_SN and `gan_state`
     the SN-GAN state_dict; the graph gets a third input `alpha` (float32 (1,)).
+    The result is checked (ONNX checker, no DFT node, no external data) before it replaces `path`.
     """
+    config = config if config is not None else getattr(model, "config", None)
     net = with_fourier(model, MATMUL_FFT, config)
     boundary = ReconstructionBoundary(net, MATMUL_FFT).eval()
     kspace, mask = _example_inputs()
@@ -217,8 +280,8 @@ def export_reconstruction(model: nn.Module, path: Path | str, alpha_input: bool 
         if gan_state is None:
             raise ModelError("the continuous export needs gan_state (the SN-GAN state_dict)")
         module = ContinuousReconstruction(boundary, net.state_dict(), gan_state).eval()
-        return _export(module, (kspace, mask, torch.tensor([0.5])), Path(path), True, opset)
-    return _export(boundary, (kspace, mask), Path(path), False, opset)
+        return _export(module, (kspace, mask, torch.tensor([0.5])), Path(path), True, opset, config)
+    return _export(boundary, (kspace, mask), Path(path), False, opset, config)
 
 
 # ---------------------------------------------------------------- running and parity

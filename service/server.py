@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import math
 import queue
 import signal
 import threading
@@ -26,7 +25,7 @@ from dnirecon.fastmri_io import center_crop
 from dnirecon.v1 import recon_pb2, recon_pb2_grpc
 from service import wire
 from service.config import HEALTH_SERVICE_NAMES, Settings
-from service.engine import Batcher, Cancelled, Job, ModelSet, QueueFull, Selection, warmup_mask
+from service.engine import Batcher, Cancelled, Job, ModelSet, QueueFull, Selection
 from service.model_store import BakedSet, MlflowStore, read_baked_set
 from service.telemetry import Metrics
 

@@ -24,7 +24,13 @@ BAKED_ALPHAS = (0.0, 1.0)
 
 
 def _source_key() -> str:
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+    """Cache key: the stand-in's code and the torch version, so an edit re-exports."""
+    import inspect
+
+    import torch
+
+    code = inspect.getsource(_standin_module) + inspect.getsource(export_standin) + torch.__version__
+    return hashlib.sha256(code.encode()).hexdigest()[:12]
 
 
 def _standin_module(alpha: float | None):
@@ -198,9 +204,9 @@ def start_server(tmp_path):
         s.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(baked_dir, tmp_path_factory):
-    """One server on the baked set for a test module (drain 2 s so teardown is quick)."""
+    """One server on the baked set for the session (drain 2 s so teardown is quick)."""
     s = ServerProcess(["--model-dir", str(baked_dir), "--drain-seconds", "2", "--warmup-shapes", "3x32x24",
                        "--max-batch", "4"], {}, tmp_path_factory.mktemp("srv") / "server.log")
     try:

@@ -1,0 +1,339 @@
+"""Bake interpSN: load SN and SN-GAN from MLflow, interpolate at an alpha grid, export each to ONNX,
+check ONNX against torch on held-out slices, evaluate the Table-1 metrics, register one `interpsn`
+version holding the whole set (so that one alias move promotes a validated set)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from dnirecon.errors import ConfigError, DataError, ModelError
+from registry.store import INTERPSN, MANIFEST_FORMAT, PARITY_TOLERANCE, alpha_key, manifest_tags
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+CONTINUOUS_FILE = "continuous.onnx"
+EXPERIMENT = "dnirecon-registry"
+ARTIFACT_DIR = "interpsn"
+
+
+class ModelRef(NamedTuple):
+    name: str
+    ref: str  # a version number or an alias
+
+
+class HeldOutSlice(NamedTuple):
+    kspace: np.ndarray  # complex64 (C, H, W), zero where not acquired
+    mask: np.ndarray  # float32 (W,)
+    target: np.ndarray  # float32 (h, w), recon size
+    foreground: np.ndarray  # bool (h, w)
+    volume: str
+    slice_index: int
+    accel: float
+
+
+class BakeResult(NamedTuple):
+    directory: Path
+    manifest: dict
+    version: str | None  # the registered interpsn version, None when not registered
+    run_id: str | None
+
+
+def parse_model_ref(text: str, option: str = "--sn") -> ModelRef:
+    """'sn@champion' (alias) or 'sn/3' / 'sn:3' (version)."""
+    m = re.fullmatch(r"([A-Za-z0-9_.-]+)(?:@([A-Za-z0-9_-]+)|[/:](\d+))", text.strip())
+    if not m:
+        raise ConfigError(f"{option} expects NAME@ALIAS or NAME/VERSION (e.g. sn@champion, sn/3), got {text!r}")
+    return ModelRef(m.group(1), m.group(2) or m.group(3))
+
+
+def check_alphas(alphas: Sequence[float]) -> list[float]:
+    out = sorted({round(float(a), 6) for a in alphas})
+    if not out:
+        raise ConfigError("--alphas needs at least one value in [0, 1]")
+    bad = [a for a in out if not 0.0 <= a <= 1.0]
+    if bad:
+        raise ConfigError(f"--alphas must lie in [0, 1] (baked sets do not extrapolate), got {bad}")
+    names = [alpha_key(a) for a in out]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--alphas {out} collide at two decimals (file names use alpha_X.XX)")
+    return out
+
+
+def load_held_out(data_dir: Path | str, slices: int | None = 2, accels: Sequence[float] = (4.0, 8.0),
+                  mask_kind: str = "random", limit_volumes: int | None = None) -> list[HeldOutSlice]:
+    """The central `slices` slices of each volume at each acceleration, with fastMRI's per-file masks
+    (training.data.SliceDataset in validation mode: the same samples `dnirecon eval` uses)."""
+    from dnirecon.fastmri_io import list_volumes
+    from training.data import SliceDataset
+
+    files = list_volumes(data_dir)
+    if limit_volumes is not None:
+        files = files[:limit_volumes]
+    if not files:
+        raise DataError(f"--data {data_dir}: no .h5 volumes found (expected held-out fastMRI-layout files)")
+    ds = SliceDataset(files, accels=accels, train=False, mask_kind=mask_kind, slices_per_volume=slices)
+    out = []
+    for i in range(len(ds)):
+        s = ds[i]
+        out.append(HeldOutSlice(s.kspace.numpy(), s.mask.numpy(), s.target.numpy(), s.foreground.numpy() > 0.5,
+                                s.fname, int(s.slice_index), float(s.accel)))
+    return out
+
+
+def evaluate_slices(held_out: Sequence[HeldOutSlice], images: Sequence[np.ndarray]) -> dict[str, float]:
+    """Table-1 metrics: per (volume, acceleration) with dnirecon.metrics, then the mean over those."""
+    from dnirecon.fastmri_io import center_crop
+    from dnirecon.metrics import aggregate, evaluate_volume
+
+    groups: dict[tuple[str, float], list[int]] = {}
+    for i, s in enumerate(held_out):
+        groups.setdefault((s.volume, s.accel), []).append(i)
+    results = []
+    for idx in groups.values():
+        gt = np.stack([held_out[i].target for i in idx])
+        fg = np.stack([held_out[i].foreground for i in idx])
+        pred = np.stack([center_crop(images[i], gt.shape[-2:]) for i in idx])
+        results.append(evaluate_volume(gt, pred, fg))
+    return {k: mean for k, (mean, _std) in aggregate(results).items()}
+
+
+def _progress(iterable, **kwargs):
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, dynamic_ncols=True, **kwargs)
+
+
+def _load_pair(sn: ModelRef, gan: ModelRef):
+    from registry.interpolate import check_same_structure
+    from training.tracking import load_registered_model
+
+    loaded_sn = load_registered_model(sn.name, sn.ref)
+    loaded_gan = load_registered_model(gan.name, gan.ref)
+    for role, ref, loaded in (("--sn", sn, loaded_sn), ("--gan", gan, loaded_gan)):
+        if loaded.config.get("kind") not in ("sn", "sn-gan"):
+            raise ModelError(f"{role} {ref.name}/{loaded.version} is a {loaded.config.get('kind')!r} model; "
+                             "interpSN interpolates an SN and an SN-GAN")
+    if loaded_sn.config.get("model_config") != loaded_gan.config.get("model_config"):
+        raise ModelError(f"{sn.name}/{loaded_sn.version} and {gan.name}/{loaded_gan.version} have different "
+                         f"model_config ({loaded_sn.config.get('model_config')} vs "
+                         f"{loaded_gan.config.get('model_config')}); interpolation needs one architecture")
+    check_same_structure([loaded_sn.model.state_dict(), loaded_gan.model.state_dict()],
+                         [f"{sn.name}/{loaded_sn.version}", f"{gan.name}/{loaded_gan.version}"])
+    return loaded_sn, loaded_gan
+
+
+def bake_models(sn_model, gan_model, alphas: Sequence[float], held_out: Sequence[HeldOutSlice],
+                out_dir: Path | str, *, continuous: bool = False, preset: str = "",
+                sources: Mapping[str, Mapping[str, str]] | None = None,
+                tolerance: float = PARITY_TOLERANCE, threads: int | None = None) -> dict:
+    """Export theta(alpha) for each alpha (and the continuous model) into `out_dir`; returns the manifest.
+
+    Raises ModelError after writing everything when an ONNX model misses the parity tolerance, so the
+    caller never registers such a set (the files stay in out_dir for inspection).
+    """
+    import torch
+
+    from registry.export import export_reconstruction, ort_session, relative_max_error, run_onnx, run_torch, \
+        sha256_file
+    from registry.interpolate import interpolate_pair
+
+    alphas = check_alphas(alphas)
+    if not held_out:
+        raise DataError("no held-out slices to check parity and metrics on")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sn_state = {k: v.detach().clone() for k, v in sn_model.state_dict().items()}
+    gan_state = {k: v.detach().clone() for k, v in gan_model.state_dict().items()}
+    work = type(sn_model)(sn_model.config).eval()  # theta(alpha) lives here, TORCH_FFT as in training
+
+    entries, baked_images = [], {}
+    for alpha in _progress(alphas, desc="bake alphas", unit="alpha"):
+        work.load_state_dict(interpolate_pair(sn_state, gan_state, alpha))
+        path = export_reconstruction(work, out_dir / f"{alpha_key(alpha)}.onnx")
+        session = ort_session(path, threads)
+        worst, images = 0.0, []  # export.check_parity fused with the evaluation: one ORT run per slice
+        for s in _progress(held_out, desc=f"alpha {alpha:.2f} parity+metrics", unit="slice", leave=False):
+            out, _ = run_onnx(session, s.kspace, s.mask)
+            ref, _ = run_torch(work, s.kspace, s.mask)
+            worst = max(worst, relative_max_error(ref, out))
+            images.append(out)
+        baked_images[alpha] = images
+        entries.append({"alpha": alpha, "file": path.name, "sha256": sha256_file(path),
+                        "parity_max_err": worst, "metrics": evaluate_slices(held_out, images)})
+        log.info("alpha %.2f: parity %.2e, metrics %s", alpha, worst, entries[-1]["metrics"])
+
+    manifest: dict[str, Any] = {
+        "format": MANIFEST_FORMAT,
+        "preset": preset,
+        "sources": {k: dict(v) for k, v in (sources or {}).items()},
+        "alphas": entries,
+        "parity_tolerance": tolerance,
+        "held_out": {"volumes": sorted({s.volume for s in held_out}), "slices": len(held_out),
+                     "accels": sorted({s.accel for s in held_out})},
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+    }
+    if continuous:
+        sn_model_cpu = type(sn_model)(sn_model.config).eval()
+        sn_model_cpu.load_state_dict(sn_state)
+        path = export_reconstruction(sn_model_cpu, out_dir / CONTINUOUS_FILE, alpha_input=True,
+                                     gan_state=gan_state)
+        session = ort_session(path, threads)
+        worst = 0.0
+        for alpha in _progress(alphas, desc="continuous vs baked", unit="alpha"):
+            for s, baked in zip(held_out, baked_images[alpha]):
+                out, _ = run_onnx(session, s.kspace, s.mask, alpha=alpha)
+                worst = max(worst, relative_max_error(baked, out))
+        manifest["continuous"] = {"file": CONTINUOUS_FILE, "sha256": sha256_file(path), "max_err_vs_baked": worst}
+    _write_json_atomic(out_dir / MANIFEST, manifest)
+
+    failures = [f"alpha {e['alpha']:g}: {e['parity_max_err']:.3e}" for e in entries
+                if not e["parity_max_err"] <= tolerance]
+    if continuous and not manifest["continuous"]["max_err_vs_baked"] <= tolerance:
+        failures.append(f"continuous vs baked: {manifest['continuous']['max_err_vs_baked']:.3e}")
+    if failures:
+        raise ModelError(f"bake failed parity (tolerance {tolerance:g} of the image maximum): "
+                         + "; ".join(failures) + f"; nothing registered, files left in {out_dir}")
+    return manifest
+
+
+def _write_json_atomic(path: Path, data: Mapping) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def register_baked_set(directory: Path, manifest: Mapping, name: str = INTERPSN) -> tuple[str, str]:
+    """Log the baked set as artifacts of a new run and register it as one version of `name`.
+
+    Returns (version, run_id). The version's tags carry the lineage (store.manifest_tags).
+    """
+    from mlflow.exceptions import MlflowException
+
+    from training.tracking import client, experiment_id
+
+    c = client()
+    tags = manifest_tags(dict(manifest))
+    run = c.create_run(experiment_id(EXPERIMENT), run_name=f"bake-{name}",
+                       tags={"dnirecon.kind": "interpsn-bake", "alphas": tags["alphas"]})
+    run_id = run.info.run_id
+    try:
+        for role, src in manifest["sources"].items():
+            c.log_param(run_id, f"source.{role}", f"{src['name']}/{src['version']}")
+        c.log_param(run_id, "alphas", tags["alphas"])
+        c.log_param(run_id, "preset", manifest.get("preset", ""))
+        for step, entry in enumerate(manifest["alphas"]):
+            c.log_metric(run_id, "parity_max_err", entry["parity_max_err"], step=step)
+            for metric, value in entry["metrics"].items():
+                c.log_metric(run_id, f"{metric}.{alpha_key(entry['alpha'])}", float(value))
+        c.log_artifacts(run_id, str(directory), ARTIFACT_DIR)
+        source = f"{run.info.artifact_uri.rstrip('/')}/{ARTIFACT_DIR}"
+        try:
+            c.get_registered_model(name)
+        except MlflowException:
+            try:
+                c.create_registered_model(name, description="interpSN baked sets: one ONNX file per alpha "
+                                          "(+ continuous), manifest.json; theta = (1-a) SN + a SN-GAN")
+            except MlflowException:  # created meanwhile
+                pass
+        mv = c.create_model_version(name, source=source, run_id=run_id, tags=tags)
+        c.set_terminated(run_id)
+    except Exception:
+        c.set_terminated(run_id, status="FAILED")
+        raise
+    return str(mv.version), run_id
+
+
+def bake(sn: str | ModelRef, gan: str | ModelRef, alphas: Sequence[float], data_dir: Path | str | None = None,
+         *, held_out: Sequence[HeldOutSlice] | None = None, slices: int | None = 2,
+         accels: Sequence[float] = (4.0, 8.0), continuous: bool = False, out_dir: Path | str | None = None,
+         register: bool = True, name: str = INTERPSN, threads: int | None = None,
+         tolerance: float = PARITY_TOLERANCE) -> BakeResult:
+    """The `dnirecon registry bake` pipeline. Give `data_dir` (held-out volumes) or `held_out` slices."""
+    import torch
+
+    sn = sn if isinstance(sn, ModelRef) else parse_model_ref(sn, "--sn")
+    gan = gan if isinstance(gan, ModelRef) else parse_model_ref(gan, "--gan")
+    alphas = check_alphas(alphas)
+    if held_out is None:
+        if data_dir is None:
+            raise ConfigError("--data DIR (held-out volumes) is required")
+        held_out = load_held_out(data_dir, slices, accels)
+    if out_dir is None:
+        out_dir = Path(tempfile.mkdtemp(prefix="dnirecon-bake-"))
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ConfigError(f"--out {out_dir} exists and is not empty; give a new or empty directory")
+    if threads:
+        torch.set_num_threads(threads)
+
+    loaded_sn, loaded_gan = _load_pair(sn, gan)
+    sources = {"sn": {"name": sn.name, "version": loaded_sn.version},
+               "sn-gan": {"name": gan.name, "version": loaded_gan.version}}
+    log.info("baking %s/%s and %s/%s at alphas %s on %d held-out slices", sn.name, loaded_sn.version,
+             gan.name, loaded_gan.version, alphas, len(held_out))
+    manifest = bake_models(loaded_sn.model, loaded_gan.model, alphas, held_out, out_dir,
+                           continuous=continuous, preset=str(loaded_sn.config.get("preset", "")),
+                           sources=sources, tolerance=tolerance, threads=threads)
+    version = run_id = None
+    if register:
+        version, run_id = register_baked_set(out_dir, manifest, name)
+        log.info("registered %s version %s (run %s)", name, version, run_id)
+    return BakeResult(out_dir, manifest, version, run_id)
+
+
+# ---------------------------------------------------------------- the perception-distortion figure
+def _rows(manifest_or_rows) -> list[dict]:
+    if isinstance(manifest_or_rows, (str, os.PathLike)):
+        p = Path(manifest_or_rows)
+        manifest_or_rows = json.loads((p / MANIFEST if p.is_dir() else p).read_text())
+    if isinstance(manifest_or_rows, Mapping):
+        return [{"alpha": e["alpha"], **e["metrics"]} for e in manifest_or_rows["alphas"]]
+    return [dict(r) for r in manifest_or_rows]
+
+
+def plot_perception_distortion(manifest_or_rows, out_png: Path | str, title: str | None = None) -> Path:
+    """PSNR against the high-frequency energy ratio over alpha, each point labelled with its alpha.
+
+    manifest_or_rows: a manifest dict, a manifest.json path (or its directory), or rows with
+    alpha, psnr and hf_ratio.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(_rows(manifest_or_rows), key=lambda r: r["alpha"])
+    missing = [r["alpha"] for r in rows if "psnr" not in r or "hf_ratio" not in r]
+    if not rows or missing:
+        raise DataError(f"perception-distortion plot needs psnr and hf_ratio for every alpha (missing at {missing})")
+    hf = [float(r["hf_ratio"]) for r in rows]
+    ps = [float(r["psnr"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(5.5, 4.0), dpi=120)
+    ax.plot(hf, ps, "-o", color="tab:blue", zorder=2)
+    for r, x, y in zip(rows, hf, ps):
+        ax.annotate(f"α={r['alpha']:g}", (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.axvline(1.0, color="grey", lw=0.8, ls="--", zorder=1)
+    ax.set_xlabel("high-frequency energy ratio (LoG, prediction / target; 1 = target's texture)")
+    ax.set_ylabel("PSNR on the foreground (dB)")
+    ax.set_title(title or "interpSN: distortion vs perception over alpha")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_png.with_name(f".{out_png.stem}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, out_png)
+    return out_png

@@ -1,0 +1,114 @@
+"""Sensitivity network: shapes, data consistency at the hard limit, FFT swap, normalisation, ONNX export."""
+
+import numpy as np
+import pytest
+import torch
+
+from physics_helpers import export_onnx, random_kspace, random_mask, rel_err
+from training.models.sn import SensitivityNetwork
+from training.physics.fft import MATMUL_FFT, TORCH_FFT
+from training.physics.sense import data_residual
+from training.presets import PRESETS, SNConfig
+
+TINY = SNConfig(cascades=2, width=4, blocks=1)
+
+
+def _model(config=TINY, fourier=TORCH_FFT, dc_weight=None, seed=0):
+    torch.manual_seed(seed)
+    model = SensitivityNetwork(config, fourier)
+    if dc_weight is not None:
+        with torch.no_grad():
+            for dc in model.dc:
+                dc.weight.fill_(dc_weight)
+    return model
+
+
+@pytest.mark.parametrize("b,c,h,w", [(1, 1, 9, 7), (2, 3, 13, 11), (1, 15, 16, 12), (2, 4, 10, 17)])
+def test_output_shape_for_odd_sizes_and_any_coil_count(b, c, h, w):
+    out = _model()(random_kspace(b, c, h, w), random_mask(b, w))
+    assert out.shape == (b, h, w)
+    assert out.dtype == torch.complex64
+    assert torch.isfinite(out.real).all()
+
+
+def test_matmul_fft_gives_the_same_output_as_torch_fft():
+    k, mask = random_kspace(2, 3, 13, 11), random_mask(2, 11)
+    a = _model(fourier=TORCH_FFT)(k, mask)
+    b = _model(fourier=MATMUL_FFT)(k, mask)
+    assert rel_err(b, a) < 1e-5
+
+
+def _consistent_single_coil(h=12, w=10, seed=0):
+    # A smooth-phase object on a bright constant: the low-res image has no zero, so the single-coil ACS
+    # map is a pure phase (|S| = 1) and S^H S = I, where coil-wise DC makes the image data-consistent.
+    g = torch.Generator().manual_seed(seed)
+    image = (2.0 + torch.rand(1, h, w, generator=g)) * torch.exp(0.3j * torch.linspace(0, 1, w))
+    return TORCH_FFT.fft(image.to(torch.complex64))[:, None], random_mask(1, w, acs=4, seed=seed)
+
+
+def test_output_is_data_consistent_at_hard_dc_weight():
+    kspace, mask = _consistent_single_coil()
+    kspace = kspace * mask[:, None, None, :]
+    model = _model(dc_weight=1.0)
+    image, maps = model.reconstruct(kspace, mask)
+    assert data_residual(image, maps, kspace, mask).item() < 1e-5
+
+
+def test_output_is_not_data_consistent_at_zero_dc_weight():
+    kspace, mask = _consistent_single_coil()
+    model = _model(dc_weight=0.0)
+    image, maps = model.reconstruct(kspace * mask[:, None, None, :], mask)
+    assert data_residual(image, maps, kspace, mask).item() > 1e-3
+
+
+def test_normalisation_makes_the_model_scale_equivariant():
+    k, mask = random_kspace(1, 3, 9, 8), random_mask(1, 8)
+    model = _model()
+    assert rel_err(model(1e4 * k, mask), 1e4 * model(k, mask)) < 1e-4
+
+
+def test_unsampled_input_columns_are_ignored():
+    k, mask = random_kspace(1, 3, 9, 8), random_mask(1, 8)
+    model = _model()
+    noisy = k + 100 * (1 - mask[:, None, None, :]) * random_kspace(1, 3, 9, 8, seed=5)
+    assert rel_err(model(noisy, mask), model(k, mask)) < 1e-5
+
+
+def test_gradients_reach_every_parameter():
+    model = _model()
+    model(random_kspace(1, 2, 8, 8), random_mask(1, 8)).abs().mean().backward()
+    # DC weights start at the clamp boundary (1.0), where the clamp still passes gradient.
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_presets_build_models_of_the_documented_size():
+    paper = SensitivityNetwork(PRESETS["paper"].sn)
+    assert len(paper.cascades) == 10 and len(paper.dc) == 10
+    assert paper.cascades[0].head[0].out_channels == 128 and len(paper.cascades[0].blocks) == 2
+    cpu = sum(p.numel() for p in SensitivityNetwork(PRESETS["cpu"].sn).parameters())
+    assert cpu < sum(p.numel() for p in paper.parameters()) / 50
+
+
+class _RealBoundary(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, kspace, mask):
+        return self.model(torch.complex(kspace[..., 0], kspace[..., 1]), mask).abs()
+
+
+def test_tiny_sn_exports_to_onnx_without_dft_and_matches_torch(tmp_path):
+    model = _model(SNConfig(cascades=1, width=2, blocks=1), fourier=MATMUL_FFT).eval()
+    wrapper = _RealBoundary(model)
+    k0 = torch.view_as_real(random_kspace(2, 3, 10, 8)).contiguous()
+    session, ops = export_onnx(wrapper, k0, random_mask(2, 8), tmp_path / "sn.onnx")
+    assert "DFT" not in ops
+    for b, c, h, w in [(2, 3, 10, 8), (1, 4, 13, 11)]:
+        k = torch.view_as_real(random_kspace(b, c, h, w, seed=h)).contiguous()
+        mask = random_mask(b, w, seed=w)
+        got = session.run(None, {"kspace": k.numpy(), "mask": mask.numpy()})[0]
+        with torch.no_grad():
+            want = wrapper(k, mask).numpy()
+        assert got.shape == (b, h, w)
+        assert np.abs(got - want).max() / np.abs(want).max() < 1e-5

@@ -1,0 +1,207 @@
+"""Acceptance 2 and 5 on a tiny SN: every baked alpha matches torch within 1e-4 of the image maximum,
+the registered interpsn version and its manifest show it; the continuous model equals the baked ones."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dnirecon.errors import ConfigError, ModelError
+from registry import store
+from registry.bake import load_held_out, parse_model_ref, plot_perception_distortion
+from registry.export import check_onnx_file, check_parity, ort_session, relative_max_error, run_onnx, \
+    run_torch, sha256_file
+from registry.interpolate import interpolate_pair
+
+from .conftest import ALPHAS, TINY_SN, register_tiny
+
+TOL = 1e-4
+
+
+def _theta(tiny_pair, alpha):
+    from training.models.sn import SensitivityNetwork
+    from training.presets import SNConfig
+
+    sn, gan, *_ = tiny_pair
+    model = SensitivityNetwork(SNConfig(**TINY_SN)).eval()
+    model.load_state_dict(interpolate_pair(sn.state_dict(), gan.state_dict(), alpha))
+    return model
+
+
+def test_every_baked_alpha_matches_torch_on_held_out_slices(baked, tiny_pair, held_out_dir):
+    held_out = load_held_out(held_out_dir, slices=1, accels=(4.0, 8.0))
+    entries = baked.manifest["alphas"]
+    assert [e["alpha"] for e in entries] == ALPHAS
+    for e in entries:
+        assert 0.0 <= e["parity_max_err"] <= TOL
+        # independent re-check: the file on disk against theta(alpha) in torch (TORCH_FFT)
+        err = check_parity(_theta(tiny_pair, e["alpha"]), baked.directory / e["file"], held_out)
+        assert err <= TOL and err == pytest.approx(e["parity_max_err"], rel=1e-3, abs=1e-9)
+
+
+def test_alphas_give_different_models(baked, held_out_dir):
+    held_out = load_held_out(held_out_dir, slices=1, accels=(4.0,))
+    s = held_out[0]
+    out = {e["alpha"]: run_onnx(ort_session(baked.directory / e["file"]), s.kspace, s.mask)[0]
+           for e in baked.manifest["alphas"]}
+    assert relative_max_error(out[0.0], out[1.0]) > 100 * TOL  # the grid is not one model five times
+
+
+def test_registered_version_tags_and_manifest_show_lineage(baked, tiny_pair, client):
+    _, _, v_sn, v_gan = tiny_pair
+    mv = client.get_model_version("interpsn", baked.version)
+    tags = mv.tags
+    assert tags["alphas"] == "0,0.25,0.5,0.75,1"
+    assert (tags["sn_version"], tags["sn_gan_version"]) == (v_sn, v_gan)
+    assert baked.manifest["sources"] == {"sn": {"name": "sn", "version": v_sn},
+                                         "sn-gan": {"name": "sn-gan", "version": v_gan}}
+    assert float(tags["parity_max_err"]) <= TOL
+    assert float(tags["parity_max_err"]) == pytest.approx(max(e["parity_max_err"] for e in baked.manifest["alphas"]),
+                                                          rel=1e-3)
+    assert float(tags["continuous_max_err_vs_baked"]) <= TOL
+    on_disk = json.loads((baked.directory / "manifest.json").read_text())
+    assert on_disk["format"] == "dnirecon.interpsn/1" and on_disk["preset"] == "cpu"
+    for e in on_disk["alphas"]:
+        assert e["file"] == f"alpha_{e['alpha']:.2f}.onnx"
+        assert tags[f"sha256.alpha_{e['alpha']:.2f}"] == e["sha256"] == sha256_file(baked.directory / e["file"])
+        assert set(e["metrics"]) >= {"nmse", "psnr", "ssim", "hfen", "hf_ratio"}
+        assert json.loads(tags[f"metrics.alpha_{e['alpha']:.2f}"])["psnr"] == pytest.approx(e["metrics"]["psnr"])
+        assert 0 < e["metrics"]["ssim"] <= 1 and np.isfinite(e["metrics"]["psnr"])
+    assert mv.source.endswith("/interpsn") and mv.run_id == baked.run_id
+
+
+def test_registered_artifacts_are_the_baked_set(baked, client):
+    import mlflow.artifacts
+
+    mv = client.get_model_version("interpsn", baked.version)
+    local = mlflow.artifacts.download_artifacts(artifact_uri=mv.source, tracking_uri=client.tracking_uri)
+    from pathlib import Path
+
+    names = sorted(p.name for p in Path(local).iterdir())
+    assert names == sorted(["manifest.json", "continuous.onnx"] + [f"alpha_{a:.2f}.onnx" for a in ALPHAS])
+
+
+def test_onnx_contract_inputs_outputs_no_dft(baked):
+    import onnx
+
+    path = baked.directory / "alpha_0.50.onnx"
+    check_onnx_file(path)
+    model = onnx.load(str(path))
+    assert not [n for n in model.graph.node if n.op_type == "DFT"]
+    assert not (baked.directory / "alpha_0.50.onnx.data").exists()
+    shapes = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+              for i in [*model.graph.input, *model.graph.output]}
+    assert shapes == {"kspace": ["B", "C", "H", "W", 2], "mask": ["B", "W"], "image": ["B", "H", "W"],
+                      "dc_residual": ["B"]}
+    assert model.opset_import[0].version >= 18
+
+
+def test_dynamic_batch_coils_height_width(baked, tiny_pair):
+    rng = np.random.default_rng(5)
+    b, c, h, w = 2, 4, 26, 21
+    k = (rng.standard_normal((b, c, h, w)) + 1j * rng.standard_normal((b, c, h, w))).astype(np.complex64)
+    mask = np.zeros((b, w), np.float32)
+    mask[:, w // 2 - 3: w // 2 + 3] = 1
+    mask[:, ::3] = 1
+    k *= mask[:, None, None, :]
+    img, res = run_onnx(ort_session(baked.directory / "alpha_0.25.onnx"), k, mask)
+    ref, ref_res = run_torch(_theta(tiny_pair, 0.25), k, mask)
+    assert img.shape == (b, h, w) and res.shape == (b,)
+    assert relative_max_error(ref, img) <= TOL
+    np.testing.assert_allclose(res, ref_res, rtol=1e-3)
+
+
+def test_dc_residual_is_small_for_hard_dc(baked, held_out_dir):
+    # alpha 0 has DC weight 1 (hard replacement): the acquired k-space is reproduced, residual ~ 0
+    s = load_held_out(held_out_dir, slices=1, accels=(4.0,))[0]
+    _, res0 = run_onnx(ort_session(baked.directory / "alpha_0.00.onnx"), s.kspace, s.mask)
+    _, res1 = run_onnx(ort_session(baked.directory / "alpha_1.00.onnx"), s.kspace, s.mask)
+    assert res0 < 1e-3 < res1
+
+
+def test_continuous_equals_baked_at_grid_alphas(baked, held_out_dir, tiny_pair):
+    assert baked.manifest["continuous"]["max_err_vs_baked"] <= TOL
+    held_out = load_held_out(held_out_dir, slices=1, accels=(8.0,))
+    cont = ort_session(baked.directory / "continuous.onnx")
+    for e in baked.manifest["alphas"]:
+        grid = ort_session(baked.directory / e["file"])
+        for s in held_out:
+            a = run_onnx(grid, s.kspace, s.mask)[0]
+            b = run_onnx(cont, s.kspace, s.mask, alpha=e["alpha"])[0]
+            assert relative_max_error(a, b) <= TOL
+    # between grid points it is theta(alpha) too
+    s = held_out[0]
+    assert relative_max_error(run_torch(_theta(tiny_pair, 0.3), s.kspace, s.mask)[0],
+                              run_onnx(cont, s.kspace, s.mask, alpha=0.3)[0]) <= TOL
+
+
+def test_bake_that_fails_parity_is_not_registered(tiny_pair, held_out_dir, client, tmp_path):
+    from registry.bake import bake
+
+    before = len(client.search_model_versions("name='interpsn'"))
+    with pytest.raises(ModelError, match=r"bake failed parity .*alpha 0\.5: .*nothing registered"):
+        bake("sn@champion", "sn-gan/" + tiny_pair[3], [0.5], held_out_dir, slices=1, accels=(4.0,),
+             out_dir=tmp_path / "bad", tolerance=1e-12)
+    assert len(client.search_model_versions("name='interpsn'")) == before
+
+
+def test_bake_refuses_models_of_different_architectures(tiny_pair, held_out_dir, tmp_path):
+    from training.models.sn import SensitivityNetwork
+    from training.presets import SNConfig
+
+    wider = dict(TINY_SN, width=6)
+    v = register_tiny("sn-gan", SensitivityNetwork(SNConfig(**wider)).state_dict(), wider, "sn-gan")
+    from registry.bake import bake
+
+    with pytest.raises(ModelError, match="different model_config"):
+        bake("sn/" + tiny_pair[2], f"sn-gan/{v}", [0.5], held_out_dir, slices=1, out_dir=tmp_path / "x")
+
+
+def test_model_refs_and_alpha_options():
+    assert parse_model_ref("sn@champion") == ("sn", "champion")
+    assert parse_model_ref("sn-gan/12") == ("sn-gan", "12")
+    with pytest.raises(ConfigError, match="NAME@ALIAS"):
+        parse_model_ref("sn")
+    from registry.bake import check_alphas
+
+    with pytest.raises(ConfigError, match=r"\[0, 1\]"):
+        check_alphas([0.5, 1.2])
+
+
+def test_baked_version_promotes_and_rollback_needs_history(baked, client):
+    res = store.promote(client, "staging", baked.version)
+    assert res.version == baked.version and "gates passed" in res.reason
+    with pytest.raises(ModelError, match="no previous target"):
+        store.rollback(client, "staging")
+
+
+def test_perception_distortion_plot(baked, tmp_path):
+    out = plot_perception_distortion(baked.manifest, tmp_path / "pd.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
+    plot_perception_distortion(baked.directory, tmp_path / "from_dir.png")
+    with pytest.raises(Exception, match="hf_ratio"):
+        plot_perception_distortion([{"alpha": 0.0, "psnr": 30.0}], tmp_path / "bad.png")
+
+
+def test_check_onnx_refuses_a_dft_node(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8, 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8, 2])
+    graph = helper.make_graph([helper.make_node("DFT", ["x"], ["y"], axis=1)], "g", [x], [y])
+    path = tmp_path / "dft.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    with pytest.raises(ModelError, match="DFT node"):
+        check_onnx_file(path)
+
+
+def test_cli_list_and_promote_refusal(baked, capsys):
+    from dnirecon.cli import main
+
+    assert main(["registry", "list", "--model", "interpsn"]) == 0
+    out = capsys.readouterr().out
+    assert "interpsn" in out and "alphas=0,0.25,0.5,0.75,1" in out
+    assert main(["registry", "promote", "--alias", "production", "--version", "999"]) == 2
+    assert "has no version 999" in capsys.readouterr().err
