@@ -9,6 +9,7 @@ import platform
 import time
 from pathlib import Path
 
+from dnirecon.errors import ModelError
 from dnirecon.fastmri_io import list_volumes
 
 
@@ -73,3 +74,167 @@ def serve_step(steps, state: dict, work: Path, val_dir: Path, alphas) -> None:
                       "providers": list(info.providers) if hasattr(info, "providers") else [],
                       "exit_code": code}
     steps.done(t, f"streamed {len(runs)} volume passes, server stopped cleanly (exit {code})")
+
+
+def _registered(name: str, version: str | None) -> bool:
+    """True when `name` version `version` is still in the registry (the store may have been wiped)."""
+    if not version:
+        return False
+    from training.tracking import client
+
+    try:
+        client().get_model_version(name, str(version))
+        return True
+    except Exception:  # noqa: BLE001 - mlflow raises its own RestException / MlflowException
+        return False
+
+
+def baselines_step(steps, state: dict, work: Path, val_dir: Path) -> None:
+    """Zero-filled RSS and CG-SENSE on the held-out volumes: the floor every model must beat."""
+    from dnirecon.tables import table1, write_table
+    from training.evaluate import baseline_methods, evaluate_dataset
+
+    t = steps.start("classical baselines on the held-out volumes (zero-filled RSS, CG-SENSE)")
+    if state.get("baselines_rows"):
+        steps.done(t, "reused the baselines table")
+        return
+    rows = evaluate_dataset(baseline_methods(), val_dir, (4.0, 8.0), progress=True)
+    write_table(rows, work / "tables", "baselines")
+    print(table1(rows), flush=True)
+    state["baselines_rows"] = True
+    steps.done(t, "evaluated")
+
+
+def train_step(steps, state: dict, work: Path, preset: str, train_dir: Path, val_dir: Path,
+               epochs: dict) -> None:
+    """SN, then SN-GAN fine-tuned from it, then the U-Net: each registered with alias champion."""
+    from training.train import train_model
+
+    versions = state.setdefault("versions", {})
+    timings = state.setdefault("train_seconds", {})
+    for kind in ("sn", "sn-gan", "unet"):
+        t = steps.start(f"train {kind} ({preset} preset) and register it in MLflow")
+        if _registered(kind, versions.get(kind)) and (kind != "sn-gan" or
+                                                      state.get("sn_gan_from") == versions.get("sn")):
+            steps.done(t, f"reused {kind} version {versions[kind]}")
+            continue
+        t0 = time.perf_counter()
+        result = train_model(kind, train_dir, preset=preset, accels=(4.0, 8.0), epochs=epochs.get(kind),
+                             val_dir=val_dir, out_dir=work / "checkpoints", register=True, seed=0,
+                             init_from=versions.get("sn") if kind == "sn-gan" else None)
+        versions[kind] = result.version
+        timings[kind] = round(time.perf_counter() - t0, 1)
+        if kind == "sn-gan":
+            state["sn_gan_from"] = versions.get("sn")
+        state.pop("bake", None)  # new weights: what follows must be redone
+        steps.done(t, f"registered {kind} version {result.version}")
+
+
+def bake_step(steps, state: dict, work: Path, preset: str, val_dir: Path, alphas) -> None:
+    """interpSN at the alpha grid plus the continuous model, parity-checked, registered as one version."""
+    import shutil
+
+    from registry.bake import bake, plot_perception_distortion
+
+    t = steps.start(f"bake interpSN at alphas {', '.join(f'{a:g}' for a in alphas)} (+ continuous) to ONNX")
+    key = _versions_key(state, "sn", "sn-gan")
+    done = state.get("bake", {})
+    if done.get("key") == key and _registered("interpsn", done.get("version")) and Path(done["dir"]).exists():
+        steps.done(t, f"reused interpsn version {done['version']}")
+        return
+    out_dir = work / "baked" / key.replace("|", "_").replace("=", "")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    v = state["versions"]
+    result = bake(f"sn/{v['sn']}", f"sn-gan/{v['sn-gan']}", alphas, val_dir,
+                  continuous=True, out_dir=out_dir, slices=2)
+    state["bake"] = {"key": key, "version": result.version, "dir": str(out_dir), "run_id": result.run_id}
+    state["versions"]["interpsn"] = result.version
+    plot_perception_distortion(result.manifest, work / "perception_distortion_bake.png")
+    worst = max(a["parity_max_err"] for a in result.manifest["alphas"])
+    steps.done(t, f"registered interpsn version {result.version}, worst parity {worst:.1e} of the image max")
+
+
+def promote_step(steps, state: dict, work: Path) -> None:
+    """Move alias production to the baked set through the gates (staging first)."""
+    from registry.store import get_client, promote
+
+    t = steps.start("promote the baked set: staging, then production (gated)")
+    version = state["versions"]["interpsn"]
+    c = get_client()
+    notes = []
+    for alias in ("staging", "production"):
+        try:
+            holder = c.get_model_version_by_alias("interpsn", alias)
+        except Exception:  # noqa: BLE001 - no holder yet
+            holder = None
+        if holder is not None and str(holder.version) == str(version):
+            notes.append(f"{alias} already at {version}")
+            continue
+        try:
+            r = promote(c, alias, version, name="interpsn")
+        except ModelError as exc:  # a gate refused: the alias keeps its version, and the demo says so
+            notes.append(f"{alias}: refused ({exc})")
+            print(f"      {alias}: promotion refused by the gates: {exc}", flush=True)
+            continue
+        notes.append(f"{alias}: {r.previous_version or 'none'} -> {r.version}")
+    state["versions"]["interpsn-production"] = str(c.get_model_version_by_alias("interpsn", "production").version)
+    steps.done(t, "; ".join(notes))
+
+
+def report_methods(state: dict, alphas) -> dict:
+    """Every method of the report as a callable (kspace complex64 (B,C,H,W), mask (B,W)) -> (image, dc)."""
+    import numpy as np
+    import torch
+
+    from registry.export import ort_session, run_onnx, run_torch
+    from training.baselines import cg_sense, zero_filled_rss
+    from training.report import interp_name
+    from training.tracking import load_registered_model
+
+    def torch_method(fn):
+        def run(k, m):
+            with torch.no_grad():
+                return fn(torch.from_numpy(k), torch.from_numpy(m)).numpy(), None
+        return run
+
+    v = state["versions"]
+    unet = load_registered_model("unet", v["unet"]).model.eval()
+    sn = load_registered_model("sn", v["sn"]).model.eval()
+    gan = load_registered_model("sn-gan", v["sn-gan"]).model.eval()
+    manifest = json.loads((Path(state["bake"]["dir"]) / "manifest.json").read_text())
+    methods = {
+        "Zero-filled": torch_method(zero_filled_rss),
+        "CG-SENSE": torch_method(cg_sense),
+        "U-Net": torch_method(unet),
+        "SN": lambda k, m: run_torch(sn, k, m),
+        "SN-GAN": lambda k, m: run_torch(gan, k, m),
+    }
+    by_alpha = {float(a["alpha"]): a["file"] for a in manifest["alphas"]}
+    for alpha in alphas:
+        session = ort_session(Path(state["bake"]["dir"]) / by_alpha[float(alpha)])
+        methods[interp_name(alpha)] = (lambda s: (lambda k, m: run_onnx(s, k, m)))(session)
+    del np
+    return methods
+
+
+def report_step(steps, state: dict, work: Path, val_dir: Path, docs: Path, alphas, preset: str) -> None:
+    """Table 1, the perception-distortion curve, the Fig.-1-like figure and the DC residuals."""
+    from training.report import collect_report_data, write_report
+
+    t = steps.start("evaluation report (docs/report.md, figures, logged to MLflow)")
+    data = collect_report_data(val_dir, (4.0, 8.0), report_methods(state, alphas), alphas, progress=True)
+    run_info = {
+        "command": f"make demo (dnirecon demo --preset {preset})",
+        "preset": preset,
+        "machine": machine(),
+        "held-out volumes": len(list_volumes(val_dir)),
+        "model versions": {k: v for k, v in state.get("versions", {}).items()},
+        "training seconds": state.get("train_seconds", {}),
+        "served": {k: state.get("serve", {}).get(k) for k in ("volume", "providers", "exit_code")},
+        "streamed passes": [
+            {k: r[k] for k in ("accel", "alpha_requested", "alpha_used", "model", "slices", "failed", "seconds")}
+            for r in state.get("serve", {}).get("runs", [])],
+    }
+    path = write_report(data, docs, run_info)
+    state["report"] = str(path)
+    steps.done(t, f"wrote {path}")

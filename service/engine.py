@@ -285,6 +285,8 @@ class Batcher:
         for job in batch:
             if job.is_cancelled() or (job.deadline is not None and now > job.deadline):
                 job.future.set_exception(Cancelled("cancelled or past its deadline before compute"))
+                if self.metrics is not None:
+                    self.metrics.slices.labels(outcome="dropped").inc()
             else:
                 live.append(job)
         if not live:

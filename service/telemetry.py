@@ -12,7 +12,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("dnirecon_requests", "RPCs started", ["rpc"], registry=r)
-        self.slices = Counter("dnirecon_slices", "Slices answered", ["outcome"], registry=r)
+        self.slices = Counter("dnirecon_slices", "Slices by outcome: ok, error, dropped (cancelled or past deadline before compute)", ["outcome"], registry=r)
         self.errors = Counter("dnirecon_errors", "Errors by gRPC status code (per slice or per stream)", ["code"], registry=r)
         self.latency = Histogram(
             "dnirecon_slice_latency_seconds", "Last chunk received to result handed to gRPC", registry=r, buckets=_LATENCY_BUCKETS

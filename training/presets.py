@@ -69,12 +69,13 @@ PRESETS: dict[str, Preset] = {
     # 2-core CPU: small enough that SN trains in ~10 minutes on small synthetic volumes.
     "cpu": Preset(
         name="cpu",
-        sn=SNConfig(cascades=4, width=12, blocks=1),
-        unet=UNetConfig(chans=12, num_pool_layers=3),
+        sn=SNConfig(cascades=4, width=16, blocks=1),
+        unet=UNetConfig(chans=16, num_pool_layers=3),
         discriminator=DiscriminatorConfig(chans=16, num_layers=3),
-        sn_schedule=TrainSchedule(epochs=8, lr=1e-3, batch=2, optimiser="rmsprop"),
-        finetune_schedule=TrainSchedule(epochs=3, lr=5e-4, batch=2, optimiser="rmsprop"),
-        unet_schedule=TrainSchedule(epochs=8, lr=1e-3, batch=2, optimiser="rmsprop"),
+        # measured in docs/training.md: batch 1 (twice the updates per CPU second), ~17 min on 2 idle cores
+        sn_schedule=TrainSchedule(epochs=10, lr=5e-4, batch=1, optimiser="rmsprop"),
+        finetune_schedule=TrainSchedule(epochs=2, lr=1e-4, batch=1, optimiser="rmsprop"),
+        unet_schedule=TrainSchedule(epochs=10, lr=1e-3, batch=1, optimiser="rmsprop"),
     ),
 }
 

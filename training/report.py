@@ -55,9 +55,10 @@ def interp_name(alpha: float) -> str:
 
 
 def contrast_label(acquisition: str) -> str:
-    """CORPD_FBK -> CORPD, CORPDFS_FBK -> CORPDFS (the paper's data column)."""
-    acq = str(acquisition or "unknown")
-    return acq[:-4] if acq.endswith("_FBK") else acq
+    """CORPD_FBK -> CORPD, CORPDFS_FBK -> CORPDFS (the paper's data column; training.evaluate's names)."""
+    from training.evaluate import contrast_name
+
+    return contrast_name(str(acquisition or ""))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,37 +100,6 @@ class ReportData:
         return None
 
 
-class _Volume(NamedTuple):
-    name: str
-    contrast: str
-    kspace: np.ndarray  # complex64 (S, C, H, W), fully sampled (zero-padded columns)
-    target: np.ndarray  # float32 (S, h, w)
-    foreground: np.ndarray  # bool (S, h, w)
-    recon_size: tuple[int, int]
-    padding: tuple[int, int]
-
-
-def _load_volume(path: Path) -> _Volume:
-    from dnirecon.fastmri_io import FastMRIVolume
-    from dnirecon.foreground import foreground_mask
-
-    with FastMRIVolume(path) as vol:
-        hdr = vol.header
-        kspace = np.stack([vol.kspace(i) for i in range(vol.num_slices)])
-        if vol.has_target("sense"):
-            target = np.stack([vol.target(i, "sense") for i in range(vol.num_slices)])
-        else:  # real fastMRI files have no SENSE target: compute it as training does
-            from training.data import sense_target_from_full
-
-            target = np.stack([sense_target_from_full(k, hdr.recon_size, vol.name) for k in kspace])
-    if target.shape[-2:] != tuple(hdr.recon_size):
-        raise DataError(f"reconstruction_sense in {path.name} has slices {target.shape[-2:]}, expected the "
-                        f"header's recon size {tuple(hdr.recon_size)}")
-    return _Volume(path.name, contrast_label(hdr.acquisition), kspace.astype(np.complex64),
-                   target.astype(np.float32), foreground_mask(target), tuple(hdr.recon_size),
-                   (hdr.padding_left, hdr.padding_right))
-
-
 def _zero_filled_sense(kspace: np.ndarray, mask: np.ndarray):
     """ACS maps and the zero-filled SENSE image S^H F^H M y: torch complex (B,C,H,W), (B,H,W)."""
     import torch
@@ -145,8 +115,8 @@ def _zero_filled_sense(kspace: np.ndarray, mask: np.ndarray):
         return maps, SenseOp(maps, m, TORCH_FFT).adjoint(k)
 
 
-def _computed_residual(image: np.ndarray, kspace: np.ndarray, mask: np.ndarray, zf_cache: list) -> np.ndarray:
-    """DC residual of an image the method gave without one, with ACS maps (the model's definition).
+def computed_residual(image: np.ndarray, kspace: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """DC residual (B,) of an image a method gave without one, with ACS maps (the model's definition).
 
     A magnitude image gets the phase of the zero-filled SENSE image (and, when it is already cropped,
     that image's values outside the crop) so that only the method's magnitude is judged.
@@ -156,9 +126,7 @@ def _computed_residual(image: np.ndarray, kspace: np.ndarray, mask: np.ndarray, 
     from registry.export import dc_residual
     from training.physics.fft import TORCH_FFT
 
-    if not zf_cache:
-        zf_cache.append(_zero_filled_sense(kspace, mask))
-    maps, zf = zf_cache[0]
+    maps, zf = _zero_filled_sense(kspace, mask)
     if np.iscomplexobj(image):
         x = torch.from_numpy(image.astype(np.complex64))
     else:
@@ -175,16 +143,68 @@ def _computed_residual(image: np.ndarray, kspace: np.ndarray, mask: np.ndarray, 
                            torch.from_numpy(mask), TORCH_FFT).numpy()
 
 
-def _crop_magnitude(image: np.ndarray, recon_size: tuple[int, int], method: str, vol: str) -> np.ndarray:
-    from dnirecon.fastmri_io import center_crop
+class _Recorder:
+    """Wraps the report's numpy methods for training.evaluate's torch loop and keeps what the table
+    does not: DC residuals per slice, time per slice, per-volume scores and the example slice."""
 
-    image = np.abs(image) if np.iscomplexobj(image) else np.asarray(image)
-    if image.ndim != 3:
-        raise DataError(f"method {method!r} returned an image of shape {image.shape} for {vol}, expected (B, H, W)")
-    out = center_crop(image, recon_size).astype(np.float32)
-    if not np.isfinite(out).all():
-        raise DataError(f"method {method!r} returned non-finite pixels for {vol}")
-    return out
+    def __init__(self, names: Sequence[str], accels: Sequence[float], example: tuple[str, int | None, float]):
+        self.dc = {m: {a: [] for a in accels} for m in names}
+        self.pending: dict[str, list[float]] = {m: [] for m in names}
+        self.computed: set[str] = set()
+        self.seconds = {m: 0.0 for m in names}
+        self.slices = {m: 0 for m in names}
+        self.volumes: list[dict] = []
+        self.example_key = example
+        self.example: ExampleSlice | None = None
+
+    def adapt(self, name: str, method: Method):
+        import torch
+
+        def recon(kspace, mask):
+            k = np.ascontiguousarray(kspace.cpu().numpy()).astype(np.complex64, copy=False)
+            m = np.ascontiguousarray(mask.cpu().numpy()).astype(np.float32, copy=False)
+            t0 = time.perf_counter()
+            out = method(k, m)
+            self.seconds[name] += time.perf_counter() - t0
+            self.slices[name] += k.shape[0]
+            if not (isinstance(out, tuple) and len(out) == 2):
+                raise DataError(f"method {name!r} returned {type(out).__name__}, expected "
+                                f"(image (B, H, W), dc_residual (B,) or None)")
+            image, residual = np.asarray(out[0]), out[1]
+            if image.ndim != 3 or image.shape[0] != k.shape[0]:
+                raise DataError(f"method {name!r} returned an image of shape {image.shape} for k-space "
+                                f"{k.shape}, expected (B, H, W) with B = {k.shape[0]}")
+            if not np.isfinite(image).all():
+                raise DataError(f"method {name!r} returned non-finite pixels")
+            if residual is None:
+                residual = computed_residual(image, k, m)
+                self.computed.add(name)
+            residual = np.asarray(residual, dtype=np.float64).reshape(-1)
+            if residual.shape[0] != k.shape[0]:
+                raise DataError(f"method {name!r} returned {residual.shape[0]} DC residuals for "
+                                f"{k.shape[0]} slices, expected one per slice")
+            self.pending[name].extend(residual.tolist())
+            image = image.astype(np.complex64 if np.iscomplexobj(image) else np.float32, copy=False)
+            return torch.from_numpy(np.ascontiguousarray(image))
+
+        return recon
+
+    def on_volume(self, rec: dict) -> None:
+        name, accel = rec["method"], float(rec["accel"])
+        self.dc[name][accel].extend(self.pending[name])
+        self.pending[name] = []
+        self.volumes.append(dict(file=rec["file"], data=rec["data"], accel=accel, method=name,
+                                 metrics=dict(rec["metrics"])))
+        ex_file, ex_slice, ex_accel = self.example_key
+        if rec["file"] == ex_file and accel == ex_accel:
+            n = rec["target"].shape[0]
+            idx = n // 2 if ex_slice is None else int(ex_slice)
+            if not 0 <= idx < n:
+                raise ConfigError(f"report example slice {idx} out of range for {ex_file} ({n} slices)")
+            if self.example is None:
+                self.example = ExampleSlice(ex_file, idx, accel, rec["target"][idx],
+                                            rec["foreground"][idx], {})
+            self.example.images[name] = np.asarray(rec["pred"][idx], dtype=np.float32)
 
 
 def _pick_example(volumes: Sequence[Path], accels: Sequence[float], example) -> tuple[str, int | None, float]:
@@ -200,18 +220,18 @@ def _pick_example(volumes: Sequence[Path], accels: Sequence[float], example) -> 
 
 def collect_report_data(val_dir: str | os.PathLike, accels: Sequence[float], methods: Mapping[str, Method],
                         alphas: Sequence[float], example: tuple[str, int, float] | None = None,
-                        progress: bool = True, mask_kind: str = "random") -> ReportData:
+                        progress: bool = True, mask_kind: str = "random", batch: int = 8) -> ReportData:
     """Reconstruct every held-out slice with every method at each acceleration and compute the metrics.
 
-    Masks: `dnirecon.subsample.mask_for(accel, seed=<file name>)`, fastMRI's deterministic validation
-    masks, one per volume. Metrics: `dnirecon.metrics.evaluate_volume` against `reconstruction_sense`
-    on the target's foreground, aggregated over volumes per contrast and over all volumes ("ALL").
+    The loop is training.evaluate.evaluate_dataset's: fastMRI's deterministic validation mask per
+    volume (`mask_for(accel, seed=<file name>)`), metrics.evaluate_volume against the SENSE target on
+    its foreground, mean +- std over volumes per contrast and over all volumes ("ALL").
     `example`: (file name, slice index, accel) of the figures' slice; default the middle slice of the
     first PD volume at the highest acceleration.
     """
     from dnirecon.fastmri_io import list_volumes
-    from dnirecon.metrics import aggregate, evaluate_volume
-    from dnirecon.subsample import check_accel, mask_for
+    from dnirecon.subsample import check_accel
+    from training.evaluate import evaluate_dataset
 
     if not methods:
         raise ConfigError("collect_report_data: methods is empty, expected name -> reconstruction callable")
@@ -219,89 +239,23 @@ def collect_report_data(val_dir: str | os.PathLike, accels: Sequence[float], met
     if not accels:
         raise ConfigError("collect_report_data: accels is empty, expected e.g. [4, 8]")
     files = list_volumes(val_dir)
-    ex_name, ex_slice, ex_accel = _pick_example(files, accels, example)
-    if ex_name not in {p.name for p in files}:
-        raise ConfigError(f"report example volume {ex_name!r} is not in {val_dir}")
-    if ex_accel not in accels:
-        raise ConfigError(f"report example accel {ex_accel:g} is not one of the accels {accels}")
+    ex = _pick_example(files, accels, example)
+    if ex[0] not in {p.name for p in files}:
+        raise ConfigError(f"report example volume {ex[0]!r} is not in {val_dir}")
+    if ex[2] not in accels:
+        raise ConfigError(f"report example accel {ex[2]:g} is not one of the accels {accels}")
 
     names = list(methods)
-    per_volume: list[dict] = []
-    dc: dict[str, dict[float, list[float]]] = {m: {a: [] for a in accels} for m in names}
-    dc_computed: set[str] = set()
-    seconds = {m: 0.0 for m in names}
-    slices_done = 0
-    example_slice: ExampleSlice | None = None
-
-    jobs = [(f, a) for f in files for a in accels]
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(jobs) * len(names), desc="report", unit="recon")
-    try:
-        current: _Volume | None = None
-        for path, accel in jobs:
-            if current is None or current.name != path.name:
-                current = _load_volume(path)
-            vol = current
-            width = vol.kspace.shape[-1]
-            mask1 = mask_for(accel, kind=mask_kind, seed=vol.name, width=width, padding=vol.padding)
-            mask = np.broadcast_to(mask1, (vol.kspace.shape[0], width)).astype(np.float32)
-            kspace = (vol.kspace * mask[:, None, None, :]).astype(np.complex64)
-            zf_cache: list = []
-            is_example = vol.name == ex_name and accel == ex_accel
-            if is_example:
-                idx = vol.kspace.shape[0] // 2 if ex_slice is None else int(ex_slice)
-                if not 0 <= idx < vol.kspace.shape[0]:
-                    raise ConfigError(f"report example slice {idx} out of range for {vol.name} "
-                                      f"({vol.kspace.shape[0]} slices)")
-                example_slice = ExampleSlice(vol.name, idx, accel, vol.target[idx], vol.foreground[idx], {})
-            for name in names:
-                if bar is not None:
-                    bar.set_postfix_str(f"{vol.name} {accel:g}x {name}")
-                t0 = time.perf_counter()
-                out = methods[name](kspace, mask)
-                seconds[name] += time.perf_counter() - t0
-                if not (isinstance(out, tuple) and len(out) == 2):
-                    raise DataError(f"method {name!r} returned {type(out).__name__}, expected "
-                                    f"(image (B,H,W), dc_residual (B,) or None)")
-                image, residual = out
-                image = np.asarray(image)
-                pred = _crop_magnitude(image, vol.recon_size, name, vol.name)
-                if residual is None:
-                    residual = _computed_residual(image, kspace, mask, zf_cache)
-                    dc_computed.add(name)
-                residual = np.asarray(residual, dtype=np.float64).reshape(-1)
-                if residual.shape[0] != kspace.shape[0]:
-                    raise DataError(f"method {name!r} returned {residual.shape[0]} DC residuals for "
-                                    f"{kspace.shape[0]} slices of {vol.name}")
-                dc[name][accel].extend(residual.tolist())
-                metrics = evaluate_volume(vol.target, pred, vol.foreground)
-                per_volume.append(dict(file=vol.name, data=vol.contrast, accel=accel, method=name,
-                                       metrics=metrics))
-                if is_example:
-                    example_slice.images[name] = pred[example_slice.slice]
-                if bar is not None:
-                    bar.update(1)
-            slices_done += kspace.shape[0]
-    finally:
-        if bar is not None:
-            bar.close()
-
-    contrasts = sorted({v["data"] for v in per_volume})
-    rows = []
-    for data in contrasts + ["ALL"]:
-        for accel in accels:
-            for name in names:
-                vals = [v["metrics"] for v in per_volume
-                        if v["accel"] == accel and v["method"] == name and data in ("ALL", v["data"])]
-                rows.append(dict(data=data, accel=accel, method=name, metrics=aggregate(vals), n=len(vals)))
-    n_slices_per_method = max(1, slices_done)
+    rec = _Recorder(names, accels, ex)
+    rows = evaluate_dataset({n: rec.adapt(n, methods[n]) for n in names}, val_dir, accels,
+                            mask_kind=mask_kind, batch=batch, progress=progress, on_volume=rec.on_volume)
+    for r in rows:
+        r["n"] = sum(1 for v in rec.volumes if v["accel"] == r["accel"] and v["method"] == r["method"]
+                     and r["data"] in ("ALL", v["data"]))
     return ReportData(accels=list(accels), methods=names, alphas=[float(a) for a in alphas], rows=rows,
-                      volumes=per_volume, dc_residual=dc, dc_computed=sorted(dc_computed),
-                      seconds_per_slice={m: s / n_slices_per_method for m, s in seconds.items()},
-                      example=example_slice, val_dir=str(val_dir), files=[p.name for p in files])
+                      volumes=rec.volumes, dc_residual=rec.dc, dc_computed=sorted(rec.computed),
+                      seconds_per_slice={m: rec.seconds[m] / max(1, rec.slices[m]) for m in names},
+                      example=rec.example, val_dir=str(val_dir), files=[p.name for p in files])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,7 +328,8 @@ def check_claims(data: ReportData, contrast: str = "ALL") -> list[Claim]:
             dist = [abs(v - 1.0) for _, v in curve]
             bad = [f"a={curve[i][0]:.2f}->{curve[i + 1][0]:.2f}" for i in range(len(dist) - 1)
                    if dist[i + 1] > dist[i]]
-            detail = "|HF ratio - 1|: " + ", ".join(f"a={a:.2f} {d:.3f}" for (a, _), d in zip(curve, dist))
+            detail = "distance of the HF ratio from 1: " + ", ".join(
+                f"a={a:.2f} {d:.3f}" for (a, _), d in zip(curve, dist))
             claims.append(Claim(text, _verdict(not bad), detail + (f"; moves away at {', '.join(bad)}" if bad else "")))
 
         for key, label, fmt in (("psnr", "PSNR", "{:.3f}"), ("hf_ratio", "HF ratio", "{:.4f}")):
@@ -429,11 +384,20 @@ def _flatten(prefix: str, value: Any) -> list[tuple[str, str]]:
     return [(prefix, str(value))]
 
 
+def _text(value: Any) -> str:
+    """One table cell: floats to 4 significant digits, lists joined, mappings as JSON."""
+    if isinstance(value, Mapping):
+        return json.dumps(value, default=str)
+    flat = _flatten("", value)
+    return flat[0][1] if flat else ""
+
+
 def _md_table(head: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> str:
     align = align or "l" * len(head)
     sep = ["---:" if a == "r" else "---" for a in align]
     lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(sep) + " |"]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    # a bare "|" inside a cell would end it
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -559,11 +523,20 @@ def render_markdown(data: ReportData, run_info: Mapping[str, Any], claims: Seque
                 + "; ".join(c.claim for c in failed) + ".", ""]
     else:
         out += ["", "Every checked claim holds on these data.", ""]
-    out += ["## How this was produced", "", "Command: `make demo` (runs `dnirecon demo`"
-            + (f" --preset {run_info['preset']}" if "preset" in run_info else "") + ").", ""]
-    flat = _flatten("", dict(run_info))
+    preset = run_info.get("preset", "cpu")
+    out += ["## How this was produced", "",
+            f"Command: `make demo` (runs `dnirecon demo --preset {preset}`"
+            + ("" if preset == "cpu" else f"; `make demo DEMO_ARGS=\"--preset {preset}\"`") + ").", ""]
+    # lists of records (e.g. the streamed passes) read better as their own tables
+    records = {k: v for k, v in run_info.items()
+               if isinstance(v, (list, tuple)) and v and all(isinstance(x, Mapping) for x in v)}
+    flat = _flatten("", {k: v for k, v in run_info.items() if k not in records})
     if flat:
-        out.append(_md_table(["Item", "Value"], [[k, v.replace("|", "/")] for k, v in flat]))
+        out.append(_md_table(["Item", "Value"], [[k, v] for k, v in flat]))
+    for title, items in records.items():
+        cols = list(dict.fromkeys(c for x in items for c in x))
+        out += ["", f"{title}:", "",
+                _md_table(cols, [[_text(x.get(c, "-")) for c in cols] for x in items])]
     out += ["", f"Held-out data: `{data.val_dir}` ({len(data.files)} volumes). Methods: "
             + ", ".join(data.methods) + ".", ""]
     return "\n".join(out)
@@ -625,7 +598,7 @@ def log_report(files: Sequence[Path], docs: Path, run_info: Mapping[str, Any], d
     status = "FAILED"
     try:
         now = int(time.time() * 1000)
-        params = [Param(k[:250], v[:6000]) for k, v in _flatten("", dict(run_info))[:100]]
+        params = [Param(k[:250], v[:6000]) for k, v in _flatten("", _index_records(run_info))[:100]]
         metrics = [Metric("claims_pass", float(sum(x.status == "PASS" for x in claims)), now, 0),
                    Metric("claims_fail", float(sum(x.status == "FAIL" for x in claims)), now, 0)]
         for r in data.rows:
@@ -648,6 +621,15 @@ def log_report(files: Sequence[Path], docs: Path, run_info: Mapping[str, Any], d
     finally:
         c.set_terminated(run_id, status)
     return run_id
+
+
+def _index_records(value: Any) -> Any:
+    """Lists of mappings -> {"0": ..., "1": ...} so each field becomes its own MLflow param."""
+    if isinstance(value, Mapping):
+        return {k: _index_records(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) and value and all(isinstance(x, Mapping) for x in value):
+        return {str(i): _index_records(x) for i, x in enumerate(value)}
+    return value
 
 
 def _metric_key(text: str) -> str:

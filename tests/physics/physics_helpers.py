@@ -19,7 +19,7 @@ def random_mask(b: int, w: int, acs: int = 3, seed: int = 0) -> torch.Tensor:
     return mask
 
 
-def smooth_maps(b: int, c: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
+def smooth_maps(b: int, c: int, h: int, w: int, seed: int = 0, width: float = 2.0) -> torch.Tensor:
     """Smooth complex coil maps normalised to sum |S|^2 = 1 (a stand-in for true sensitivities)."""
     g = torch.Generator().manual_seed(seed)
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
@@ -27,12 +27,21 @@ def smooth_maps(b: int, c: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
     for i in range(c):
         angle = 2 * torch.pi * i / c
         cy, cx = 1.5 * torch.sin(torch.tensor(angle)), 1.5 * torch.cos(torch.tensor(angle))
-        mag = torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 2.0)
+        mag = torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / width)
         phase = torch.rand(1, generator=g) * 6.28 + 0.5 * xx
         maps.append(mag * torch.exp(1j * phase))
     s = torch.stack(maps).to(torch.complex64)
     s = s / torch.sqrt((s.abs() ** 2).sum(0, keepdim=True))
     return s.expand(b, c, h, w).clone()
+
+
+def phantom(h: int, w: int) -> torch.Tensor:
+    """An ellipse with an inner structure and smooth phase, complex (H, W)."""
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    body = ((yy / 0.85) ** 2 + (xx / 0.7) ** 2 < 1).float()
+    inner = 0.5 * (((yy - 0.2) / 0.3) ** 2 + ((xx + 0.1) / 0.25) ** 2 < 1).float()
+    stripes = 0.2 * body * (torch.sin(9 * xx) > 0).float()
+    return ((body + inner + stripes) * torch.exp(0.8j * (xx + yy))).to(torch.complex64)
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

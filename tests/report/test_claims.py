@@ -131,3 +131,19 @@ def test_blend_family_lies_between_its_ends_on_measured_data(report_data, accel)
     claims = check_claims(report_data)
     text = f"{accel:g}x: interpSN (0 < alpha < 1) between SN and SN-GAN on PSNR"
     assert _status(claims, text).status == "PASS"
+
+
+def test_a_pipe_in_a_cell_does_not_break_the_table(report_data):
+    text = render_markdown(report_data, {"preset": "cpu", "machine": "2 cores | 8 GB"}, [], FIGS)
+    assert "| machine | 2 cores \\| 8 GB |" in text
+    assert "`dnirecon demo --preset cpu`" in text
+
+
+def test_run_info_records_become_their_own_table(report_data):
+    passes = [{"accel": 4.0, "alpha_used": 0.5, "seconds": 1.23456},
+              {"accel": 8.0, "alpha_used": 1.0, "seconds": 2.0}]
+    info = {"preset": "cpu", "streamed passes": passes, "versions": {"sn": "3"}}
+    text = render_markdown(report_data, info, [], FIGS)
+    assert "| versions.sn | 3 |" in text
+    assert "streamed passes:\n\n| accel | alpha_used | seconds |" in text
+    assert "| 4 | 0.5 | 1.235 |" in text and "| 8 | 1 | 2 |" in text

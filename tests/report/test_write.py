@@ -60,7 +60,7 @@ def test_figures_are_non_trivial_pngs(written_report, key):
     assert pixels.std() > 10  # not a blank canvas
 
 
-def test_report_is_logged_to_mlflow(written_report, monkeypatch):
+def test_report_is_logged_to_mlflow(written_report, report_data, monkeypatch):
     _, root = written_report
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     from training import tracking
@@ -75,14 +75,8 @@ def test_report_is_logged_to_mlflow(written_report, monkeypatch):
     figs = {a.path for a in c.list_artifacts(run.info.run_id, "figures")}
     assert {f"figures/{FILES[k].split('/')[-1]}" for k in FIGURES} == figs
     assert run.data.params["preset"] == "cpu" and run.data.params["models.sn"] == "3"
-    assert run.data.metrics["claims_fail"] == sum(x.status == "FAIL" for x in check_claims_from(root))
+    assert run.data.metrics["claims_fail"] == sum(x.status == "FAIL" for x in check_claims(report_data))
     assert f"4x.{interp_name(0.5)}.psnr".replace("=", "_") in run.data.metrics
-
-
-def check_claims_from(root):
-    from types import SimpleNamespace
-
-    return [SimpleNamespace(**c) for c in json.loads((root / "docs" / FILES["data"]).read_text())["claims"]]
 
 
 def test_texture_box_finds_the_textured_window():

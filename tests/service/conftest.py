@@ -26,10 +26,9 @@ BAKED_ALPHAS = (0.0, 1.0)
 def _source_key() -> str:
     """Cache key: the stand-in's code and the torch version, so an edit re-exports."""
     import inspect
+    from importlib.metadata import version
 
-    import torch
-
-    code = inspect.getsource(_standin_module) + inspect.getsource(export_standin) + torch.__version__
+    code = inspect.getsource(_standin_module) + inspect.getsource(export_standin) + version("torch")
     return hashlib.sha256(code.encode()).hexdigest()[:12]
 
 

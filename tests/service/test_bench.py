@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
+
 from dnirecon import bench
 from service.cli import main as service_main
 
@@ -21,6 +23,11 @@ def test_quick_bench_writes_every_section(baked_dir, tmp_path):
     assert "| 3x32x24 |" in text and "| 2x32x24 |" in text
     assert "No GPU machine was at hand" in text and "CPUExecutionProvider" in text
     assert "| 1 |" in text and "| 2 |" in text  # throughput rows
+    assert "GFLOP per slice (ONNX MatMul/Conv nodes" in text
+    cols = text.split("| 2x32x24 |")[1].split("|")
+    coils, h, w = 2, 32, 24
+    dft = 2 * (4 * h * h * w + 4 * h * w * w) * coils  # stand-in: two complex matmul DFTs, 4 real products each
+    assert float(cols[10]) == pytest.approx(dft / 1e9, rel=0.01)
     assert "| 10 |" in text and "RSS ratio after 10 vs 5 slices" in text
     sent = int(text.split("| 3x32x24 |")[1].split("|")[7].strip().replace(",", ""))
     assert sent < 3 * 32 * 24 * 8  # acquired lines only, under the zero-filled matrix

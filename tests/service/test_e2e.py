@@ -177,3 +177,49 @@ def test_cli_reconstruct_writes_hdf5_and_pngs(server, volume_file, tmp_path):
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "file_synth_001.recon.h5").is_file()
     assert len(list((tmp_path / "file_synth_001").glob("*.png"))) == 3
+
+
+def test_continuous_model_serves_any_alpha(continuous_dir, start_server):
+    server = start_server("--model-dir", str(continuous_dir), "--drain-seconds", "1", "--warmup-shapes", "2x32x24")
+    k = synthetic_kspace(2, 2, 32, 24, seed=12)
+    mask = test_mask()
+    ref, ref_dc = ort_reference(continuous_dir / "continuous.onnx", k, mask, alpha=0.3)
+    with ReconClient(server.target) as client:
+        results = sorted(client.stream(((i, k[i], mask) for i in range(2)), (32, 24), alpha=0.3, timeout=30),
+                         key=lambda r: r.slice_index)
+    for r in results:
+        assert r.alpha == pytest.approx(0.3) and r.dc_residual == pytest.approx(ref_dc[r.slice_index], abs=1e-6)
+        np.testing.assert_allclose(wire.image_from_result(r), ref[r.slice_index], atol=1e-5, rtol=0)
+
+
+def test_deadline_ends_the_call_and_the_server_goes_on(server):
+    k, mask = synthetic_kspace(1, 2, 32, 24, seed=13)[0], test_mask()
+
+    def slow():
+        yield 0, k, mask
+        threading.Event().wait(2.0)  # the client stalls past its deadline
+        yield 1, k, mask
+
+    with ReconClient(server.target) as client:
+        with pytest.raises(grpc.RpcError) as err:
+            list(client.stream(slow(), (32, 24), timeout=0.5))
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        (r,) = client.stream([(0, k, mask)], (32, 24), timeout=30)
+    assert r.HasField("image")
+
+
+def test_synthetic_volume_from_training_synth_streams_like_in_process(server, baked_dir, tmp_path):
+    synth = pytest.importorskip("training.synth")
+    from dnirecon.fastmri_io import FastMRIVolume
+
+    (path,) = synth.synthesize(tmp_path, synth.SynthConfig(volumes_per_contrast=1, slices=3, coils=3, recon_size=(16, 16),
+                                                           contrasts=("pd",)))
+    with FastMRIVolume(path) as vol:
+        k = np.stack([vol.kspace(i) for i in range(vol.num_slices)])
+        hdr = vol.header
+    mask = mask_for(4, seed=path.name, width=k.shape[-1], padding=(hdr.padding_left, hdr.padding_right)).astype(np.float32)
+    ref, _ = ort_reference(baked_dir / "alpha_0.00.onnx", k, mask)
+    with ReconClient(server.target) as client:
+        result = reconstruct_file(client, path, accel=4)
+    assert result.errors == {} and result.images.shape == (3, *hdr.recon_size)
+    np.testing.assert_allclose(result.images, center_crop(ref, hdr.recon_size), atol=1e-5 * ref.max(), rtol=0)

@@ -99,3 +99,18 @@ def test_mutual_tls(baked_dir, tmp_path):
                 c.health()
     finally:
         s.stop()
+
+
+def test_cuda_requested_without_gpu_is_reported_loudly(baked_dir, start_server):
+    import urllib.request
+
+    server = start_server("--model-dir", str(baked_dir), "--drain-seconds", "1", "--providers", "cuda,cpu")
+    with ReconClient(server.target) as client:
+        info = client.server_info()
+        (r,) = client.stream([(0, K, MASK)], (32, 24), timeout=30)
+    assert list(info.requested_providers) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert list(info.providers) == ["CPUExecutionProvider"] and info.provider_fallback
+    assert r.HasField("image")
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+    assert "dnirecon_provider_fallback 1.0" in text
+    assert "ERROR service.engine: onnxruntime providers requested" in server.log()

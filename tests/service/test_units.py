@@ -122,3 +122,36 @@ def test_batcher_batches_same_shape_and_skips_cancelled(continuous_dir):
     with pytest.raises(Exception, match="cancelled"):
         cancelled.result(timeout=30)
     batcher.stop()
+
+
+class _BlockingModel:
+    """Stands in for an OnnxModel whose run waits until released."""
+
+    def __init__(self):
+        import threading
+
+        self.release = threading.Event()
+
+    def run(self, kspace, mask, alpha=None):
+        self.release.wait(10)
+        return np.zeros(kspace.shape[:1] + kspace.shape[2:4], np.float32), np.zeros(len(kspace), np.float32)
+
+
+def test_full_queue_pushes_back_instead_of_growing():
+    from service.engine import QueueFull, Selection
+
+    model = _BlockingModel()
+    sel = Selection(model, 0.0, None)
+    batcher = Batcher(max_batch=1, max_queue=2)
+    k, mask = np.zeros((1, 4, 4, 2), np.float32), np.ones(4, np.float32)
+    first = batcher.submit(Job(sel, k, mask))
+    import time
+
+    time.sleep(0.2)  # the worker has taken the first job and blocks in run()
+    queued = [batcher.submit(Job(sel, k, mask), timeout=1) for _ in range(2)]
+    with pytest.raises(QueueFull, match="2 slices"):
+        batcher.submit(Job(sel, k, mask), timeout=0.2)
+    assert batcher.depth() == 2
+    model.release.set()
+    assert all(f.result(timeout=10).image.shape == (4, 4) for f in [first, *queued])
+    batcher.stop()

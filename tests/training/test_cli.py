@@ -22,10 +22,3 @@ def test_missing_data_directory_is_a_clear_error(tmp_path, capsys):
     rc = main(["train", "sn", "--data", str(tmp_path / "nope"), "--no-mlflow", "--no-progress"])
     assert rc == 2
     assert "nope is not a directory" in capsys.readouterr().err
-
-
-def test_gan_without_a_registered_sn_names_the_missing_model(tiny_data, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'empty.db'}")
-    rc = main(["train", "sn-gan", "--data", str(tiny_data), "--no-progress", "--out", str(tmp_path / "ck")])
-    assert rc == 2
-    assert "'sn'" in capsys.readouterr().err

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from dnirecon.errors import ModelError
 from training import tracking
 from training.data import SliceDataset, collate, split_dirs
 from training.train import Trainer, new_model, schedule_for, train_model
@@ -68,6 +69,8 @@ def test_resume_continues_from_the_saved_step(tiny_data, tmp_path):
 
 def test_runs_register_new_versions_with_lineage_tags(tiny_data, tmp_path, mlflow_store):
     kw = dict(preset="cpu", accels=(4.0, 8.0), epochs=1, progress=False, out_dir=tmp_path / "ck")
+    with pytest.raises(ModelError, match="registered model 'sn' has no version or alias 'champion'"):
+        train_model("sn-gan", tiny_data, init_from="champion", **kw)  # nothing to fine-tune yet
     first = train_model("sn", tiny_data, **kw)  # one whole epoch: validation metrics and figure
     second = train_model("sn", tiny_data, max_steps=1, seed=1, **kw)
     assert (first.version, second.version) == ("1", "2")
