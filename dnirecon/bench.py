@@ -35,6 +35,7 @@ def register(subparsers) -> None:
     p.add_argument("--rss-slices", default="50,1000", help="server RSS after this many slices (small size)")
     p.add_argument("--providers", default="cpu", help="onnxruntime providers, as DNIRECON_PROVIDERS")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads for both server and in-process (0: default)")
+    p.add_argument("--spinning", default="true", help="onnxruntime idle-thread spinning, server and in-process (true|false)")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     p.set_defaults(func=run_bench)
 
@@ -245,13 +246,17 @@ def run_bench(args) -> int:
     onnx_path = baked.baked[0][1] if baked.baked else baked.continuous
     cpu, cores, peak = cpu_description()
 
-    inproc = OnnxModel(onnx_path, providers, intra_op_threads=args.threads)
+    from service.config import parse_bool
+
+    spinning = parse_bool(args.spinning)
+    inproc = OnnxModel(onnx_path, providers, intra_op_threads=args.threads, spinning=spinning)
     rows = []
     port = free_port()
     shapes = ",".join(f"{c}x{h}x{w}" for c, h, w in sizes)
     server_args = ["--model-dir", str(model_dir), "--host", "127.0.0.1", "--providers", args.providers, "--warmup-shapes", shapes, "--drain-seconds", "5"]
     if args.threads:
         server_args += ["--intra-op-threads", str(args.threads)]
+    server_args += ["--intra-op-spinning", str(spinning).lower()]
     with ServerProcess(server_args, log_path=work / "server.log", port=port) as server:
         target = f"127.0.0.1:{port}"
         with ReconClient(target) as client:
@@ -283,6 +288,9 @@ def run_bench(args) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report)
     print(report)
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)  # kept only when the bench fails, for its server.log
     return 0
 
 
@@ -297,7 +305,7 @@ def render(rows, throughput, rss, info, cpu, cores, peak, args, small, have_torc
         + (" (FALLBACK: a requested provider is not in use)" if info.provider_fallback else "") + ".",
         f"Model: {baked.name} version {baked.version} (preset {baked.preset or '?'}), "
         f"{'an untrained SN built by the bench' if have_torch else 'from ' + str(args.model_dir)}. "
-        f"Threads: {args.threads or 'onnxruntime default'}. Medians over {args.slices} slices.",
+        f"Threads: {args.threads or 'onnxruntime default'}, spinning {args.spinning}. Medians over {args.slices} slices.",
         "",
     ]
     if not gpu:

@@ -32,6 +32,7 @@ class Settings:
     metrics_port: int = 9090
     providers: tuple[str, ...] = ("cuda", "cpu")
     intra_op_threads: int = 0  # 0: onnxruntime's default
+    intra_op_spinning: bool = True  # onnxruntime's default; off helps when cores are few and shared
     max_batch: int = 4
     max_queue: int = 64
     batch_wait_ms: float = 0.0  # 0: batch only what is already queued, never wait for company
@@ -84,6 +85,15 @@ def parse_providers(text: str) -> tuple[str, ...]:
     return tuple(p.strip().lower() for p in text.split(",") if p.strip())
 
 
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
 def parse_shapes(text: str) -> tuple[tuple[int, int, int], ...]:
     """'15x640x368,8x192x112' -> ((15, 640, 368), (8, 192, 112)): coils x readout x phase."""
     shapes = []
@@ -110,6 +120,7 @@ _OPTIONS = [
     ("--metrics-port", "DNIRECON_METRICS_PORT", "metrics_port", int, "Prometheus metrics port (0: off)"),
     ("--providers", "DNIRECON_PROVIDERS", "providers", parse_providers, "onnxruntime providers in order, e.g. cuda,cpu"),
     ("--intra-op-threads", "DNIRECON_INTRA_OP_THREADS", "intra_op_threads", int, "onnxruntime intra-op threads (0: default)"),
+    ("--intra-op-spinning", "DNIRECON_INTRA_OP_SPINNING", "intra_op_spinning", parse_bool, "idle onnxruntime threads spin (true|false)"),
     ("--max-batch", "DNIRECON_MAX_BATCH", "max_batch", int, "most slices computed in one run"),
     ("--max-queue", "DNIRECON_MAX_QUEUE", "max_queue", int, "most slices waiting for compute"),
     ("--batch-wait-ms", "DNIRECON_BATCH_WAIT_MS", "batch_wait_ms", float, "wait this long for slices to batch with"),

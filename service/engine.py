@@ -40,11 +40,14 @@ def provider_list(providers: list[str], cudnn_conv_algo_search: str = "EXHAUSTIV
 class OnnxModel:
     """One ONNX reconstruction (contract: kspace (B,C,H,W,2), mask (B,W)[, alpha (1,)] -> image, dc_residual)."""
 
-    def __init__(self, path: Path, providers: list[str], *, intra_op_threads: int = 0, cudnn_conv_algo_search: str = "EXHAUSTIVE"):
+    def __init__(self, path: Path, providers: list[str], *, intra_op_threads: int = 0, cudnn_conv_algo_search: str = "EXHAUSTIVE",
+                 spinning: bool = True):
         self.path = Path(path)
         opts = ort.SessionOptions()
         if intra_op_threads:
             opts.intra_op_num_threads = intra_op_threads
+        if not spinning:  # idle onnxruntime threads otherwise spin on cores the gRPC threads need
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(
@@ -107,11 +110,12 @@ class ModelSet:
         intra_op_threads: int = 0,
         cudnn_conv_algo_search: str = "EXHAUSTIVE",
         default_alpha: float | None = None,
+        spinning: bool = True,
     ):
         if not baked and continuous is None:
             raise ModelError(f"model set {name} version {version} has no ONNX file")
         self.name, self.version = name, version
-        kw = dict(intra_op_threads=intra_op_threads, cudnn_conv_algo_search=cudnn_conv_algo_search)
+        kw = dict(intra_op_threads=intra_op_threads, cudnn_conv_algo_search=cudnn_conv_algo_search, spinning=spinning)
         self.baked = [(float(a), OnnxModel(p, providers, **kw)) for a, p in sorted(baked)]
         self.continuous = OnnxModel(continuous, providers, **kw) if continuous is not None else None
         if self.continuous is not None and not self.continuous.has_alpha:

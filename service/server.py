@@ -88,6 +88,7 @@ def load_served(baked: BakedSet, settings: Settings) -> Served:
         intra_op_threads=settings.intra_op_threads,
         cudnn_conv_algo_search=settings.cudnn_conv_algo_search,
         default_alpha=baked.manifest.get("default_alpha"),
+        spinning=settings.intra_op_spinning,
     )
     models.warmup(list(settings.warmup_shapes) or [(2, 64, 64)])
     return Served(baked, models)

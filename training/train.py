@@ -53,6 +53,17 @@ class Schedule:
     slices_per_volume: int | None = None  # central slices used per training volume (None: all)
     val_slices_per_volume: int | None = None
     grad_clip: float | None = None
+    # cosine decay from lr to lr * lr_floor over the run (1.0: the paper's constant rate); a pure
+    # function of the step, so resume needs no scheduler state
+    lr_floor: float = 0.1
+
+
+def lr_at(sched: Schedule, step: int, total_steps: int) -> float:
+    """Learning rate of optimiser step `step` (0-based) out of `total_steps`."""
+    if sched.lr_floor >= 1.0 or total_steps <= 1:
+        return sched.lr
+    frac = min(max(step / (total_steps - 1), 0.0), 1.0)
+    return sched.lr * (sched.lr_floor + (1.0 - sched.lr_floor) * 0.5 * (1.0 + math.cos(math.pi * frac)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -449,6 +460,7 @@ def train_model(kind: str, data_dir: str | Path, preset: str = "cpu", accels: Se
 
     bs = sched.batch_size
     steps_per_epoch = math.ceil(len(sampler) / bs)
+    total_steps = steps_per_epoch * sched.epochs
     stopped = False
     last_metrics: dict = trainer.history[-1] if trainer.history else {}
     for epoch in range(start_epoch, sched.epochs):
@@ -463,6 +475,10 @@ def train_model(kind: str, data_dir: str | Path, preset: str = "cpu", accels: Se
         t0, seen, running = time.perf_counter(), 0, []
         batch_in_epoch = skip
         for batch in loader:
+            factor = lr_at(sched, step, total_steps) / sched.lr
+            for opt in (optimizer, trainer.disc_optimizer):
+                for group in (opt.param_groups if opt is not None else []):
+                    group["lr"] = group.setdefault("base_lr", group["lr"]) * factor
             out = trainer.step(_to(batch, dev))
             step += 1
             batch_in_epoch += 1

@@ -38,13 +38,14 @@ def test_chunks_stay_within_limit_and_carry_crc32():
 
 def test_settings_flags_win_over_environment():
     env = {"DNIRECON_GRPC_PORT": "6000", "DNIRECON_PROVIDERS": "cpu", "DNIRECON_WARMUP_SHAPES": "15x640x368,8x192x112",
-           "DNIRECON_CUDNN_CONV_ALGO_SEARCH": "heuristic", "DNIRECON_ALIAS_POLL_SECONDS": "5"}
+           "DNIRECON_CUDNN_CONV_ALGO_SEARCH": "heuristic", "DNIRECON_ALIAS_POLL_SECONDS": "5",
+           "DNIRECON_INTRA_OP_SPINNING": "false"}
 
     class Args:
         port = "7000"
 
     s = settings_from(Args(), env)
-    assert s.grpc_port == 7000 and s.providers == ("cpu",) and s.alias_poll_seconds == 5.0
+    assert s.grpc_port == 7000 and s.providers == ("cpu",) and s.alias_poll_seconds == 5.0 and not s.intra_op_spinning
     assert s.warmup_shapes == ((15, 640, 368), (8, 192, 112)) and s.cudnn_conv_algo_search == "HEURISTIC"
     assert Settings().model_uri == "models:/interpsn@production" and Settings().providers == ("cuda", "cpu")
 
@@ -54,6 +55,7 @@ def test_settings_flags_win_over_environment():
     ({"DNIRECON_WARMUP_SHAPES": "15x640"}, "DNIRECON_WARMUP_SHAPES"),
     ({"DNIRECON_MAX_BATCH": "0"}, "DNIRECON_MAX_BATCH"),
     ({"DNIRECON_GRPC_PORT": "abc"}, "DNIRECON_GRPC_PORT"),
+    ({"DNIRECON_INTRA_OP_SPINNING": "maybe"}, "DNIRECON_INTRA_OP_SPINNING"),
     ({"DNIRECON_CUDNN_CONV_ALGO_SEARCH": "FAST"}, "DNIRECON_CUDNN_CONV_ALGO_SEARCH"),
     ({"DNIRECON_TLS_CERT_FILE": "/x.pem"}, "DNIRECON_TLS_KEY_FILE"),
 ])

@@ -24,21 +24,10 @@ def _worker(rank, world, port, data, out):
     try:
         result = train_model("unet", data, preset="cpu", epochs=1, batch_size=1, log_mlflow=False,
                              progress=False, out_dir=out, device="cpu")
-        weights = torch.cat([p.detach().flatten() for p in _final_weights(result, rank, out)])
-        torch.save(weights, os.path.join(out, f"rank{rank}.pt"))
+        torch.save({"rank": rank, "has_metrics": bool(result.metrics)}, os.path.join(out, f"rank{rank}.pt"))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-
-
-def _final_weights(result, rank, out):
-    # every rank holds the same DDP-synchronised weights; rank 0 wrote them to its checkpoint
-    ckpt = torch.load(result.checkpoint_path, weights_only=True) if rank == 0 else None
-    obj = [ckpt["model"] if ckpt else None]
-    import torch.distributed as dist
-
-    dist.broadcast_object_list(obj, src=0)
-    return list(obj[0].values())
 
 
 @pytest.mark.slow
@@ -48,4 +37,5 @@ def test_two_gloo_ranks_shard_the_epoch_and_stay_in_sync(tiny_data, tmp_path):
     assert len(ckpts) == 1  # only rank 0 writes
     ck = torch.load(ckpts[0], weights_only=True)
     assert ck["step"] == 2  # 4 training slices, 2 ranks, batch 1: 2 steps each
-    torch.testing.assert_close(torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt"))
+    # only rank 0 validates: it returns the epoch's metrics, rank 1 none
+    assert torch.load(tmp_path / "rank0.pt")["has_metrics"] and not torch.load(tmp_path / "rank1.pt")["has_metrics"]
