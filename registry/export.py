@@ -57,30 +57,6 @@ class ReconstructionBoundary(nn.Module):
         return x.abs(), dc_residual(x, maps, y, mask, self.fourier)
 
 
-class ContinuousReconstruction(nn.Module):
-    """Both weight sets as buffers; theta(alpha) = (1 - alpha) theta_SN + alpha theta_SN-GAN in the graph.
-
-    Non-float entries stay those of the template network (they are copied, not interpolated).
-    """
-
-    def __init__(self, boundary: ReconstructionBoundary, sn_state: Mapping[str, Tensor],
-                 gan_state: Mapping[str, Tensor]):
-        super().__init__()
-        self.boundary = boundary
-        self._keys = [k for k, v in sn_state.items() if v.is_floating_point()]
-        for i, key in enumerate(self._keys):
-            self.register_buffer(f"theta_sn_{i}", sn_state[key].detach().clone())
-            self.register_buffer(f"theta_gan_{i}", gan_state[key].detach().clone())
-
-    def forward(self, kspace: Tensor, mask: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor]:
-        a = alpha.reshape(())
-        params = {}
-        for i, key in enumerate(self._keys):
-            ta, tb = getattr(self, f"theta_sn_{i}"), getattr(self, f"theta_gan_{i}")
-            params[f"sn.{key}"] = (1.0 - a).to(ta.dtype) * ta + a.to(tb.dtype) * tb
-        return torch.func.functional_call(self.boundary, params, (kspace, mask), strict=False)
-
-
 def with_fourier(model: nn.Module, fourier: FourierPair, config=None) -> nn.Module:
     """A copy of the SN built with another FFT implementation and the same weights, in eval mode."""
     config = config if config is not None else getattr(model, "config", None)
@@ -102,16 +78,13 @@ def _example_inputs(dtype=torch.float32) -> tuple[Tensor, Tensor]:
     return k, mask
 
 
-def _dynamic_shapes(continuous: bool):
+def _dynamic_shapes():
     from torch.export import Dim
 
     # Dim.DYNAMIC hints, not named Dims: the ACS-run slicing makes the named-Dim constraint solver
     # fail (torch 2.13) while the hints export with all four sizes symbolic (mask W tied to kspace W).
     d = Dim.DYNAMIC
-    shapes = {"kspace": {0: d, 1: d, 2: d, 3: d}, "mask": {0: d, 1: d}}
-    if continuous:
-        shapes["alpha"] = None
-    return shapes
+    return {"kspace": {0: d, 1: d, 2: d, 3: d}, "mask": {0: d, 1: d}}
 
 
 def _complex_unsqueeze(self, dim: int):
@@ -185,8 +158,8 @@ def check_onnx_file(path: Path | str) -> None:
 _GRAPH_CACHE: dict[tuple, bytes] = {}
 
 
-def _graph_key(module: nn.Module, config, continuous: bool, opset: int) -> tuple:
-    return (type(module).__qualname__, repr(config), continuous, opset, torch.__version__)
+def _graph_key(module: nn.Module, config, opset: int) -> tuple:
+    return (type(module).__qualname__, type(module.sn).__qualname__, repr(config), opset, torch.__version__)
 
 
 def _weights_by_initializer(module: nn.Module) -> dict[str, np.ndarray]:
@@ -204,15 +177,15 @@ def _name_dynamic_axes(model) -> None:
                 d.dim_param = mapping[d.dim_param]
 
 
-def _trace(module: nn.Module, args: tuple, tmp: Path, continuous: bool, opset: int):
+def _trace(module: nn.Module, args: tuple, tmp: Path, opset: int):
     import onnx
 
-    input_names = INPUT_NAMES + (["alpha"] if continuous else [])
+    input_names = INPUT_NAMES
     with torch.no_grad(), _complex_ops_registered():
         torch.onnx.export(
             module, args, str(tmp), dynamo=True, external_data=False, opset_version=opset,
             input_names=input_names, output_names=OUTPUT_NAMES,
-            dynamic_shapes=_dynamic_shapes(continuous), verbose=False, optimize=False,
+            dynamic_shapes=_dynamic_shapes(), verbose=False, optimize=False,
         )
     if Path(str(tmp) + ".data").exists():
         raise ModelError(f"{tmp}: the exporter wrote an external-data sidecar despite external_data=False")
@@ -231,36 +204,68 @@ def _swap_weights(model, weights: Mapping[str, np.ndarray]) -> bool:
         if init is None or tuple(init.dims) != value.shape or \
                 numpy_helper.to_array(init).dtype != value.dtype:
             return False
-        init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        init.CopyFrom(numpy_helper.from_array(np.array(value, order="C"), name))  # keeps 0-d shapes
     return True
 
 
-def _export(module: nn.Module, args: tuple, path: Path, continuous: bool, opset: int, config) -> Path:
+def _graph_with_weights(module: nn.Module, args: tuple, tmp: Path, opset: int, config):
+    """The exported graph of `module` carrying its current weights (traced, or a cached trace)."""
     import onnx
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    key = _graph_key(module, config, continuous, opset)
+    key = _graph_key(module, config, opset)
     weights = _weights_by_initializer(module)
-    try:
-        model = None
-        if key in _GRAPH_CACHE:
-            model = onnx.load_from_string(_GRAPH_CACHE[key])
-            if not _swap_weights(model, weights):
-                model = None
-        if model is None:
-            model = _trace(module, args, tmp, continuous, opset)
-            if _swap_weights(model, weights):  # every float weight is a named initializer: reusable
-                _GRAPH_CACHE[key] = model.SerializeToString()
-        onnx.save(model, str(tmp))
-        check_onnx_file(tmp)
-        os.replace(tmp, path)  # atomic: a reader never sees a half-written model
-    finally:
-        for leftover in (tmp, Path(str(tmp) + ".data")):
-            if leftover.exists():
-                leftover.unlink()
-    return path
+    if key in _GRAPH_CACHE:
+        model = onnx.load_from_string(_GRAPH_CACHE[key])
+        if _swap_weights(model, weights):
+            return model
+    model = _trace(module, args, tmp, opset)
+    if _swap_weights(model, weights):  # every float weight is a named initializer: reusable
+        _GRAPH_CACHE[key] = model.SerializeToString()
+    return model
+
+
+def make_continuous(model, sn_weights: Mapping[str, np.ndarray], gan_weights: Mapping[str, np.ndarray]):
+    """Turn a baked graph into the continuous one: each float weight initializer W becomes
+    W = (1 - alpha) * W_SN + alpha * W_SN-GAN computed in the graph from a new input `alpha` (1,).
+
+    Graph surgery instead of a second trace: same graph, so the continuous model is the baked one
+    at every alpha by construction (and the bake checks it numerically).
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = model.graph
+    present = {init.name for init in g.initializer}
+    missing = [k for k in sn_weights if k not in present]
+    if missing:
+        raise ModelError(f"continuous export: weight {missing[0]!r} is not an initializer of the exported graph")
+    g.input.append(helper.make_tensor_value_info("alpha", TensorProto.FLOAT, [1]))
+    nodes = [
+        helper.make_node("Constant", [], ["dni_alpha_shape"], value=numpy_helper.from_array(np.zeros(0, np.int64))),
+        helper.make_node("Reshape", ["alpha", "dni_alpha_shape"], ["dni_alpha"]),  # (1,) -> scalar
+        helper.make_node("Constant", [], ["dni_one"], value=numpy_helper.from_array(np.array(1.0, np.float32))),
+        helper.make_node("Sub", ["dni_one", "dni_alpha"], ["dni_one_minus_alpha"]),
+    ]
+    new_inits = []
+    for i, (name, a) in enumerate(sn_weights.items()):
+        b = gan_weights[name]
+        sa, sb = f"{name}__theta_sn", f"{name}__theta_sn_gan"
+        new_inits += [numpy_helper.from_array(np.array(a, order="C"), sa),
+                      numpy_helper.from_array(np.array(b, order="C"), sb)]
+        w0, w1 = f"dni_w0_{i}", f"dni_w1_{i}"
+        nodes += [
+            helper.make_node("CastLike", ["dni_one_minus_alpha", sa], [w0]),
+            helper.make_node("CastLike", ["dni_alpha", sa], [w1]),
+            helper.make_node("Mul", [w0, sa], [f"dni_a_{i}"]),
+            helper.make_node("Mul", [w1, sb], [f"dni_b_{i}"]),
+            helper.make_node("Add", [f"dni_a_{i}", f"dni_b_{i}"], [name]),
+        ]
+    keep = [init for init in g.initializer if init.name not in sn_weights]
+    del g.initializer[:]
+    g.initializer.extend(keep + new_inits)
+    rest = list(g.node)
+    del g.node[:]
+    g.node.extend(nodes + rest)  # the weights are computed before any node that reads them
+    return model
 
 
 def export_reconstruction(model: nn.Module, path: Path | str, alpha_input: bool = False, *,
@@ -272,16 +277,33 @@ def export_reconstruction(model: nn.Module, path: Path | str, alpha_input: bool 
     the SN-GAN state_dict; the graph gets a third input `alpha` (float32 (1,)).
     The result is checked (ONNX checker, no DFT node, no external data) before it replaces `path`.
     """
+    import onnx
+
     config = config if config is not None else getattr(model, "config", None)
     net = with_fourier(model, MATMUL_FFT, config)
     boundary = ReconstructionBoundary(net, MATMUL_FFT).eval()
-    kspace, mask = _example_inputs()
-    if alpha_input:
-        if gan_state is None:
-            raise ModelError("the continuous export needs gan_state (the SN-GAN state_dict)")
-        module = ContinuousReconstruction(boundary, net.state_dict(), gan_state).eval()
-        return _export(module, (kspace, mask, torch.tensor([0.5])), Path(path), True, opset, config)
-    return _export(boundary, (kspace, mask), Path(path), False, opset, config)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        graph = _graph_with_weights(boundary, _example_inputs(), tmp, opset, config)
+        if alpha_input:
+            if gan_state is None:
+                raise ModelError("the continuous export needs gan_state (the SN-GAN state_dict)")
+            from registry.interpolate import check_same_structure
+
+            check_same_structure([net.state_dict(), gan_state], ["sn", "sn-gan"])
+            sn_w = _weights_by_initializer(boundary)
+            gan_w = {f"sn.{k}": v.detach().cpu().numpy() for k, v in gan_state.items() if v.is_floating_point()}
+            graph = make_continuous(graph, sn_w, gan_w)
+        onnx.save(graph, str(tmp))
+        check_onnx_file(tmp)
+        os.replace(tmp, path)  # atomic: a reader never sees a half-written model
+    finally:
+        for leftover in (tmp, Path(str(tmp) + ".data")):
+            if leftover.exists():
+                leftover.unlink()
+    return path
 
 
 # ---------------------------------------------------------------- running and parity

@@ -399,8 +399,8 @@ def train_model(kind: str, data_dir: str | Path, preset: str = "cpu", accels: Se
     sn_version = None
     if ckpt is not None:
         config = json.loads(ckpt["config"])
-        model = new_model(kind, config["model_config"])
-        model.load_state_dict(ckpt["model"])
+        model = tracking.check_and_load_state(new_model(kind, config["model_config"]), ckpt["model"], config,
+                                              str(resume))
         sn_version = config.get("sn_version")
     elif kind == "sn-gan":
         model, sn_config, sn_version = _init_sn_for_gan(init_from)
