@@ -372,3 +372,53 @@ def check_parity(model: nn.Module, onnx_path: Path | str, slices: Iterable[Seque
         out, _ = run_onnx(session, kspace, mask, alpha)
         worst = max(worst, relative_max_error(ref, out))
     return worst
+
+
+# ---------------------------------------------------------------- GPU placement (issue 4, item 5; not run here)
+def check_cuda_placement(onnx_path: Path | str, coils: int = 4, height: int = 64, width: int = 48,
+                         alpha: float | None = None) -> dict[str, list[str]]:
+    """Run the model once on onnxruntime's CUDA provider with profiling on; returns
+    {"cpu_nodes": [...], "cuda_nodes": [...]} from the profile's per-node provider field.
+
+    Raises ModelError when the CUDA provider is not active (onnxruntime-gpu lists it as available even
+    without a GPU: the session's get_providers() is what counts) or when any compute node ran on the CPU.
+    Written for a GPU machine; not run in this project's CPU-only tests.
+    """
+    import json as _json
+
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.enable_profiling = True
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), opts,
+                                   providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    if "CUDAExecutionProvider" not in session.get_providers():
+        session.end_profiling()
+        raise ModelError(f"{onnx_path}: onnxruntime did not activate CUDAExecutionProvider "
+                         f"(active: {session.get_providers()}); a GPU and CUDA 13 / cuDNN 9 are needed")
+    rng = np.random.default_rng(0)
+    k = (rng.standard_normal((1, coils, height, width)) + 1j * rng.standard_normal((1, coils, height, width)))
+    mask = np.zeros((1, width), np.float32)
+    mask[:, width // 2 - 4: width // 2 + 4] = 1
+    mask[:, ::4] = 1
+    run_onnx(session, (k * mask[:, None, None, :]).astype(np.complex64), mask, alpha)
+    profile = Path(session.end_profiling())
+    events = _json.loads(profile.read_text())
+    profile.unlink(missing_ok=True)
+    placement: dict[str, list] = {"cpu_nodes": [], "cuda_nodes": [], "_cpu_sizes": []}
+    for ev in events:
+        args = ev.get("args", {})
+        if ev.get("cat") == "Node" and "provider" in args and ev.get("name", "").endswith("_kernel_time"):
+            node = f"{args.get('op_name', '?')}:{ev['name'][:-len('_kernel_time')]}"
+            key = "cuda_nodes" if args["provider"] == "CUDAExecutionProvider" else "cpu_nodes"
+            placement[key].append(node)
+            if key == "cpu_nodes":
+                placement["_cpu_sizes"].append((node, int(args.get("output_size", 0) or 0)))
+    # onnxruntime keeps shape arithmetic (a few int64 values) on the CPU by design; image-sized
+    # outputs on the CPU are the silent fallback this check exists for.
+    compute_on_cpu = [n for n, size in placement.pop("_cpu_sizes") if size > 1024]
+    if compute_on_cpu:
+        raise ModelError(f"{onnx_path}: {len(compute_on_cpu)} compute node(s) ran on the CPU provider: "
+                         + ", ".join(compute_on_cpu[:10]))
+    return placement

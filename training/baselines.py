@@ -13,7 +13,7 @@ from training.physics.sensitivity import acs_maps
 
 # Defaults tuned on the synthetic set (docs/baselines.md): the operator norm of A^H A is 1 (RSS-normalised
 # maps, orthonormal FFT, 0/1 mask), so lam is dimensionless and the solution scales linearly with the data.
-CG_LAMBDA = 0.02
+CG_LAMBDA = 0.005
 CG_ITERS = 20
 
 

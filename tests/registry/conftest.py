@@ -48,7 +48,7 @@ TINY_SN = dict(cascades=1, width=4, blocks=1, dc_weight_init=1.0)
 ALPHAS = [0.0, 0.25, 0.5, 0.75, 1.0]
 
 
-def register_tiny(name: str, state_dict, model_config: dict, kind: str) -> str:
+def register_tiny(name: str, state_dict, model_config: dict, kind: str, champion: bool = True) -> str:
     """A registered version in training.tracking's artifact format (model/weights.pt + config.json)."""
     from training.models.signature import arch_signature
     from training.tracking import client, experiment_id, log_model_artifact, model_config_document, \
@@ -59,7 +59,7 @@ def register_tiny(name: str, state_dict, model_config: dict, kind: str) -> str:
     doc = model_config_document(kind, "cpu", model_config, arch_signature(state_dict))
     source = log_model_artifact(run.info.run_id, state_dict, doc)
     c.set_terminated(run.info.run_id)
-    return register_version(name, source, run.info.run_id, {"preset": "cpu"})
+    return register_version(name, source, run.info.run_id, {"preset": "cpu"}, champion=champion)
 
 
 @pytest.fixture(scope="session")

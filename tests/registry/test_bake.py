@@ -158,7 +158,7 @@ def test_bake_refuses_models_of_different_architectures(tiny_pair, held_out_dir,
     from training.presets import SNConfig
 
     wider = dict(TINY_SN, width=6)
-    v = register_tiny("sn-gan", SensitivityNetwork(SNConfig(**wider)).state_dict(), wider, "sn-gan")
+    v = register_tiny("sn-gan", SensitivityNetwork(SNConfig(**wider)).state_dict(), wider, "sn-gan", champion=False)
     from registry.bake import bake
 
     with pytest.raises(ModelError, match="different model_config"):
@@ -212,3 +212,38 @@ def test_cli_list_and_promote_refusal(baked, capsys):
     assert "interpsn" in out and "alphas=0,0.25,0.5,0.75,1" in out
     assert main(["registry", "promote", "--alias", "production", "--version", "999"]) == 2
     assert "has no version 999" in capsys.readouterr().err
+
+
+def test_cuda_placement_check_refuses_without_an_active_cuda_provider(baked):
+    import onnxruntime as ort
+
+    from registry.export import check_cuda_placement
+
+    probe = ort_session(baked.directory / "alpha_0.00.onnx")
+    assert probe.get_providers() == ["CPUExecutionProvider"]
+    try:
+        placement = check_cuda_placement(baked.directory / "alpha_0.00.onnx", coils=3, height=32, width=18)
+    except ModelError as exc:  # the CPU-only machines of this project
+        assert "CUDAExecutionProvider" in str(exc)
+    else:  # a GPU machine: every image-sized node ran on CUDA
+        assert placement["cuda_nodes"] and "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def test_cli_bake_without_registering_writes_set_and_plot(baked, held_out_dir, tmp_path, client, capsys):
+    from dnirecon.cli import main
+
+    before = len(client.search_model_versions("name='interpsn'"))
+    out = tmp_path / "cli-set"
+    rc = main(["registry", "bake", "--alphas", "0", "1", "--data", str(held_out_dir), "--slices", "1",
+               "--accel", "4", "--out", str(out), "--no-register", "--plot", str(tmp_path / "pd.png")])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "alpha 0.00  parity" in text and "not registered" in text
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [e["alpha"] for e in manifest["alphas"]] == [0.0, 1.0]
+    assert (tmp_path / "pd.png").stat().st_size > 0
+    assert len(client.search_model_versions("name='interpsn'")) == before
+    assert main(["registry", "bake", "--data", str(held_out_dir), "--out", str(out)]) == 2  # not empty
+    assert "not empty" in capsys.readouterr().err
+    assert main(["registry", "describe", "interpsn", "--version", baked.version]) == 0
+    assert json.loads(capsys.readouterr().out)["tags"]["alphas"] == "0,0.25,0.5,0.75,1"
