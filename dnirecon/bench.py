@@ -12,7 +12,9 @@ import json
 import logging
 import os
 import platform
+import shlex
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -37,6 +39,8 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, default=0, help="intra-op threads for both server and in-process (0: default)")
     p.add_argument("--spinning", default="true", help="onnxruntime idle-thread spinning, server and in-process (true|false)")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    p.add_argument("--append", action="store_true",
+                   help="add this run as a section of --out instead of replacing the file")
     p.set_defaults(func=run_bench)
 
 
@@ -286,7 +290,12 @@ def run_bench(args) -> int:
                 rss[point] = _rss_mb(server.proc.pid)
     report = render(rows, throughput, rss, info, cpu, cores, peak, args, small, model is not None, baked)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report)
+    if getattr(args, "append", False) and args.out.exists():
+        body = report.split("\n", 2)[2]  # drop the file title: this run is a section of the same file
+        report = args.out.read_text().rstrip("\n") + "\n\n" + body
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(report)
+    os.replace(tmp, args.out)
     print(report)
     import shutil
 
@@ -299,6 +308,10 @@ def render(rows, throughput, rss, info, cpu, cores, peak, args, small, have_torc
     lines = [
         "# Service benchmarks",
         "",
+        f"## Preset {baked.preset or args.preset}: {', '.join(r['size'] for r in rows)}",
+        "",
+        f"Written by `dnirecon bench` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; reproduce with "
+        f"`dnirecon {' '.join(shlex.quote(a) for a in sys.argv[1:])}`" if sys.argv[1:2] == ["bench"] else
         f"Written by `dnirecon bench` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         f"Machine: {cpu}, {cores} logical cores usable; onnxruntime {info.onnxruntime_version}; "
         f"providers requested {list(info.requested_providers)}, in use {list(info.providers)}"
@@ -312,7 +325,7 @@ def render(rows, throughput, rss, info, cpu, cores, peak, args, small, have_torc
         lines += ["No GPU machine was at hand: every figure is on the CPU provider; the CUDA-provider run "
                   "(every node on CUDA, IOBinding) is still to be measured.", ""]
     lines += [
-        "## Per-slice latency: gRPC round trip vs in-process onnxruntime (same model, same input, 4x mask)",
+        "### Per-slice latency: gRPC round trip vs in-process onnxruntime (same model, same input, 4x mask)",
         "",
         "| slice (CxHxW) | in-process ms | gRPC round trip ms | round trip / in-process | server: last chunk -> image sent ms | "
         "compute ms | added by gRPC (round trip - compute) | bytes sent / slice | bytes back / slice | zero-filled bytes | "
@@ -333,7 +346,7 @@ def render(rows, throughput, rss, info, cpu, cores, peak, args, small, have_torc
               "Bytes are protobuf message sizes (HTTP/2 and TLS framing not counted). "
               "Target of issue 5: gRPC adds under 5% at 15x640x368.", ""]
     if peak:
-        lines += ["## FLOPs vs the machine's peak", ""]
+        lines += ["### FLOPs vs the machine's peak", ""]
         for r in rows:
             achieved = r["onnx_gflop"] / (r["inproc_ms"] / 1e3)
             lines.append(f"- {r['size']}: {r['onnx_gflop']:.3f} GFLOP per slice (ONNX MatMul/Conv nodes, matmul DFT "
@@ -342,9 +355,9 @@ def render(rows, throughput, rss, info, cpu, cores, peak, args, small, have_torc
         lines += ["", "torch's flop_counter does not count FFTs, so its figure omits the Fourier transforms "
                   "that the ONNX graph does as matrix products.", ""]
     c, h, w = small
-    lines += [f"## Throughput, {c}x{h}x{w} slices, concurrent streams", "", "| streams | slices/s |", "| ---: | ---: |"]
+    lines += [f"### Throughput, {c}x{h}x{w} slices, concurrent streams", "", "| streams | slices/s |", "| ---: | ---: |"]
     lines += [f"| {s} | {v:.1f} |" for s, v in throughput.items()]
-    lines += ["", f"## Server resident memory, {c}x{h}x{w} slices", "", "| slices served | RSS MiB |", "| ---: | ---: |"]
+    lines += ["", f"### Server resident memory, {c}x{h}x{w} slices", "", "| slices served | RSS MiB |", "| ---: | ---: |"]
     lines += [f"| {n} | {v:.0f} |" for n, v in rss.items()]
     if len(rss) >= 2:
         (n0, r0), (n1, r1) = sorted(rss.items())[0], sorted(rss.items())[-1]

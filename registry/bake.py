@@ -293,6 +293,38 @@ def bake(sn: str | ModelRef, gan: str | ModelRef, alphas: Sequence[float], data_
     return BakeResult(out_dir, manifest, version, run_id)
 
 
+# ---------------------------------------------------------------- the paper's trade-off (issue 4, acceptance 3)
+def tradeoff_check(manifest_or_rows, psnr_keep_db: float = 0.3, jump_factor: float = 2.0) -> list[str]:
+    """Problems with the perception-distortion trade-off over alpha (empty list: it holds).
+
+    PSNR falls and |HF ratio - 1| shrinks as alpha goes 0 -> 1, with no step between neighbouring
+    alphas larger than `jump_factor` times the mean step, and PSNR at alpha 0.5 (if baked) within
+    `psnr_keep_db` of alpha 0.
+    """
+    rows = sorted(_rows(manifest_or_rows), key=lambda r: r["alpha"])
+    if len(rows) < 2:
+        return ["fewer than two alphas: no trade-off to check"]
+    problems = []
+    for metric, values in (("psnr", [r["psnr"] for r in rows]),
+                           ("|hf_ratio - 1|", [abs(r["hf_ratio"] - 1.0) for r in rows])):
+        steps = np.diff(values)
+        if np.any(steps > 0):
+            bad = [f"{rows[i]['alpha']:g}->{rows[i + 1]['alpha']:g}" for i in np.flatnonzero(steps > 0)]
+            problems.append(f"{metric} does not fall monotonically with alpha (rises at {', '.join(bad)})")
+        mean_step = float(np.mean(np.abs(steps)))
+        jumps = [f"{rows[i]['alpha']:g}->{rows[i + 1]['alpha']:g} ({abs(steps[i]):.3g})"
+                 for i in range(len(steps)) if abs(steps[i]) > jump_factor * mean_step]
+        if jumps:
+            problems.append(f"{metric} jumps by more than {jump_factor:g}x the mean step {mean_step:.3g}: "
+                            + ", ".join(jumps))
+    by_alpha = {round(r["alpha"], 6): r for r in rows}
+    if 0.0 in by_alpha and 0.5 in by_alpha:
+        drop = by_alpha[0.0]["psnr"] - by_alpha[0.5]["psnr"]
+        if drop > psnr_keep_db:
+            problems.append(f"PSNR at alpha 0.5 is {drop:.2f} dB below SN (alpha 0); expected within {psnr_keep_db:g} dB")
+    return problems
+
+
 # ---------------------------------------------------------------- the perception-distortion figure
 def _rows(manifest_or_rows) -> list[dict]:
     if isinstance(manifest_or_rows, (str, os.PathLike)):

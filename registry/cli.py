@@ -89,7 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _bake(args) -> int:
-    from registry.bake import bake, plot_perception_distortion
+    from registry.bake import bake, plot_perception_distortion, tradeoff_check
 
     result = bake(args.sn, args.gan, args.alphas, args.data, slices=args.slices, accels=args.accel,
                   continuous=args.continuous, out_dir=args.out, register=not args.no_register,
@@ -100,6 +100,9 @@ def _bake(args) -> int:
               f"SSIM {m['ssim']:.4f}  NMSE {m['nmse']:.4f}  HFEN {m['hfen']:.3f}  HF ratio {m['hf_ratio']:.3f}")
     if "continuous" in result.manifest:
         print(f"continuous: max error vs baked {result.manifest['continuous']['max_err_vs_baked']:.2e}")
+    problems = tradeoff_check(result.manifest)
+    print("trade-off over alpha: " + ("PSNR falls and the HF ratio approaches 1 without jumps" if not problems
+                                      else "; ".join(problems)))
     if args.plot:
         print(f"figure: {plot_perception_distortion(result.manifest, args.plot)}")
     where = f"registered {args.model} version {result.version}" if result.version else "not registered"

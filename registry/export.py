@@ -34,12 +34,11 @@ EXAMPLE_SHAPE = (2, 3, 20, 18)
 
 def dc_residual(image: Tensor, maps: Tensor, kspace: Tensor, mask: Tensor, fourier: FourierPair) -> Tensor:
     """||M F S x - y|| / ||y|| per slice. image (B,H,W), maps and kspace (B,C,H,W) complex, mask (B,W)."""
-    m = mask[:, None, None, :].to(kspace.real.dtype)
-    # multiply by the mask again: correct whether or not SenseOp.forward already masks (0/1 mask)
-    predicted = m * SenseOp(maps, mask, fourier).forward(image)
-    diff = predicted - kspace
+    sense = SenseOp(maps, mask, fourier)
+    measured = sense.mask * kspace  # the SN masks its input too, so unmasked k-space gives the same value
+    diff = sense.forward(image) - measured
     num = (diff.real.square() + diff.imag.square()).sum(dim=(1, 2, 3)).sqrt()
-    den = (kspace.real.square() + kspace.imag.square()).sum(dim=(1, 2, 3)).sqrt()
+    den = (measured.real.square() + measured.imag.square()).sum(dim=(1, 2, 3)).sqrt()
     return num / den.clamp_min(torch.finfo(den.dtype).tiny)
 
 
@@ -63,8 +62,7 @@ def with_fourier(model: nn.Module, fourier: FourierPair, config=None) -> nn.Modu
     if config is None:
         raise ModelError(f"{type(model).__name__} has no .config; pass config= to rebuild it with another FFT")
     twin = type(model)(config, fourier=fourier)
-    missing = twin.load_state_dict(model.state_dict(), strict=True)
-    del missing
+    twin.load_state_dict(model.state_dict(), strict=True)
     return twin.eval()
 
 

@@ -118,6 +118,16 @@ def resolve_version(client, name: str, version: str | int | None = None, alias: 
                          f"{exc.message if hasattr(exc, 'message') else exc}") from None
 
 
+def _registered(client, name: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_registered_model(name)
+    except MlflowException:
+        raise ModelError(f"no registered model {name!r} in {client.tracking_uri} "
+                         "(bake one with `dnirecon registry bake`, or check --model)") from None
+
+
 def _alias_holder(client, name: str, alias: str):
     from mlflow.exceptions import MlflowException
 
@@ -131,7 +141,7 @@ def _alias_holder(client, name: str, alias: str):
 def list_versions(client, name: str | None = None) -> list[dict[str, Any]]:
     """One row per registered version: model, version, aliases, created (UTC), key tags."""
     if name is not None:
-        models = [client.get_registered_model(name)]
+        models = [_registered(client, name)]
     else:
         models = list(client.search_registered_models(max_results=1000))
     rows = []
@@ -189,7 +199,7 @@ def describe(client, name: str, version: str | int | None = None, alias: str | N
         mv = versions[-1]
     else:
         mv = resolve_version(client, name, version, alias)
-    rm = client.get_registered_model(name)
+    rm = _registered(client, name)
     return {
         "name": mv.name,
         "version": str(mv.version),
@@ -256,7 +266,7 @@ def check_gates(candidate_tags: dict[str, str], incumbent_tags: dict[str, str] |
 
 
 def _history(client, name: str, alias: str) -> list[dict]:
-    rm = client.get_registered_model(name)
+    rm = _registered(client, name)
     raw = (rm.tags or {}).get(HISTORY_TAG.format(alias=alias))
     return json.loads(raw) if raw else []
 

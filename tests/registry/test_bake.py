@@ -247,3 +247,20 @@ def test_cli_bake_without_registering_writes_set_and_plot(baked, held_out_dir, t
     assert "not empty" in capsys.readouterr().err
     assert main(["registry", "describe", "interpsn", "--version", baked.version]) == 0
     assert json.loads(capsys.readouterr().out)["tags"]["alphas"] == "0,0.25,0.5,0.75,1"
+
+
+def test_tradeoff_check_accepts_the_papers_shape_and_names_violations():
+    from registry.bake import tradeoff_check
+
+    good = [{"alpha": a, "psnr": 32.0 - 0.2 * a - 0.6 * a * a, "hf_ratio": 0.7 + 0.25 * a} for a in ALPHAS]
+    assert tradeoff_check(good) == []
+    jumpy = [dict(r) for r in good]
+    jumpy[4]["psnr"] -= 3.0
+    assert any("psnr jumps" in p and "0.75->1" in p for p in tradeoff_check(jumpy))
+    rising = [dict(r) for r in good]
+    rising[1]["psnr"] = 33.0
+    assert any("rises at 0.25->0.5" in p or "rises at 0->0.25" in p for p in tradeoff_check(rising))
+    far = [dict(r, psnr=32.0 - 2.0 * r["alpha"]) for r in good]
+    assert any("alpha 0.5 is 1.00 dB below SN" in p for p in tradeoff_check(far))
+    overshoot = [dict(r, hf_ratio=0.7 + 0.5 * r["alpha"]) for r in good]  # 1.2 at alpha 1: farther from 1
+    assert any("|hf_ratio - 1|" in p for p in tradeoff_check(overshoot))

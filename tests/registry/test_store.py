@@ -125,3 +125,11 @@ def test_list_and_describe(client, model_name):
     assert d["aliases"] == ["staging"] and d["tags"]["sn_gan_version"] == "2"
     with pytest.raises(ModelError, match="no alias 'production'"):
         store.describe(client, model_name, alias="production")
+
+
+def test_unknown_registered_model_is_a_clear_error(client):
+    for call in (lambda: store.rollback(client, "production", name="nope"),
+                 lambda: store.list_versions(client, "nope"),
+                 lambda: store.promote(client, "production", "1", name="nope")):
+        with pytest.raises(ModelError, match="'nope'"):
+            call()
