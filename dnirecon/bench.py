@@ -324,6 +324,10 @@ def render(rows, throughput, rss, info, cpu, cores, peak, args, small, have_torc
     if not gpu:
         lines += ["No GPU machine was at hand: every figure is on the CPU provider; the CUDA-provider run "
                   "(every node on CUDA, IOBinding) is still to be measured.", ""]
+    if not gpu and (baked.preset or args.preset) == "paper":
+        lines += ["Training step (issue 3): one `paper`-preset SN training step (GPU memory and step time) was not "
+                  "measured: no GPU machine was at hand. `dnirecon train sn --preset paper` runs it on a GPU "
+                  "(bfloat16 autocast); on this CPU box it is not attempted.", ""]
     lines += [
         "### Per-slice latency: gRPC round trip vs in-process onnxruntime (same model, same input, 4x mask)",
         "",
@@ -355,10 +359,12 @@ def render(rows, throughput, rss, info, cpu, cores, peak, args, small, have_torc
         lines += ["", "torch's flop_counter does not count FFTs, so its figure omits the Fourier transforms "
                   "that the ONNX graph does as matrix products.", ""]
     c, h, w = small
-    lines += [f"### Throughput, {c}x{h}x{w} slices, concurrent streams", "", "| streams | slices/s |", "| ---: | ---: |"]
-    lines += [f"| {s} | {v:.1f} |" for s, v in throughput.items()]
-    lines += ["", f"### Server resident memory, {c}x{h}x{w} slices", "", "| slices served | RSS MiB |", "| ---: | ---: |"]
-    lines += [f"| {n} | {v:.0f} |" for n, v in rss.items()]
+    if throughput:
+        lines += [f"### Throughput, {c}x{h}x{w} slices, concurrent streams", "", "| streams | slices/s |", "| ---: | ---: |"]
+        lines += [f"| {s} | {v:.1f} |" for s, v in throughput.items()]
+    if rss:
+        lines += ["", f"### Server resident memory, {c}x{h}x{w} slices", "", "| slices served | RSS MiB |", "| ---: | ---: |"]
+        lines += [f"| {n} | {v:.0f} |" for n, v in rss.items()]
     if len(rss) >= 2:
         (n0, r0), (n1, r1) = sorted(rss.items())[0], sorted(rss.items())[-1]
         lines += ["", f"RSS ratio after {n1} vs {n0} slices: {r1 / r0:.3f}."]

@@ -9,35 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-
-def _alpha(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--alphas expects numbers in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"--alphas expects numbers in [0, 1], got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _accel(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--accel expects numbers above 1, got {text!r}") from None
-    if not value > 1:
-        raise argparse.ArgumentTypeError(f"--accel expects numbers above 1, got {text!r}")
-    return value
+from dnirecon.argtypes import positive_float, positive_int, unit_interval
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,17 +20,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--sn", default="sn@champion", help="SN as NAME@ALIAS or NAME/VERSION (default sn@champion)")
     b.add_argument("--gan", default="sn-gan@champion", help="SN-GAN as NAME@ALIAS or NAME/VERSION "
                    "(default sn-gan@champion)")
-    b.add_argument("--alphas", type=_alpha, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0],
+    b.add_argument("--alphas", type=unit_interval, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0],
                    help="interpolation coefficients in [0, 1] (default 0 0.25 0.5 0.75 1)")
     b.add_argument("--continuous", action="store_true", help="also bake the continuous model (alpha as input)")
     b.add_argument("--data", type=Path, required=True, help="directory of held-out fastMRI-layout volumes")
-    b.add_argument("--slices", type=_positive_int, default=2, help="central slices per volume (default 2)")
-    b.add_argument("--accel", type=_accel, nargs="+", default=[4.0, 8.0], help="accelerations (default 4 8)")
+    b.add_argument("--slices", type=positive_int, default=2, help="central slices per volume (default 2)")
+    b.add_argument("--accel", type=positive_float, nargs="+", default=[4.0, 8.0], help="accelerations (default 4 8)")
     b.add_argument("--out", type=Path, default=None, help="keep the baked set here (new or empty directory)")
     b.add_argument("--no-register", action="store_true", help="bake and check only; do not register")
     b.add_argument("--plot", type=Path, default=None, help="also write the PSNR vs HF-ratio figure (PNG)")
     b.add_argument("--model", default="interpsn", help="registered model name (default interpsn)")
-    b.add_argument("--threads", type=_positive_int, default=None, help="torch/onnxruntime threads")
+    b.add_argument("--threads", type=positive_int, default=None, help="torch/onnxruntime threads")
     b.set_defaults(func=_bake)
 
     ls = rsub.add_parser("list", help="registered models, versions, aliases and key tags")

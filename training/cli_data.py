@@ -5,15 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+from dnirecon.argtypes import positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,13 +14,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     s = dsub.add_parser("synth", help="write synthetic knee volumes in the fastMRI multi-coil layout")
     s.add_argument("--out", type=Path, required=True, help="output directory (created if missing)")
-    s.add_argument("--volumes-per-contrast", type=_positive_int, default=2,
+    s.add_argument("--volumes-per-contrast", type=positive_int, default=2,
                    help="volumes of each contrast, PD and PD fat-suppressed (default: 2)")
-    s.add_argument("--slices", type=_positive_int, default=8, help="slices per volume (default: 8)")
-    s.add_argument("--coils", type=_positive_int, default=8, help="receive coils (default: 8; fastMRI: 15)")
-    s.add_argument("--recon-size", type=_positive_int, nargs=2, metavar=("H", "W"), default=[96, 96],
+    s.add_argument("--slices", type=positive_int, default=8, help="slices per volume (default: 8)")
+    s.add_argument("--coils", type=positive_int, default=8, help="receive coils (default: 8; fastMRI: 15)")
+    s.add_argument("--recon-size", type=positive_int, nargs=2, metavar=("H", "W"), default=[96, 96],
                    help="reconstructed matrix; k-space is 2H x enc-width (default: 96 96; fastMRI: 320 320)")
-    s.add_argument("--enc-width", type=_positive_int, default=None,
+    s.add_argument("--enc-width", type=positive_int, default=None,
                    help="phase-encode width with zero padding (default: W + 15%%, 368 for W=320)")
     s.add_argument("--contrasts", nargs="+", choices=["pd", "pdfs"], default=["pd", "pdfs"])
     s.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -36,8 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     f = dsub.add_parser("figure", help="save a picture of synthetic slices of each contrast")
     f.add_argument("--out", type=Path, default=Path("docs/figures/synthetic_slices.png"))
-    f.add_argument("--recon-size", type=_positive_int, nargs=2, metavar=("H", "W"), default=[320, 320])
-    f.add_argument("--coils", type=_positive_int, default=8)
+    f.add_argument("--recon-size", type=positive_int, nargs=2, metavar=("H", "W"), default=[320, 320])
+    f.add_argument("--coils", type=positive_int, default=8)
     f.add_argument("--seed", type=int, default=0)
     f.set_defaults(func=_run_figure)
 

@@ -5,17 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dnirecon.argtypes import positive_float
 from dnirecon.errors import ConfigError
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--accel expects a positive number, got {text!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"--accel expects a positive number, got {text!r}")
-    return value
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -5,17 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from training.cli_eval import positive_float
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+from dnirecon.argtypes import positive_float, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,14 +23,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--accel", type=positive_float, nargs="+", default=[4.0, 8.0],
                        help="accelerations drawn per training sample (default: 4 8)")
         p.add_argument("--mask", choices=["random", "equispaced"], default="random", help="mask type")
-        p.add_argument("--epochs", type=_positive_int, default=None, help="override the preset's epochs")
-        p.add_argument("--batch-size", type=_positive_int, default=None, help="override the preset's batch")
+        p.add_argument("--epochs", type=positive_int, default=None, help="override the preset's epochs")
+        p.add_argument("--batch-size", type=positive_int, default=None, help="override the preset's batch")
         p.add_argument("--lr", type=positive_float, default=None, help="override the preset's learning rate")
         p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
         p.add_argument("--resume", type=Path, default=None, help="continue from this checkpoint (last.pt)")
         p.add_argument("--out", type=Path, default=Path("checkpoints"), help="checkpoint directory")
-        p.add_argument("--max-steps", type=_positive_int, default=None, help="stop after N optimiser steps")
-        p.add_argument("--slices-per-volume", type=_positive_int, default=None,
+        p.add_argument("--max-steps", type=positive_int, default=None, help="stop after N optimiser steps")
+        p.add_argument("--slices-per-volume", type=positive_int, default=None,
                        help="central slices used per training volume (default: all)")
         p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
         p.add_argument("--no-amp", action="store_true", help="disable bfloat16 autocast on CUDA")
@@ -50,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         if kind == "sn-gan":
             p.add_argument("--init-from", default="champion",
                            help="the SN to fine-tune: sn version, alias, or a checkpoint path (default champion)")
-            p.add_argument("--critic-steps", type=_positive_int, default=None,
+            p.add_argument("--critic-steps", type=positive_int, default=None,
                            help="discriminator updates per generator update")
             p.add_argument("--gamma", type=positive_float, default=None, help="weight of L_SN (paper 0.1)")
             p.add_argument("--adv-weight", type=positive_float, default=None, help="weight of the LSGAN term")
