@@ -78,7 +78,7 @@ def _save_state(work: Path, state: dict) -> None:
 
 
 def run_demo(preset: str = "cpu", data_root: Path = Path("data/demo"), work: Path = Path("runs/demo"),
-             docs: Path = Path("docs"), fresh: bool = False, max_train_minutes: float | None = None) -> dict:
+             docs: Path = Path("docs"), fresh: bool = False) -> dict:
     from dnirecon.fastmri_io import list_volumes
     from training.synth import SynthConfig, synthesize
 
@@ -104,7 +104,6 @@ def run_demo(preset: str = "cpu", data_root: Path = Path("data/demo"), work: Pat
         steps.done(t, f"reused {len(list_volumes(data_root / 'train'))} + {len(list_volumes(data_root / 'val'))} volumes")
     train_dir, val_dir = data_root / "train", data_root / "val"
 
-    # 2-4 the models
     from dnirecon.demo_steps import baselines_step, bake_step, promote_step, report_step, serve_step, train_step
 
     baselines_step(steps, state, work, val_dir)
@@ -132,4 +131,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--work", type=Path, default=Path("runs/demo"), help="checkpoints, client outputs, state")
     p.add_argument("--docs", type=Path, default=Path("docs"), help="where the report and figures go")
     p.add_argument("--fresh", action="store_true", help="redo every step instead of reusing")
-    p.set_defaults(func=lambda a: run_demo(a.preset, a.data, a.work, a.docs, a.fresh) and 0)
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    run_demo(args.preset, args.data, args.work, args.docs, args.fresh)
+    return 0

@@ -183,7 +183,6 @@ def promote_step(steps, state: dict, work: Path) -> None:
 
 def report_methods(state: dict, alphas) -> dict:
     """Every method of the report as a callable (kspace complex64 (B,C,H,W), mask (B,W)) -> (image, dc)."""
-    import numpy as np
     import torch
 
     from registry.export import ort_session, run_onnx, run_torch
@@ -213,7 +212,6 @@ def report_methods(state: dict, alphas) -> dict:
     for alpha in alphas:
         session = ort_session(Path(state["bake"]["dir"]) / by_alpha[float(alpha)])
         methods[interp_name(alpha)] = (lambda s: (lambda k, m: run_onnx(s, k, m)))(session)
-    del np
     return methods
 
 
