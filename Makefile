@@ -28,7 +28,7 @@ test: venv
 # Paper preset at full size (latency only: ~0.5 min a slice on 2 CPU cores), then the cpu preset at full
 # and demo size with throughput at 1/4/16 streams and server memory after 50 and 1,000 slices.
 bench: venv
-	$(BIN)/dnirecon bench --preset paper --sizes 15x640x368 --slices 3 --streams "" --rss-slices "" $(BENCH_ARGS)
+	$(BIN)/dnirecon bench --preset paper --sizes 15x640x368 --slices 2 --streams "" --rss-slices "" $(BENCH_ARGS)
 	$(BIN)/dnirecon bench --preset cpu --sizes 15x640x368,8x192x110 --slices 10 --streams 1,4,16 \
 	  --throughput-slices 48 --rss-slices 50,1000 --append $(BENCH_ARGS)
 
