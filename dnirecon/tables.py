@@ -70,7 +70,9 @@ def _csv(rows: Sequence[Mapping]) -> str:
     return buf.getvalue()
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write to a temporary name beside `path`, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         tmp.write_text(text, encoding="utf-8")
@@ -78,6 +80,7 @@ def _atomic_write(path: Path, text: str) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+    return path
 
 
 def write_table(rows: Sequence[Mapping], out_dir: str | os.PathLike, stem: str) -> dict[str, Path]:
@@ -89,7 +92,7 @@ def write_table(rows: Sequence[Mapping], out_dir: str | os.PathLike, stem: str) 
                     metrics={k: {"mean": float(m), "std": float(s)} for k, (m, s) in r["metrics"].items()})
                for r in rows]
     paths = {"md": out / f"{stem}.md", "csv": out / f"{stem}.csv", "json": out / f"{stem}.json"}
-    _atomic_write(paths["md"], table1(rows))
-    _atomic_write(paths["csv"], _csv(rows))
-    _atomic_write(paths["json"], json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(paths["md"], table1(rows))
+    atomic_write_text(paths["csv"], _csv(rows))
+    atomic_write_text(paths["json"], json.dumps(payload, indent=2) + "\n")
     return paths

@@ -360,15 +360,9 @@ def check_claims(data: ReportData, contrast: str = "ALL") -> list[Claim]:
 
 
 def _atomic_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    from dnirecon.tables import atomic_write_text
+
+    return atomic_write_text(path, text)
 
 
 def _flatten(prefix: str, value: Any) -> list[tuple[str, str]]:
