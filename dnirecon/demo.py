@@ -86,7 +86,7 @@ def run_demo(preset: str = "cpu", data_root: Path = Path("data/demo"), work: Pat
     data_root = data_root / preset
     work = work / preset
     state = {} if fresh else _load_state(work)
-    steps = Steps(total=9)
+    steps = Steps(total=10)
 
     # 1. data
     t = steps.start("synthetic fastMRI-layout data (train and held-out)")

@@ -107,27 +107,34 @@ def baselines_step(steps, state: dict, work: Path, val_dir: Path) -> None:
 
 def train_step(steps, state: dict, work: Path, preset: str, train_dir: Path, val_dir: Path,
                epochs: dict) -> None:
-    """SN, then SN-GAN fine-tuned from it, then the U-Net: each registered with alias champion."""
+    """The paper's schedule: SN from scratch, then both SN (L_SN alone) and SN-GAN fine-tuned from it on
+    the same fine-tuning schedule, then the U-Net. Each is registered; the interpolation pairs the two
+    fine-tuned models, which differ only in the adversarial term."""
     from training.train import train_model
 
     versions = state.setdefault("versions", {})
     timings = state.setdefault("train_seconds", {})
-    for kind in ("sn", "sn-gan", "unet"):
-        t = steps.start(f"train {kind} ({preset} preset) and register it in MLflow")
-        if _registered(kind, versions.get(kind)) and (kind != "sn-gan" or
-                                                      state.get("sn_gan_from") == versions.get("sn")):
-            steps.done(t, f"reused {kind} version {versions[kind]}")
+    plan = [("sn-pretrained", "sn", "train sn from scratch"),
+            ("sn", "sn", "fine-tune sn with L_SN (the paper's twin of SN-GAN)"),
+            ("sn-gan", "sn-gan", "fine-tune sn-gan with LSGAN + 0.1 L_SN"),
+            ("unet", "unet", "train the U-Net baseline")]
+    for key, kind, what in plan:
+        t = steps.start(f"{what} ({preset} preset) and register it in MLflow")
+        base = versions.get("sn-pretrained") if key in ("sn", "sn-gan") else None
+        if _registered(kind, versions.get(key)) and state.get("finetuned_from", {}).get(key) == base:
+            steps.done(t, f"reused {kind} version {versions[key]}")
             continue
         t0 = time.perf_counter()
-        result = train_model(kind, train_dir, preset=preset, accels=(4.0, 8.0), epochs=epochs.get(kind),
+        result = train_model(kind, train_dir, preset=preset, accels=(4.0, 8.0),
+                             epochs=epochs.get(key) if base is None else None,
                              val_dir=val_dir, out_dir=work / "checkpoints", register=True, seed=0,
-                             init_from=versions.get("sn") if kind == "sn-gan" else None)
-        versions[kind] = result.version
-        timings[kind] = round(time.perf_counter() - t0, 1)
-        if kind == "sn-gan":
-            state["sn_gan_from"] = versions.get("sn")
+                             init_from=base)
+        versions[key] = result.version
+        timings[key] = round(time.perf_counter() - t0, 1)
+        state.setdefault("finetuned_from", {})[key] = base
         state.pop("bake", None)  # new weights: what follows must be redone
-        steps.done(t, f"registered {kind} version {result.version}")
+        steps.done(t, f"registered {kind} version {result.version}"
+                      + (f" (fine-tuned from sn version {base})" if base else ""))
 
 
 def bake_step(steps, state: dict, work: Path, preset: str, val_dir: Path, alphas) -> None:

@@ -11,7 +11,7 @@ from dnirecon.argtypes import positive_float, positive_int
 def register(sub: argparse._SubParsersAction) -> None:
     tr = sub.add_parser("train", help="train SN, SN-GAN or the U-Net baseline and register it in MLflow")
     kinds = tr.add_subparsers(dest="kind", metavar="MODEL", required=True)
-    helps = {"sn": "sensitivity network with 1 - SSIM + 1e-3 L1",
+    helps = {"sn": "sensitivity network with 1 - SSIM + 1e-3 L1 (from scratch, or fine-tuned with --init-from)",
              "sn-gan": "fine-tune a trained SN with LSGAN + 0.1 L_SN",
              "unet": "fastMRI-style U-Net baseline on zero-filled RSS"}
     for kind, text in helps.items():
@@ -37,6 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--no-register", action="store_true", help="log the run but register no model version")
         p.add_argument("--no-mlflow", action="store_true", help="no MLflow at all (local checkpoint only)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        if kind == "sn":
+            p.add_argument("--init-from", default=None,
+                           help="fine-tune this trained SN (sn version, alias, or checkpoint path) with L_SN on "
+                                "the preset's fine-tuning schedule, the paper's twin of SN-GAN (default: "
+                                "train from scratch)")
         if kind == "sn-gan":
             p.add_argument("--init-from", default="champion",
                            help="the SN to fine-tune: sn version, alias, or a checkpoint path (default champion)")

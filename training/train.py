@@ -86,9 +86,15 @@ def _as_dict(obj: Any) -> dict:
     raise ConfigError(f"preset entry {obj!r} is neither a dataclass nor a mapping")
 
 
-def schedule_for(preset: Any, kind: str, **overrides: Any) -> Schedule:
-    """The preset's schedule for `kind` (epochs, lr, batch) with non-None overrides applied."""
+def schedule_for(preset: Any, kind: str, finetune: bool = False, **overrides: Any) -> Schedule:
+    """The preset's schedule for `kind` (epochs, lr, batch) with non-None overrides applied.
+
+    SN-GAN always fine-tunes; an SN fine-tuned from a trained SN (`finetune`) gets the same schedule, as
+    in the paper ("both models were further finetuned based on the pretrained SN model").
+    """
     key = {"sn": "sn_schedule", "sn-gan": "finetune_schedule", "unet": "unet_schedule"}[kind]
+    if finetune and kind == "sn":
+        key = "finetune_schedule"
     values = _as_dict(_get(preset, key))
     sched = Schedule(epochs=int(values["epochs"]), lr=float(values["lr"]), batch_size=int(values.get("batch", 1)))
     optimiser = values.get("optimiser", "rmsprop")
@@ -211,15 +217,16 @@ def _load_training_checkpoint(path: Path, kind: str) -> dict:
     return dict(ckpt)
 
 
-def _init_sn_for_gan(init_from: str | Path | None) -> tuple[torch.nn.Module, dict, str | None]:
-    """SN-GAN starts from trained SN weights: a local checkpoint/model dir, or `sn` version/alias."""
+def _init_from_sn(init_from: str | Path | None, kind: str) -> tuple[torch.nn.Module, dict, str | None]:
+    """A fine-tuning run (SN-GAN, or SN with --init-from) starts from trained SN weights: a local
+    checkpoint/model dir, or an `sn` version/alias."""
     ref = "champion" if init_from is None else str(init_from)
     if Path(ref).exists():
         loaded = tracking.load_checkpoint(ref)
     else:
         loaded = tracking.load_registered_model("sn", ref.removeprefix("sn@").removeprefix("sn:"))
     if loaded.config.get("kind") != "sn":
-        raise ModelError(f"--init-from {ref} is a {loaded.config.get('kind')} model; SN-GAN starts from an sn model")
+        raise ModelError(f"--init-from {ref} is a {loaded.config.get('kind')} model; {kind} fine-tunes an sn model")
     return loaded.model, loaded.config, loaded.version
 
 
@@ -377,8 +384,11 @@ def train_model(kind: str, data_dir: str | Path, preset: str = "cpu", accels: Se
                 schedule_overrides: Mapping[str, Any] | None = None, mask_kind: str = "random") -> TrainResult:
     """Train `kind` ("sn", "sn-gan", "unet") on the volumes in `data_dir` and (rank 0) log/register it.
 
-    `init_from` (SN-GAN): an sn version/alias ("3", "champion") or a local checkpoint; `resume`: a
-    checkpoint of this kind to continue (step, epoch, optimiser state). `max_steps` stops early (tests).
+    `init_from`: the trained SN to fine-tune, an sn version/alias ("3", "champion") or a local
+    checkpoint. SN-GAN always starts from one (default champion); SN starts from scratch unless given
+    one, and is then fine-tuned with L_SN alone on the fine-tuning schedule, the paper's twin of SN-GAN.
+    `resume`: a checkpoint of this kind to continue (step, epoch, optimiser state). `max_steps` stops
+    early (tests).
     """
     if kind not in tracking.KINDS:
         raise ConfigError(f"model kind {kind!r} is not one of {', '.join(tracking.KINDS)}")
@@ -392,7 +402,10 @@ def train_model(kind: str, data_dir: str | Path, preset: str = "cpu", accels: Se
     from training.presets import get_preset
 
     preset_obj = get_preset(preset)
-    sched = schedule_for(preset_obj, kind, epochs=epochs, batch_size=batch_size, lr=lr,
+    finetune = kind == "sn-gan" or (kind == "sn" and init_from is not None)
+    if kind == "unet" and init_from is not None:
+        raise ConfigError("--init-from: the U-Net trains from scratch; only sn and sn-gan fine-tune an sn model")
+    sched = schedule_for(preset_obj, kind, finetune=finetune, epochs=epochs, batch_size=batch_size, lr=lr,
                          **dict(schedule_overrides or {}))
 
     ckpt = _load_training_checkpoint(Path(resume), kind) if resume else None
@@ -402,8 +415,8 @@ def train_model(kind: str, data_dir: str | Path, preset: str = "cpu", accels: Se
         model = tracking.check_and_load_state(new_model(kind, config["model_config"]), ckpt["model"], config,
                                               str(resume))
         sn_version = config.get("sn_version")
-    elif kind == "sn-gan":
-        model, sn_config, sn_version = _init_sn_for_gan(init_from)
+    elif finetune:
+        model, sn_config, sn_version = _init_from_sn(init_from, kind)
         config = config_document(kind, preset, sn_config["model_config"], model,
                                  {"sn_version": sn_version, "sn_preset": sn_config.get("preset")})
     else:
@@ -587,8 +600,8 @@ def _finish_run(run_id, kind, model, config, accels, train_files, register: bool
         tags = {"acceleration": ",".join(f"{a:g}" for a in accels), "contrasts": ",".join(desc.contrasts),
                 "preset": config["preset"], "arch_signature": config["arch_signature"],
                 "dataset_id": desc.dataset_id}
-        if kind == "sn-gan":
-            tags["sn_version"] = config.get("sn_version") or ""
+        if kind == "sn-gan" or config.get("sn_version"):
+            tags["sn_version"] = config.get("sn_version") or ""  # the sn it was fine-tuned from
         version = tracking.register_version(kind, source, run_id, tags)
         c.set_tag(run_id, "registered_version", version)
     c.set_terminated(run_id, "FINISHED")

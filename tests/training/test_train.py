@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from dnirecon.errors import ModelError
+from dnirecon.errors import ConfigError, ModelError
 from training import tracking
 from training.data import SliceDataset, collate, split_dirs
 from training.train import Trainer, new_model, schedule_for, train_model
@@ -97,3 +97,31 @@ def test_runs_register_new_versions_with_lineage_tags(tiny_data, tmp_path, mlflo
     loaded = tracking.load_registered_model("sn-gan", "champion")
     assert loaded.config["kind"] == "sn-gan" and loaded.config["sn_version"] == "2"
     assert json.loads(json.dumps(loaded.config))["arch_signature"] == sn2.tags["arch_signature"]
+
+
+def test_sn_fine_tuned_from_a_version_is_the_paper_twin_of_sn_gan(tiny_data, tmp_path, mlflow_store):
+    """`train sn --init-from`: starts from that SN, uses the fine-tuning schedule, records its lineage."""
+    kw = dict(preset="cpu", accels=(4.0, 8.0), progress=False, out_dir=tmp_path / "ck")
+    base = train_model("sn", tiny_data, max_steps=2, **kw)
+    with pytest.raises(ConfigError, match="U-Net trains from scratch"):
+        train_model("unet", tiny_data, max_steps=1, init_from=base.version, **kw)
+    tuned = train_model("sn", tiny_data, max_steps=1, init_from=base.version, **kw)
+    gan = train_model("sn-gan", tiny_data, max_steps=1, init_from=base.version, **kw)
+    assert (base.version, tuned.version, gan.version) == ("1", "2", "1")
+
+    c = tracking.client()
+    ft = get_preset("cpu").finetune_schedule
+    for run_id in (tuned.run_id, gan.run_id):  # one schedule for both fine-tuned models
+        params = c.get_run(run_id).data.params
+        assert (params["schedule.epochs"], float(params["schedule.lr"])) == (str(ft.epochs), ft.lr)
+        assert params["sn_version"] == "1"
+    assert float(c.get_run(base.run_id).data.params["schedule.lr"]) == get_preset("cpu").sn_schedule.lr
+    assert c.get_model_version("sn", "2").tags["sn_version"] == "1"
+    assert "sn_version" not in c.get_model_version("sn", "1").tags
+
+    # one step at the fine-tuning rate moves the weights a little from the source, not from a fresh init
+    src = tracking.load_registered_model("sn", "1").model.state_dict()
+    out = tracking.load_registered_model("sn", "2").model.state_dict()
+    fresh = new_model("sn", tracking.load_registered_model("sn", "1").config["model_config"]).state_dict()
+    dist = lambda a, b: sum(float((a[k].float() - b[k].float()).norm()) for k in a)  # noqa: E731
+    assert dist(out, src) < 0.2 * dist(fresh, src)
