@@ -47,6 +47,8 @@ class Settings:
     cudnn_conv_algo_search: str = "EXHAUSTIVE"
     warmup_shapes: tuple[tuple[int, int, int], ...] = ()
     max_slice_bytes: int = 256 * 1024 * 1024  # zero-filled complex64 matrix a slice may declare
+    malloc_mmap_threshold: int = 128 * 1024  # glibc mmap threshold pinned at start (0: glibc's dynamic one)
+    malloc_arena_max: int = 2  # glibc arenas (0: glibc's default, 8 per core)
 
     def __post_init__(self) -> None:
         for name in self.providers:
@@ -66,6 +68,8 @@ class Settings:
             ("DNIRECON_INTRA_OP_THREADS / --intra-op-threads", self.intra_op_threads, 0),
             ("DNIRECON_GRPC_PORT / --port", self.grpc_port, 0),
             ("DNIRECON_METRICS_PORT / --metrics-port", self.metrics_port, 0),
+            ("DNIRECON_MALLOC_MMAP_THRESHOLD / --malloc-mmap-threshold", self.malloc_mmap_threshold, 0),
+            ("DNIRECON_MALLOC_ARENA_MAX / --malloc-arena-max", self.malloc_arena_max, 0),
         ]:
             if value < low:
                 raise ConfigError(f"{opt} is {value}, expected an integer >= {low}")
@@ -135,6 +139,10 @@ _OPTIONS = [
     ("--cudnn-conv-algo-search", "DNIRECON_CUDNN_CONV_ALGO_SEARCH", "cudnn_conv_algo_search", str.upper, "EXHAUSTIVE|HEURISTIC|DEFAULT"),
     ("--warmup-shapes", "DNIRECON_WARMUP_SHAPES", "warmup_shapes", parse_shapes, "e.g. 15x640x368,8x192x112"),
     ("--max-slice-bytes", "DNIRECON_MAX_SLICE_BYTES", "max_slice_bytes", int, "largest zero-filled slice accepted"),
+    ("--malloc-mmap-threshold", "DNIRECON_MALLOC_MMAP_THRESHOLD", "malloc_mmap_threshold", int,
+     "bytes: glibc serves larger allocations from their own mappings, returned on free (0: glibc's dynamic threshold)"),
+    ("--malloc-arena-max", "DNIRECON_MALLOC_ARENA_MAX", "malloc_arena_max", int,
+     "glibc malloc arenas shared by all threads (0: glibc's default of 8 per core)"),
 ]
 
 

@@ -217,6 +217,11 @@ class Cancelled(Exception):
     """The job's caller cancelled or its deadline passed before compute started."""
 
 
+def _batched(arrays: list[np.ndarray]) -> np.ndarray:
+    """The arrays stacked on a new batch axis; one array becomes a view (a 15-coil slice is 28 MB)."""
+    return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
+
+
 class Batcher:
     """A bounded queue and worker threads that run jobs of the same model, alpha and shape together."""
 
@@ -298,9 +303,7 @@ class Batcher:
         start = time.perf_counter()
         sel = live[0].selection
         try:
-            image, dc = sel.model.run(
-                np.stack([j.kspace for j in live]), np.stack([j.mask for j in live]), sel.feed_alpha
-            )
+            image, dc = sel.model.run(_batched([j.kspace for j in live]), _batched([j.mask for j in live]), sel.feed_alpha)
         except Exception as exc:  # a failed run fails its slices, never the worker
             for job in live:
                 job.future.set_exception(exc)

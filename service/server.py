@@ -24,6 +24,7 @@ from dnirecon.errors import ConfigError
 from dnirecon.fastmri_io import center_crop
 from dnirecon.v1 import recon_pb2, recon_pb2_grpc
 from service import wire
+from service.allocator import configure_malloc
 from service.config import HEALTH_SERVICE_NAMES, Settings
 from service.engine import Batcher, Cancelled, Job, ModelSet, QueueFull, Selection
 from service.model_store import BakedSet, MlflowStore, read_baked_set
@@ -414,6 +415,11 @@ class ServiceProcess:
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        # before the gRPC and onnxruntime threads start allocating (service/allocator.py says why)
+        applied = configure_malloc(settings.malloc_mmap_threshold, settings.malloc_arena_max)
+        log.info("glibc malloc: mmap threshold %s, arena max %s",
+                 settings.malloc_mmap_threshold if applied["mmap_threshold"] else "default",
+                 settings.malloc_arena_max if applied["arena_max"] else "default")
         self.metrics = Metrics()
         self.holder = ModelHolder()
         self.batcher = Batcher(settings.max_batch, settings.max_queue, settings.batch_wait_ms, metrics=self.metrics)

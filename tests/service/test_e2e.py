@@ -129,6 +129,9 @@ def test_metrics_report_requests_providers_and_model(server):
     assert 'dnirecon_providers{provider="CPUExecutionProvider"} 1.0' in text
     assert 'dnirecon_model_served{name=' in text and "dnirecon_slice_latency_seconds_bucket" in text
     assert "dnirecon_provider_fallback 0.0" in text
+    malloc = {line.split('"')[1]: float(line.split()[-1]) for line in text.splitlines()
+              if line.startswith("dnirecon_malloc_bytes{")}
+    assert set(malloc) == {"in_use", "free", "mapped"} and malloc["in_use"] > 1e6  # glibc, read at scrape
 
 
 def test_reflection_client_calls_the_service_from_descriptors_alone(server):
