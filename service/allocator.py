@@ -16,7 +16,7 @@ an arena hold its lock only for the allocation itself, and the compute runs in o
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import logging
 
 log = logging.getLogger(__name__)
@@ -31,17 +31,19 @@ class _MallInfo2(ctypes.Structure):
                  "keepcost")]
 
 
+@functools.cache
 def _libc():
-    name = ctypes.util.find_library("c")
-    if not name:
-        return None
+    """The C library this process runs on, if it is glibc (mallopt and mallinfo2), else None. Looked up
+    once: the metrics gauge calls mallinfo() at every scrape."""
     try:
-        libc = ctypes.CDLL(name)
-        libc.mallopt  # noqa: B018 - glibc (and some others) have it; musl does not
-        libc.gnu_get_libc_version.restype = ctypes.c_char_p
-        return libc
+        libc = ctypes.CDLL(None)  # the symbols already loaded into this process
+        libc.gnu_get_libc_version  # noqa: B018 - glibc only (musl has mallopt as a no-op stub)
+        libc.mallopt  # noqa: B018
     except (OSError, AttributeError):
         return None
+    if hasattr(libc, "mallinfo2"):
+        libc.mallinfo2.restype = _MallInfo2
+    return libc
 
 
 def configure_malloc(mmap_threshold: int, arena_max: int) -> dict[str, bool]:
@@ -69,12 +71,5 @@ def mallinfo() -> dict[str, int] | None:
     libc = _libc()
     if libc is None or not hasattr(libc, "mallinfo2"):
         return None
-    libc.mallinfo2.restype = _MallInfo2
     mi = libc.mallinfo2()
     return {"in_use": int(mi.uordblks), "free": int(mi.fordblks), "mapped": int(mi.hblkhd)}
-
-
-def mmapped_bytes() -> int | None:
-    """Bytes the allocator holds in mmapped blocks (mallinfo2().hblkhd), None where unavailable."""
-    info = mallinfo()
-    return None if info is None else info["mapped"]

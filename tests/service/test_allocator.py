@@ -13,12 +13,12 @@ from service.allocator import mallinfo
 
 THRESHOLD_PROBE = """
 import json, sys
-from service.allocator import configure_malloc, mmapped_bytes
+from service.allocator import configure_malloc, mallinfo
 applied = configure_malloc(int(sys.argv[1]), 0)
 a = bytearray(4 << 20); del a          # freeing a mapped block raises glibc's dynamic threshold
-before = mmapped_bytes()
+before = mallinfo()["mapped"]
 b = bytearray(4 << 20)                 # the same size again
-print(json.dumps({"applied": applied, "mapped": mmapped_bytes() - before}))
+print(json.dumps({"applied": applied, "mapped": mallinfo()["mapped"] - before}))
 """
 
 ARENA_PROBE = """
