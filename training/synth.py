@@ -53,6 +53,9 @@ class SynthConfig:
     enc_width: int | None = None
     seed: int = 0
     contrasts: tuple[str, ...] = ("pd", "pdfs")
+    # multiplies each contrast's k-space noise (TISSUE[...]["noise"]); 0 gives noise-free volumes. The
+    # random stream does not depend on it, so scales of one seed differ only by the noise.
+    noise_scale: float = 1.0
 
     def validated(self) -> "SynthConfig":
         def positive(name: str, v: int) -> None:
@@ -67,6 +70,9 @@ class SynthConfig:
             raise ConfigError(f"--recon-size must be at least 16 16, got {h} {w}")
         if self.enc_width is not None and self.enc_width < w:
             raise ConfigError(f"--enc-width must be >= the recon width {w}, got {self.enc_width}")
+        if not isinstance(self.noise_scale, (int, float, np.floating)) or not np.isfinite(self.noise_scale) \
+                or self.noise_scale < 0:
+            raise ConfigError(f"--noise-scale must be a finite number >= 0, got {self.noise_scale!r}")
         for c in self.contrasts:
             if c not in CONTRASTS:
                 raise ConfigError(f"--contrasts: unknown contrast {c!r}, expected one of {sorted(CONTRASTS)}")
@@ -422,7 +428,7 @@ def synth_volume(cfg: SynthConfig, contrast: str, seed_seq: np.random.SeedSequen
     coil_phase = np.exp(1j * rng.uniform(0, 2 * np.pi, cfg.coils))[:, None, None]
     phase_coeffs = rng.normal(0, [[0.6, 0.8, 0.6, 0.5, 0.5, 0.3, 3.0], [0.1, 0.15, 0.1, 0.1, 0.1, 0.05, 0.3]])
     amplitude = rng.uniform(1.5e-4, 3.5e-4)
-    noise_sd = TISSUE[contrast]["noise"] * amplitude
+    noise_sd = TISSUE[contrast]["noise"] * cfg.noise_scale * amplitude
     ts = np.linspace(-1, 1, cfg.slices) * p.coverage if cfg.slices > 1 else np.zeros(1)
     shape = (cfg.slices, cfg.coils, 2 * h, enc_w)
     kspace = np.zeros(shape, np.complex64)

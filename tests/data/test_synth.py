@@ -88,6 +88,22 @@ def test_same_seed_same_volume_other_seed_other_anatomy():
     assert np.abs(a.reconstruction_sense - c.reconstruction_sense).mean() > 0.05 * a.reconstruction_sense.mean()
 
 
+def test_noise_scale_changes_only_the_noise():
+    def vol(scale):
+        cfg = SynthConfig(volumes_per_contrast=1, slices=2, coils=4, recon_size=(32, 32), noise_scale=scale)
+        return synth_volume(cfg, "pdfs", np.random.SeedSequence([5, 1, 0]))
+
+    clean, one, three = vol(0.0), vol(1.0), vol(3.0)
+    np.testing.assert_array_equal(one.sensitivity_maps, clean.sensitivity_maps)  # same anatomy and coils
+    noise1 = one.kspace - clean.kspace
+    assert np.abs(noise1).mean() > 0
+    # the same noise draw, three times larger (within float32 rounding of the k-space)
+    np.testing.assert_allclose(three.kspace - clean.kspace, 3 * noise1, atol=1e-6 * np.abs(clean.kspace).max())
+    assert np.abs(three.kspace - clean.kspace).std() == pytest.approx(3 * np.abs(noise1).std(), rel=1e-3)
+    snr = lambda v: clean.reconstruction_sense.mean() / (v.reconstruction_sense - clean.reconstruction_sense).std()  # noqa: E731
+    assert 2.5 < snr(one) / snr(three) < 3.5
+
+
 def test_small_volume_is_fast():
     cfg = SynthConfig(volumes_per_contrast=1, slices=4, coils=8, recon_size=(96, 96))
     t0 = time.perf_counter()
@@ -125,8 +141,13 @@ def test_cli_synth_writes_named_files(tmp_path):
         assert vol.header.enc_size == (32, 20) and vol.header.acquisition == "CORPDFS_FBK"
 
 
-def test_bad_options_raise_config_errors(tmp_path):
+def test_bad_options_raise_config_errors(tmp_path, capsys):
     with pytest.raises(ConfigError, match="--enc-width must be >= the recon width 32"):
         synth.synthesize(tmp_path, SynthConfig(recon_size=(32, 32), enc_width=30))
     with pytest.raises(ConfigError, match="--recon-size"):
         synth.synthesize(tmp_path, SynthConfig(recon_size=(8, 32)))
+    with pytest.raises(ConfigError, match="--noise-scale must be a finite number >= 0, got -1"):
+        synth.synthesize(tmp_path, SynthConfig(noise_scale=-1.0))
+    assert main(["data", "synth", "--out", str(tmp_path / "x"), "--noise-scale", "nan"]) == 2
+    assert "--noise-scale must be a finite number >= 0, got nan" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
