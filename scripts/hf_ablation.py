@@ -44,7 +44,6 @@ def main() -> int:
     p.add_argument("--accel", type=float, nargs="+", default=[4.0, 8.0])
     a = p.parse_args()
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     overrides = {k: v for k, v in dict(critic_steps=a.critic_steps, disc_lr=a.disc_lr,
                                        adv_weight=a.adv_weight).items() if v is not None}
     a.out.mkdir(parents=True, exist_ok=True)
