@@ -22,7 +22,6 @@ from pathlib import Path
 
 def main() -> int:
     import numpy as np
-    import torch
 
     from dnirecon.metrics import hf_split
     from registry.interpolate import interpolate_pair
