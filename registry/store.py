@@ -11,6 +11,7 @@ import getpass
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -25,6 +26,10 @@ PARITY_TOLERANCE = 1e-4
 PSNR_TOLERANCE_DB = 0.1
 SSIM_TOLERANCE = 0.002
 HISTORY_TAG = "alias_history.{alias}"
+# A promotion or rollback reason is stored up to this many characters (on the version and in the alias
+# history), so one history entry always fits MLflow's 5000-character registered-model tag value.
+MAX_REASON_CHARS = 1000
+HELD_OUT_TAG = "held_out_fingerprint"
 
 
 def get_client(tracking_uri: str | None = None):
@@ -59,9 +64,15 @@ def manifest_tags(manifest: dict) -> dict[str, str]:
         "format": manifest["format"],
         "preset": str(manifest.get("preset", "")),
         "alphas": ",".join(f"{a['alpha']:g}" for a in alphas),
-        "parity_max_err": f"{max(a['parity_max_err'] for a in alphas):.3e}",
+        "parity_max_err": f"{worst_error(a['parity_max_err'] for a in alphas):.3e}",
         "parity_tolerance": f"{PARITY_TOLERANCE:g}",
     }
+    held_out = manifest.get("held_out") or {}
+    if held_out.get("fingerprint"):
+        # what the metrics were measured on: the promotion gate compares only like with like
+        tags[HELD_OUT_TAG] = str(held_out["fingerprint"])
+        tags["held_out"] = (f"{len(held_out.get('volumes', []))} volumes, {held_out.get('slices', '?')} slices, "
+                            f"accels {','.join(f'{float(a):g}' for a in held_out.get('accels', []))}")
     for role, src in manifest["sources"].items():
         tags[f"source.{role}"] = f"{src['name']}/{src['version']}"
         tags[f"{role.replace('-', '_')}_version"] = str(src["version"])
@@ -78,6 +89,19 @@ def manifest_tags(manifest: dict) -> dict[str, str]:
         tags["sha256.continuous"] = cont["sha256"]
         tags["continuous_max_err_vs_baked"] = f"{cont['max_err_vs_baked']:.3e}"
     return tags
+
+
+def worst_error(errors) -> float:
+    """The largest error, where any non-finite (NaN) error makes the whole set infinitely wrong.
+
+    Python's max() silently skips a NaN that is not first; a parity error must never do that."""
+    worst = 0.0
+    for e in errors:
+        e = float(e)
+        if not math.isfinite(e):
+            return math.inf
+        worst = max(worst, e)
+    return worst
 
 
 def metrics_summary(alphas: list[dict]) -> dict[str, float]:
@@ -200,10 +224,14 @@ def describe(client, name: str, version: str | int | None = None, alias: str | N
     else:
         mv = resolve_version(client, name, version, alias)
     rm = _registered(client, name)
+    # search_model_versions (and get_model_version in some stores) leave ModelVersion.aliases empty;
+    # the registered model's alias map is the authority
+    aliases = sorted({a for a, v in (rm.aliases or {}).items() if str(v) == str(mv.version)}
+                     | set(mv.aliases or []))
     return {
         "name": mv.name,
         "version": str(mv.version),
-        "aliases": sorted(mv.aliases or []),
+        "aliases": aliases,
         "source": mv.source,
         "run_id": mv.run_id,
         "created": datetime.fromtimestamp(mv.creation_timestamp / 1000, timezone.utc).isoformat(),
@@ -224,45 +252,95 @@ class GateResult:
 def check_gates(candidate_tags: dict[str, str], incumbent_tags: dict[str, str] | None,
                 parity_tolerance: float = PARITY_TOLERANCE, psnr_tolerance: float = PSNR_TOLERANCE_DB,
                 ssim_tolerance: float = SSIM_TOLERANCE) -> GateResult:
-    """Parity within tolerance; PSNR and SSIM, averaged over the alphas both sets baked, no worse
-    than the incumbent's beyond a small tolerance. Comparing on common alphas keeps sets with
-    different grids comparable; averaging covers the whole trade-off, not only the SN end."""
+    """The promotion gates; every failure is listed (GateResult.failures), not only the first.
+
+    - parity: parity_max_err, each parity.alpha_X.XX and continuous_max_err_vs_baked finite and within
+      the tolerance;
+    - metrics: every metrics.alpha_* value finite (with or without a current holder);
+    - coverage: the candidate bakes every alpha the current version serves, and the continuous model
+      if the current version has one (a promotion must not take away what clients use);
+    - metrics comparison: only on the same held-out data (held_out_fingerprint tags equal), mean PSNR
+      and SSIM over the current version's alphas no worse than its own beyond a small tolerance.
+      Averaging covers the whole trade-off, not only the SN end."""
     res = GateResult(passed=True)
-    for key in ("parity_max_err", "continuous_max_err_vs_baked"):
+    parity_keys = ["parity_max_err", "continuous_max_err_vs_baked"]
+    parity_keys += sorted(k for k in candidate_tags if k.startswith("parity.alpha_"))
+    for key in parity_keys:
         if key not in candidate_tags:
             if key == "parity_max_err":
                 res.failures.append("parity gate: the version has no parity_max_err tag (not a baked set?)")
             continue
-        err = float(candidate_tags[key])
+        try:
+            err = float(candidate_tags[key])
+        except ValueError:
+            res.failures.append(f"parity gate: {key} = {candidate_tags[key]!r} is not a number")
+            continue
         if not (math.isfinite(err) and err <= parity_tolerance):
-            res.failures.append(f"parity gate: {key} = {err:.3e} exceeds the tolerance {parity_tolerance:g}")
+            res.failures.append(f"parity gate: {key} = {err:.3e} exceeds the tolerance {parity_tolerance:g}"
+                                + ("" if math.isfinite(err) else " (non-finite: the ONNX or torch output "
+                                   "was not finite)"))
     cand = per_alpha_metrics(candidate_tags)
     if not cand:
         res.failures.append("metrics gate: the version has no metrics.alpha_* tags")
-    elif incumbent_tags is None:
+    bad = [f"alpha {a:g} {m}={v}" for a, ms in sorted(cand.items()) for m, v in sorted(ms.items())
+           if not _finite(v)]
+    if bad:
+        res.failures.append("metrics gate: non-finite metrics (" + ", ".join(bad) + "); every metric of "
+                            "every alpha must be a finite number")
+    if cand and incumbent_tags is None:
         res.notes.append("metrics gate: no version holds the alias yet; nothing to compare")
-    else:
-        inc = per_alpha_metrics(incumbent_tags)
-        common = sorted(set(cand) & set(inc))
-        if not common:
-            res.failures.append(f"metrics gate: no alpha in common with the current version "
-                                f"(candidate {sorted(cand)}, current {sorted(inc)})")
-        for metric, tol, unit in (("psnr", psnr_tolerance, " dB"), ("ssim", ssim_tolerance, "")):
-            if not common:
-                break
-            try:
-                c = sum(cand[a][metric] for a in common) / len(common)
-                i = sum(inc[a][metric] for a in common) / len(common)
-            except KeyError:
-                res.failures.append(f"metrics gate: {metric} missing for an alpha in {common}")
-                continue
-            if not (c >= i - tol):
-                res.failures.append(f"metrics gate: mean {metric} over alphas {common} is {c:.4f}{unit}, "
-                                    f"worse than the current version's {i:.4f}{unit} by more than {tol:g}{unit}")
-            else:
-                res.notes.append(f"{metric}: {c:.4f} vs current {i:.4f} over alphas {common}")
+    elif cand:
+        _compare_with_incumbent(res, candidate_tags, cand, incumbent_tags, psnr_tolerance, ssim_tolerance)
     res.passed = not res.failures
     return res
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _compare_with_incumbent(res: GateResult, candidate_tags: dict[str, str], cand: dict, incumbent_tags: dict,
+                            psnr_tolerance: float, ssim_tolerance: float) -> None:
+    inc = per_alpha_metrics(incumbent_tags)
+    missing = sorted(set(inc) - set(cand))
+    if missing:
+        res.failures.append(f"coverage gate: the candidate lacks alpha(s) {', '.join(f'{a:g}' for a in missing)} "
+                            f"that the current version serves (candidate {sorted(cand)}, current {sorted(inc)})")
+    if "sha256.continuous" in incumbent_tags and "sha256.continuous" not in candidate_tags:
+        res.failures.append("coverage gate: the candidate has no continuous model (continuous.onnx) and the "
+                            "current version has one; bake with --continuous")
+    fp_cand, fp_inc = candidate_tags.get(HELD_OUT_TAG), incumbent_tags.get(HELD_OUT_TAG)
+    if not fp_cand or not fp_inc or fp_cand != fp_inc:
+        if not fp_cand or not fp_inc:
+            which = " and ".join(w for w, fp in (("the candidate", fp_cand), ("the current version", fp_inc))
+                                 if not fp)
+            why = f"{which} has no {HELD_OUT_TAG} tag (baked before held-out fingerprints were recorded)"
+        else:
+            why = (f"candidate {HELD_OUT_TAG} {fp_cand[:12]} ({candidate_tags.get('held_out', '?')}) differs "
+                   f"from the current version's {fp_inc[:12]} ({incumbent_tags.get('held_out', '?')})")
+        res.failures.append(f"metrics gate: the metrics were not measured on the same held-out data: {why}; "
+                            "re-bake on the same --data/--slices/--accel to compare them")
+        return
+    common = sorted(set(cand) & set(inc))
+    if not common:
+        res.failures.append(f"metrics gate: no alpha in common with the current version "
+                            f"(candidate {sorted(cand)}, current {sorted(inc)})")
+        return
+    for metric, tol, unit in (("psnr", psnr_tolerance, " dB"), ("ssim", ssim_tolerance, "")):
+        try:
+            c = sum(cand[a][metric] for a in common) / len(common)
+            i = sum(inc[a][metric] for a in common) / len(common)
+        except KeyError:
+            res.failures.append(f"metrics gate: {metric} missing for an alpha in {common}")
+            continue
+        if not (c >= i - tol):
+            res.failures.append(f"metrics gate: mean {metric} over alphas {common} is {c:.4f}{unit}, "
+                                f"worse than the current version's {i:.4f}{unit} by more than {tol:g}{unit}")
+        else:
+            res.notes.append(f"{metric}: {c:.4f} vs current {i:.4f} over alphas {common}")
 
 
 def _history(client, name: str, alias: str) -> list[dict]:
@@ -272,10 +350,17 @@ def _history(client, name: str, alias: str) -> list[dict]:
 
 
 def _write_history(client, name: str, alias: str, history: list[dict]) -> None:
-    # MLflow tag values are bounded (5000 chars in the SQL store): keep the most recent entries.
-    while len(json.dumps(history)) > 4500 and len(history) > 1:
+    # MLflow tag values are bounded (5000 chars in the SQL store): keep the most recent entries. Reasons
+    # are capped (MAX_REASON_CHARS), so the latest entry always fits; JSON escapes could still
+    # lengthen one, and then its reason is shortened further rather than the tag write failing.
+    def dumps(h):
+        return json.dumps(h, ensure_ascii=False)
+
+    while len(dumps(history)) > 4500 and len(history) > 1:
         history = history[1:]
-    client.set_registered_model_tag(name, HISTORY_TAG.format(alias=alias), json.dumps(history))
+    while history and len(dumps(history)) > 4500 and history[-1].get("reason"):
+        history[-1] = dict(history[-1], reason=history[-1]["reason"][:len(history[-1]["reason"]) // 2])
+    client.set_registered_model_tag(name, HISTORY_TAG.format(alias=alias), dumps(history))
 
 
 @dataclass
@@ -289,11 +374,28 @@ class PromotionResult:
     gates: GateResult
 
 
+def check_alias(alias: str) -> str:
+    """An alias dnirecon may move: a word, and not one MLflow reserves ('latest', 'v<digits>')."""
+    if not alias or not alias.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f"--alias must be a word such as production or staging, got {alias!r}")
+    if alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
+        raise ConfigError(f"--alias {alias!r} is reserved by MLflow ('latest' and 'v<number>' name versions, "
+                          "not aliases); choose a word such as production or staging")
+    return alias
+
+
+def cap_reason(reason: str) -> str:
+    """`reason` cut to MAX_REASON_CHARS characters (the cut is marked)."""
+    if len(reason) <= MAX_REASON_CHARS:
+        return reason
+    marker = f" [... cut to {MAX_REASON_CHARS} of {len(reason)} characters]"
+    return reason[:MAX_REASON_CHARS - len(marker)] + marker
+
+
 def promote(client, alias: str, version: str | int, name: str = INTERPSN, force: bool = False,
             reason: str | None = None) -> PromotionResult:
     """Point `alias` at `version` if it passes the gates (or if forced, with a recorded reason)."""
-    if not alias or not alias.replace("-", "").replace("_", "").isalnum():
-        raise ConfigError(f"--alias must be a word such as production or staging, got {alias!r}")
+    check_alias(alias)
     if force and not (reason and reason.strip()):
         raise ConfigError("--force needs --reason \"...\": a forced promotion must record why")
     mv = resolve_version(client, name, version=version)
@@ -306,40 +408,48 @@ def promote(client, alias: str, version: str | int, name: str = INTERPSN, force:
         raise ModelError(f"refusing to promote {name} version {mv.version} to {alias!r} "
                          f"(currently {current}): " + "; ".join(gates.failures)
                          + " (use --force --reason \"...\" to override)")
+    forced = bool(force and not gates.passed)  # --force on a promotion that passed forced nothing
     who, when = current_user(), utc_now_iso()
     previous = str(incumbent.version) if incumbent is not None else None
     if not reason:
         reason = "gates passed: " + ("; ".join(gates.notes) or "parity and metrics")
-    elif force and not gates.passed:
+    elif forced:
         reason = f"FORCED past [{'; '.join(gates.failures)}]: {reason}"
-    client.set_registered_model_alias(name, alias, str(mv.version))
+    reason = cap_reason(reason)
+    # The record first, the alias last: a failure in between leaves the alias where it was, never an
+    # alias moved without its history (rollback relies on the history).
     tags = {"promoted_by": who, "promoted_at": when, "promotion_reason": reason,
-            "promoted_alias": alias, "previous_version": previous or "none", "promotion_forced": str(bool(force))}
+            "promoted_alias": alias, "previous_version": previous or "none", "promotion_forced": str(forced)}
     for key, value in tags.items():
         client.set_model_version_tag(name, str(mv.version), key, value)
     history = _history(client, name, alias)
     history.append({"version": str(mv.version), "previous": previous, "by": who, "at": when,
-                    "reason": reason, "forced": bool(force)})
+                    "reason": reason, "forced": forced})
     _write_history(client, name, alias, history)
-    return PromotionResult(name, alias, str(mv.version), previous, force, reason, gates)
+    client.set_registered_model_alias(name, alias, str(mv.version))
+    return PromotionResult(name, alias, str(mv.version), previous, forced, reason, gates)
 
 
 def rollback(client, alias: str, name: str = INTERPSN, reason: str | None = None) -> PromotionResult:
-    """Point `alias` back at the version it held before its latest promotion."""
+    """Point `alias` back at the version it held before its latest promotion (the last history
+    entry's `previous`; older entries may have been trimmed, and are not needed)."""
+    check_alias(alias)
     history = _history(client, name, alias)
     holder = _alias_holder(client, name, alias)
     if holder is None:
         raise ModelError(f"cannot roll back alias {alias!r} of {name!r}: no version holds it")
     if not history or history[-1]["version"] != str(holder.version):
         raise ModelError(f"cannot roll back alias {alias!r} of {name!r}: version {holder.version} holds it "
-                         "but the alias history does not record that promotion (set outside dnirecon?)")
+                         "but the alias history does not record that promotion (moved outside dnirecon, or "
+                         f"its entry was trimmed: the history keeps the most recent entries that fit MLflow's "
+                         f"tag limit)")
     previous = history[-1].get("previous")
-    if len(history) < 2 or previous is None:
+    if previous is None:
         raise ModelError(f"cannot roll back alias {alias!r} of {name!r}: version {holder.version} is the "
                          "first version it ever pointed at; there is no previous target")
     resolve_version(client, name, version=previous)  # refuses clearly if it was deleted
     who, when = current_user(), utc_now_iso()
-    reason = reason or f"rollback from version {holder.version}"
+    reason = cap_reason(reason or f"rollback from version {holder.version}")
     client.set_registered_model_alias(name, alias, previous)
     for key, value in {"rolled_back_to_by": who, "rolled_back_to_at": when, "rollback_reason": reason,
                        "rolled_back_from": str(holder.version), "promoted_alias": alias}.items():

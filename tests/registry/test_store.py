@@ -8,26 +8,39 @@ from dnirecon.errors import ConfigError, ModelError
 from registry import store
 
 
-def _manifest(psnr0: float, ssim0: float, parity: float = 2e-6) -> dict:
-    alphas = []
-    for i, a in enumerate((0.0, 0.5, 1.0)):
-        alphas.append({"alpha": a, "file": f"{store.alpha_key(a)}.onnx", "sha256": f"{i:064x}",
-                       "parity_max_err": parity,
-                       "metrics": {"psnr": psnr0 - 0.5 * i, "ssim": ssim0 - 0.01 * i, "nmse": 0.01,
-                                   "hfen": 0.2, "hf_ratio": 0.8 + 0.05 * i}})
-    return {"format": store.MANIFEST_FORMAT, "preset": "cpu",
-            "sources": {"sn": {"name": "sn", "version": "1"}, "sn-gan": {"name": "sn-gan", "version": "2"}},
-            "alphas": alphas}
+HELD_OUT = "a" * 64  # the held-out fingerprint of the sets below unless a test says otherwise
 
 
-def _version(client, name, psnr0=30.0, ssim0=0.9, parity=2e-6) -> str:
+def _manifest(psnr0: float, ssim0: float, parity: float = 2e-6, alphas=(0.0, 0.5, 1.0),
+              held_out: str | None = HELD_OUT, continuous: bool = False) -> dict:
+    entries = []
+    for i, a in enumerate(alphas):
+        entries.append({"alpha": a, "file": f"{store.alpha_key(a)}.onnx", "sha256": f"{i:064x}",
+                        "parity_max_err": parity,
+                        "metrics": {"psnr": psnr0 - 0.5 * i, "ssim": ssim0 - 0.01 * i, "nmse": 0.01,
+                                    "hfen": 0.2, "hf_ratio": 0.8 + 0.05 * i}})
+    m = {"format": store.MANIFEST_FORMAT, "preset": "cpu",
+         "sources": {"sn": {"name": "sn", "version": "1"}, "sn-gan": {"name": "sn-gan", "version": "2"}},
+         "alphas": entries}
+    if held_out is not None:
+        m["held_out"] = {"volumes": ["file1000.h5"], "slices": 4, "accels": [4.0, 8.0], "fingerprint": held_out}
+    if continuous:
+        m["continuous"] = {"file": "continuous.onnx", "sha256": "c" * 64, "max_err_vs_baked": 1e-7}
+    return m
+
+
+def _version(client, name, psnr0=30.0, ssim0=0.9, parity=2e-6, **manifest) -> str:
     try:
         client.get_registered_model(name)
     except Exception:
         client.create_registered_model(name)
     mv = client.create_model_version(name, source="file:///nowhere", tags=store.manifest_tags(
-        _manifest(psnr0, ssim0, parity)))
+        _manifest(psnr0, ssim0, parity, **manifest)))
     return str(mv.version)
+
+
+def _holder(client, name, alias="production") -> str:
+    return str(client.get_model_version_by_alias(name, alias).version)
 
 
 def test_manifest_tags_make_each_alpha_traceable():
@@ -133,3 +146,153 @@ def test_unknown_registered_model_is_a_clear_error(client):
                  lambda: store.promote(client, "production", "1", name="nope")):
         with pytest.raises(ModelError, match="'nope'"):
             call()
+
+
+# ---------------------------------------------------------------- gates: like with like, coverage, finiteness
+def test_manifest_tags_record_the_held_out_fingerprint():
+    tags = store.manifest_tags(_manifest(30.0, 0.9))
+    assert tags["held_out_fingerprint"] == HELD_OUT
+    assert tags["held_out"] == "1 volumes, 4 slices, accels 4,8"
+    assert "held_out_fingerprint" not in store.manifest_tags(_manifest(30.0, 0.9, held_out=None))
+
+
+def test_metrics_gate_refuses_metrics_from_other_held_out_data(client, model_name):
+    first = _version(client, model_name, psnr0=30.0)
+    elsewhere = _version(client, model_name, psnr0=35.0, held_out="b" * 64)  # "better", on other slices
+    store.promote(client, "production", first, name=model_name)
+    with pytest.raises(ModelError, match=r"not measured on the same held-out data: candidate "
+                                         r"held_out_fingerprint bbbbbbbbbbbb .* differs from the current "
+                                         r"version's aaaaaaaaaaaa") as err:
+        store.promote(client, "production", elsewhere, name=model_name)
+    assert "psnr" not in str(err.value)  # no comparison of incomparable numbers
+    assert _holder(client, model_name) == first
+    res = store.promote(client, "production", elsewhere, name=model_name, force=True, reason="new held-out set")
+    tags = client.get_model_version(model_name, elsewhere).tags
+    assert res.forced and tags["promotion_forced"] == "True"
+    assert "same held-out data" in tags["promotion_reason"] and "new held-out set" in tags["promotion_reason"]
+
+
+def test_metrics_gate_refuses_an_incumbent_without_a_fingerprint(client, model_name):
+    old = _version(client, model_name, held_out=None)
+    new = _version(client, model_name)
+    store.promote(client, "production", old, name=model_name)
+    with pytest.raises(ModelError, match="the current version has no held_out_fingerprint tag"):
+        store.promote(client, "production", new, name=model_name)
+    assert _holder(client, model_name) == old
+
+
+def test_candidate_must_cover_the_alphas_and_continuous_model_it_replaces(client, model_name):
+    full = _version(client, model_name, alphas=(0.0, 0.25, 0.5, 0.75, 1.0), continuous=True)
+    only0 = _version(client, model_name, alphas=(0.0,))
+    same_grid = _version(client, model_name, alphas=(0.0, 0.25, 0.5, 0.75, 1.0))
+    store.promote(client, "production", full, name=model_name)
+    with pytest.raises(ModelError) as err:
+        store.promote(client, "production", only0, name=model_name)
+    assert "lacks alpha(s) 0.25, 0.5, 0.75, 1 that the current version serves" in str(err.value)
+    assert "no continuous model" in str(err.value)
+    with pytest.raises(ModelError, match="coverage gate: the candidate has no continuous model") as err:
+        store.promote(client, "production", same_grid, name=model_name)
+    assert "lacks alpha" not in str(err.value)
+    assert _holder(client, model_name) == full
+    superset = _version(client, model_name, psnr0=31.0, ssim0=0.91, alphas=(0.0, 0.1, 0.25, 0.5, 0.75, 1.0),
+                        continuous=True)
+    assert store.promote(client, "production", superset, name=model_name).previous_version == full
+
+
+def test_non_finite_metrics_are_refused_even_for_the_first_holder(client, model_name):
+    m = _manifest(float("nan"), 0.9)
+    m["alphas"][1]["metrics"]["ssim"] = float("inf")
+    client.create_registered_model(model_name)
+    v = str(client.create_model_version(model_name, "file:///nowhere", tags=store.manifest_tags(m)).version)
+    with pytest.raises(ModelError, match=r"non-finite metrics \(alpha 0 psnr=nan, alpha 0\.5 psnr=nan, "
+                                         r"alpha 0\.5 ssim=inf"):
+        store.promote(client, "production", v, name=model_name)
+    with pytest.raises(Exception):
+        client.get_model_version_by_alias(model_name, "production")
+
+
+def test_parity_gate_fails_on_a_non_finite_parity_tag(client, model_name):
+    m = _manifest(30.0, 0.9)
+    m["alphas"][2]["parity_max_err"] = float("nan")  # last: max() alone would have skipped it
+    tags = store.manifest_tags(m)
+    assert tags["parity_max_err"] == "inf" and tags["parity.alpha_1.00"] == "nan"
+    res = store.check_gates(tags, None)
+    assert not res.passed
+    assert any("parity_max_err = inf exceeds" in f and "non-finite" in f for f in res.failures)
+    assert any("parity.alpha_1.00 = nan exceeds" in f for f in res.failures)
+    tags["parity_max_err"] = "2.000e-06"  # an older tag written by the NaN-skipping max()
+    assert any("parity.alpha_1.00" in f for f in store.check_gates(tags, None).failures)
+
+
+def test_force_on_a_passing_promotion_is_not_recorded_as_forced(client, model_name):
+    v = _version(client, model_name)
+    res = store.promote(client, "production", v, name=model_name, force=True, reason="routine")
+    tags = client.get_model_version(model_name, v).tags
+    assert not res.forced and tags["promotion_forced"] == "False" and tags["promotion_reason"] == "routine"
+    history = store.describe(client, model_name)["alias_history"]["production"]
+    assert history[-1]["forced"] is False
+
+
+# ---------------------------------------------------------------- aliases, history, rollback
+def test_reserved_alias_names_are_refused_by_name(client, model_name):
+    v = _version(client, model_name)
+    for alias in ("latest", "LATEST", "v1", "V12"):
+        with pytest.raises(ConfigError, match=rf"--alias '{alias}' is reserved by MLflow"):
+            store.promote(client, alias, v, name=model_name)
+        with pytest.raises(ConfigError, match="--alias"):
+            store.rollback(client, alias, name=model_name)
+    assert client.get_registered_model(model_name).aliases == {}
+    store.promote(client, "v1-candidates", v, name=model_name)  # only the exact patterns are reserved
+
+
+def test_long_reason_is_capped_and_rollback_still_works(client, model_name):
+    v1, v2 = _version(client, model_name), _version(client, model_name)
+    store.promote(client, "production", v1, name=model_name)
+    res = store.promote(client, "production", v2, name=model_name, reason="x" * 6000)
+    stored = client.get_model_version(model_name, v2).tags["promotion_reason"]
+    assert len(stored) == store.MAX_REASON_CHARS == len(res.reason)
+    assert stored.endswith("[... cut to 1000 of 6000 characters]")
+    history = store.describe(client, model_name)["alias_history"]["production"]
+    assert [(h["version"], h["previous"]) for h in history] == [(v1, None), (v2, v1)]
+    assert store.rollback(client, "production", name=model_name).version == v1
+    assert _holder(client, model_name) == v1
+
+
+def test_rollback_after_the_history_was_trimmed(client, model_name):
+    versions = [_version(client, model_name) for _ in range(8)]
+    for v in versions:
+        store.promote(client, "production", v, name=model_name, reason="r" * 900)
+    raw = client.get_registered_model(model_name).tags["alias_history.production"]
+    kept = [h["version"] for h in json.loads(raw)]
+    assert len(raw) <= 4500 and kept == versions[-len(kept):] and len(kept) < 8  # trimmed to the newest
+    for expected in reversed(versions[-len(kept) - 1:-1]):  # every kept entry rolls back, down to one entry
+        assert store.rollback(client, "production", name=model_name).version == expected
+    assert _holder(client, model_name) == versions[-len(kept) - 1]
+    with pytest.raises(ModelError, match="entry was trimmed"):
+        store.rollback(client, "production", name=model_name)
+
+
+def test_a_failed_history_write_leaves_the_alias_where_it_was(client, model_name, monkeypatch):
+    v1, v2 = _version(client, model_name), _version(client, model_name)
+    store.promote(client, "production", v1, name=model_name)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("store went away")
+
+    monkeypatch.setattr(client, "set_registered_model_tag", broken)
+    with pytest.raises(RuntimeError):
+        store.promote(client, "production", v2, name=model_name)
+    monkeypatch.undo()
+    assert _holder(client, model_name) == v1  # the alias did not move without its history
+    history = store.describe(client, model_name)["alias_history"]["production"]
+    assert [h["version"] for h in history] == [v1]
+
+
+def test_describe_without_version_or_alias_shows_the_aliases(client, model_name):
+    v1, v2 = _version(client, model_name), _version(client, model_name)
+    store.promote(client, "production", v1, name=model_name)
+    store.promote(client, "staging", v2, name=model_name)
+    store.promote(client, "canary", v2, name=model_name)
+    assert store.describe(client, model_name)["aliases"] == ["canary", "staging"]  # the newest, v2
+    assert store.describe(client, model_name, version=v1)["aliases"] == ["production"]
+    assert store.describe(client, model_name, alias="staging")["aliases"] == ["canary", "staging"]
