@@ -4,6 +4,7 @@ version holding the whole set (so that one alias move promotes a validated set).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from dnirecon.errors import ConfigError, DataError, ModelError
-from registry.store import INTERPSN, MANIFEST_FORMAT, PARITY_TOLERANCE, alpha_key, manifest_tags
+from registry.store import INTERPSN, MANIFEST_FORMAT, PARITY_TOLERANCE, alpha_key, manifest_tags, worst_error
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,20 @@ def load_held_out(data_dir: Path | str, slices: int | None = 2, accels: Sequence
     return out
 
 
+def held_out_fingerprint(held_out: Sequence[HeldOutSlice]) -> str:
+    """sha256 over what the metrics are measured on: each slice's volume file name, slice index and
+    acceleration, and the bytes of its masked k-space, mask, target and foreground (so the mask kind,
+    the slice selection and the file contents all count). Equal fingerprints: comparable metrics."""
+    h = hashlib.sha256(b"dnirecon.held_out/1\n")
+    for s in sorted(held_out, key=lambda s: (s.volume, s.slice_index, s.accel)):
+        h.update(f"{s.volume}|{s.slice_index}|{s.accel:g}\n".encode())
+        for arr in (s.kspace, s.mask, s.target, s.foreground):
+            a = np.ascontiguousarray(arr)
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()
+
+
 def evaluate_slices(held_out: Sequence[HeldOutSlice], images: Sequence[np.ndarray]) -> dict[str, float]:
     """Table-1 metrics: per (volume, acceleration) with dnirecon.metrics, then the mean over those."""
     from dnirecon.fastmri_io import center_crop
@@ -114,16 +129,25 @@ def _progress(iterable, **kwargs):
     return tqdm(iterable, dynamic_ncols=True, **kwargs)
 
 
+def _ref_text(ref: ModelRef) -> str:
+    return f"{ref.name}/{ref.ref}" if ref.ref.isdigit() else f"{ref.name}@{ref.ref}"
+
+
 def _load_pair(sn: ModelRef, gan: ModelRef):
     from registry.interpolate import check_same_structure
     from training.tracking import load_registered_model
 
     loaded_sn = load_registered_model(sn.name, sn.ref)
     loaded_gan = load_registered_model(gan.name, gan.ref)
-    for role, ref, loaded in (("--sn", sn, loaded_sn), ("--gan", gan, loaded_gan)):
-        if loaded.config.get("kind") not in ("sn", "sn-gan"):
+    if (sn.name, loaded_sn.version) == (gan.name, loaded_gan.version):
+        raise ConfigError(f"--sn {_ref_text(sn)} and --gan {_ref_text(gan)} are the same version "
+                          f"({sn.name}/{loaded_sn.version}); interpSN interpolates two different models")
+    # the kind is config.json's "kind" in the version's model/ artifact (training.tracking)
+    for role, ref, loaded, want in (("--sn", sn, loaded_sn, "sn"), ("--gan", gan, loaded_gan, "sn-gan")):
+        if loaded.config.get("kind") != want:
             raise ModelError(f"{role} {ref.name}/{loaded.version} is a {loaded.config.get('kind')!r} model; "
-                             "interpSN interpolates an SN and an SN-GAN")
+                             f"{role} must be an {want!r} model (interpSN interpolates SN at alpha 0 and "
+                             "SN-GAN at alpha 1)")
     if loaded_sn.config.get("model_config") != loaded_gan.config.get("model_config"):
         raise ModelError(f"{sn.name}/{loaded_sn.version} and {gan.name}/{loaded_gan.version} have different "
                          f"model_config ({loaded_sn.config.get('model_config')} vs "
@@ -166,7 +190,7 @@ def bake_models(sn_model, gan_model, alphas: Sequence[float], held_out: Sequence
         for s in _progress(held_out, desc=f"alpha {alpha:.2f} parity+metrics", unit="slice", leave=False):
             out, _ = run_onnx(session, s.kspace, s.mask)
             ref, _ = run_torch(work, s.kspace, s.mask)
-            worst = max(worst, relative_max_error(ref, out))
+            worst = worst_error([worst, relative_max_error(ref, out)])  # a NaN is never skipped
             images.append(out)
         baked_images[alpha] = images
         entries.append({"alpha": alpha, "file": path.name, "sha256": sha256_file(path),
@@ -180,7 +204,8 @@ def bake_models(sn_model, gan_model, alphas: Sequence[float], held_out: Sequence
         "alphas": entries,
         "parity_tolerance": tolerance,
         "held_out": {"volumes": sorted({s.volume for s in held_out}), "slices": len(held_out),
-                     "accels": sorted({s.accel for s in held_out})},
+                     "accels": sorted({s.accel for s in held_out}),
+                     "fingerprint": held_out_fingerprint(held_out)},
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
     }
@@ -194,7 +219,7 @@ def bake_models(sn_model, gan_model, alphas: Sequence[float], held_out: Sequence
         for alpha in _progress(alphas, desc="continuous vs baked", unit="alpha"):
             for s, baked in zip(held_out, baked_images[alpha]):
                 out, _ = run_onnx(session, s.kspace, s.mask, alpha=alpha)
-                worst = max(worst, relative_max_error(baked, out))
+                worst = worst_error([worst, relative_max_error(baked, out)])
         manifest["continuous"] = {"file": CONTINUOUS_FILE, "sha256": sha256_file(path), "max_err_vs_baked": worst}
     _write_json_atomic(out_dir / MANIFEST, manifest)
 

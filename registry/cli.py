@@ -46,17 +46,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.set_defaults(func=_describe)
 
     p = rsub.add_parser("promote", help="point an alias at a version that passes the gates")
-    p.add_argument("--alias", required=True, help="alias to move, e.g. production or staging")
+    p.add_argument("--alias", required=True, help="alias to move, e.g. production or staging ('latest' and "
+                   "'v<number>' are reserved by MLflow)")
     p.add_argument("--version", required=True, help="version to promote")
     p.add_argument("--model", default="interpsn", help="registered model name (default interpsn)")
     p.add_argument("--force", action="store_true", help="promote despite failed gates (needs --reason)")
-    p.add_argument("--reason", default=None, help="why; recorded on the version and in the alias history")
+    p.add_argument("--reason", default=None, help="why; recorded on the version and in the alias history "
+                   "(stored up to 1000 characters, longer text is cut)")
     p.set_defaults(func=_promote)
 
     r = rsub.add_parser("rollback", help="point an alias back at the version it held before")
     r.add_argument("--alias", required=True, help="alias to roll back, e.g. production")
     r.add_argument("--model", default="interpsn", help="registered model name (default interpsn)")
-    r.add_argument("--reason", default=None, help="why; recorded on the restored version")
+    r.add_argument("--reason", default=None, help="why; recorded on the restored version (stored up to "
+                   "1000 characters)")
     r.set_defaults(func=_rollback)
 
 
@@ -85,8 +88,15 @@ def _bake(args) -> int:
 def _list(args) -> int:
     from registry.store import format_table, get_client, list_versions
 
-    rows = list_versions(get_client(), args.model)
-    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    client = get_client()
+    rows = list_versions(client, args.model)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:  # say where we looked: an empty list is most often the wrong working directory
+        print(f"(no registered models in {client.tracking_uri}; set MLFLOW_TRACKING_URI or run from the "
+              "directory holding mlflow.db)")
+    else:
+        print(format_table(rows))
     return 0
 
 

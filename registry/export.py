@@ -353,6 +353,11 @@ def run_torch(model: nn.Module, kspace, mask, fourier: FourierPair = TORCH_FFT) 
 
 
 def relative_max_error(reference: np.ndarray, other: np.ndarray) -> float:
+    """max|other - reference| / max|reference|; infinite when either holds a non-finite value (a NaN
+    output must fail parity, never compare as 0)."""
+    reference, other = np.asarray(reference), np.asarray(other)
+    if not (np.all(np.isfinite(reference)) and np.all(np.isfinite(other))):
+        return float("inf")
     scale = float(np.max(np.abs(reference)))
     return float(np.max(np.abs(other - reference))) / (scale if scale > 0 else 1.0)
 
@@ -370,7 +375,7 @@ def check_parity(model: nn.Module, onnx_path: Path | str, slices: Iterable[Seque
         kspace, mask = item[0], item[1]
         ref, _ = run_torch(model, kspace, mask)
         out, _ = run_onnx(session, kspace, mask, alpha)
-        worst = max(worst, relative_max_error(ref, out))
+        worst = max(worst, relative_max_error(ref, out))  # never NaN: non-finite outputs give inf
     return worst
 
 

@@ -9,7 +9,7 @@ import torch
 
 from dnirecon.errors import ConfigError, ModelError
 from registry import store
-from registry.bake import load_held_out, parse_model_ref, plot_perception_distortion
+from registry.bake import held_out_fingerprint, load_held_out, parse_model_ref, plot_perception_distortion
 from registry.export import check_onnx_file, check_parity, ort_session, relative_max_error, run_onnx, \
     run_torch, sha256_file
 from registry.interpolate import interpolate_pair
@@ -264,3 +264,90 @@ def test_tradeoff_check_accepts_the_papers_shape_and_names_violations():
     assert any("alpha 0.5 is 1.00 dB below SN" in p for p in tradeoff_check(far))
     overshoot = [dict(r, hf_ratio=0.7 + 0.5 * r["alpha"]) for r in good]  # 1.2 at alpha 1: farther from 1
     assert any("|hf_ratio - 1|" in p for p in tradeoff_check(overshoot))
+
+
+# ---------------------------------------------------------------- held-out fingerprint, NaN parity, roles
+def test_the_held_out_fingerprint_is_recorded_and_names_the_data(baked, held_out_dir, client):
+    same = load_held_out(held_out_dir, slices=1, accels=(4.0, 8.0))
+    fp = baked.manifest["held_out"]["fingerprint"]
+    assert fp == held_out_fingerprint(same) == held_out_fingerprint(list(reversed(same)))
+    assert client.get_model_version("interpsn", baked.version).tags["held_out_fingerprint"] == fp
+    others = [load_held_out(held_out_dir, slices=1, accels=(4.0,)),
+              load_held_out(held_out_dir, slices=2, accels=(4.0, 8.0)),
+              load_held_out(held_out_dir, slices=1, accels=(4.0, 8.0), mask_kind="equispaced")]
+    changed = same[0]._replace(target=same[0].target * np.float32(1.001))  # the same file name, other content
+    others.append([changed, *same[1:]])
+    assert len({fp, *(held_out_fingerprint(o) for o in others)}) == 1 + len(others)
+
+
+def test_relative_max_error_of_a_non_finite_output_is_infinite():
+    ref = np.ones((4, 4), np.float32)
+    out = ref.copy()
+    out[1, 2] = np.nan
+    assert relative_max_error(ref, out) == np.inf
+    assert relative_max_error(out, ref) == np.inf
+    out[1, 2] = np.inf
+    assert relative_max_error(ref, out) == np.inf
+    assert relative_max_error(ref, ref + np.float32(1e-3)) == pytest.approx(1e-3, rel=1e-3)
+    assert not relative_max_error(ref, out) <= TOL
+
+
+def test_bake_with_a_nan_onnx_output_fails_parity_naming_the_alpha(tiny_pair, held_out_dir, client, tmp_path,
+                                                                   monkeypatch):
+    from registry import export
+    from registry.bake import bake
+
+    real = export.run_onnx
+
+    def nan_image(*args, **kwargs):
+        image, residual = real(*args, **kwargs)
+        image = image.copy()
+        image.flat[0] = np.nan
+        return image, residual
+
+    monkeypatch.setattr(export, "run_onnx", nan_image)
+    before = len(client.search_model_versions("name='interpsn'"))
+    with pytest.raises(ModelError, match=r"bake failed parity .*alpha 0\.5: inf.*nothing registered"):
+        bake("sn@champion", "sn-gan/" + tiny_pair[3], [0.5], held_out_dir, slices=1, accels=(4.0,),
+             out_dir=tmp_path / "nan")
+    assert len(client.search_model_versions("name='interpsn'")) == before
+    assert json.loads((tmp_path / "nan" / "manifest.json").read_text())["alphas"][0]["parity_max_err"] == np.inf
+
+
+def test_bake_refuses_wrong_roles_and_the_same_version_on_both_sides(tiny_pair, held_out_dir, tmp_path, capsys):
+    from dnirecon.cli import main
+    from registry.bake import bake
+
+    sn, gan, v_sn, v_gan = tiny_pair
+    other_sn = register_tiny("sn", gan.state_dict(), TINY_SN, "sn", champion=False)  # an sn-kind version
+    with pytest.raises(ConfigError, match=rf"--sn sn/{v_sn} and --gan sn/{v_sn} are the same version \(sn/{v_sn}\)"):
+        bake(f"sn/{v_sn}", f"sn/{v_sn}", [0.5], held_out_dir, slices=1, out_dir=tmp_path / "a")
+    with pytest.raises(ModelError, match=rf"--gan sn/{other_sn} is a 'sn' model; --gan must be an 'sn-gan' model"):
+        bake(f"sn/{v_sn}", f"sn/{other_sn}", [0.5], held_out_dir, slices=1, out_dir=tmp_path / "b")
+    with pytest.raises(ModelError, match=rf"--sn sn-gan/{v_gan} is a 'sn-gan' model; --sn must be an 'sn' model"):
+        bake(f"sn-gan/{v_gan}", f"sn/{v_sn}", [0.5], held_out_dir, slices=1, out_dir=tmp_path / "c")
+    rc = main(["registry", "bake", "--sn", f"sn/{v_sn}", "--gan", "sn@champion", "--data", str(held_out_dir),
+               "--out", str(tmp_path / "d")])
+    assert rc == 2 and "the same version" in capsys.readouterr().err
+
+
+def test_cli_list_on_an_empty_store_names_the_tracking_uri(tmp_path, monkeypatch, capsys):
+    from dnirecon.cli import main
+
+    uri = f"sqlite:///{tmp_path / 'empty.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
+    assert main(["registry", "list"]) == 0
+    assert f"(no registered models in {uri};" in capsys.readouterr().out
+
+
+def test_cli_describe_and_promote_reserved_alias(baked, capsys):
+    from dnirecon.cli import main
+
+    assert main(["registry", "promote", "--alias", "latest", "--version", baked.version]) == 2
+    assert "--alias 'latest' is reserved by MLflow" in capsys.readouterr().err
+    assert main(["registry", "promote", "--alias", "canary", "--version", baked.version]) == 0
+    capsys.readouterr()
+    assert main(["registry", "describe", "interpsn"]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert described["version"] == baked.version and "canary" in described["aliases"]
