@@ -27,9 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--batch-size", type=positive_int, default=None, help="override the preset's batch")
         p.add_argument("--lr", type=positive_float, default=None, help="override the preset's learning rate")
         p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-        p.add_argument("--resume", type=Path, default=None, help="continue from this checkpoint (last.pt)")
+        p.add_argument("--resume", type=Path, default=None,
+                       help="continue from this checkpoint (last.pt); --seed, --preset and --accel must match it")
         p.add_argument("--out", type=Path, default=Path("checkpoints"), help="checkpoint directory")
-        p.add_argument("--max-steps", type=positive_int, default=None, help="stop after N optimiser steps")
+        p.add_argument("--max-steps", type=positive_int, default=None,
+                       help="stop after N optimiser steps; a run stopped before its schedule ends is registered "
+                            "with tag truncated=true and does not move alias champion")
         p.add_argument("--slices-per-volume", type=positive_int, default=None,
                        help="central slices used per training volume (default: all)")
         p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
@@ -76,6 +79,9 @@ def _run(args: argparse.Namespace) -> int:
     if result.run_id:
         print(f"{args.kind}: MLflow run {result.run_id}" + (f", registered version {result.version}"
                                                           if result.version else ""))
+    if result.version and result.truncated:
+        print(f"{args.kind}: the run stopped before the end of its schedule (--max-steps): version {result.version} "
+              "is tagged truncated=true and alias champion was not moved")
     if shown:
         print(f"{args.kind}: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(shown.items())))
     return 0

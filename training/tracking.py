@@ -2,7 +2,9 @@
 
 The `model/` artifact directory of a run holds `weights.pt` (a state_dict, loaded with
 weights_only=True) and `config.json` ({"kind", "preset", "model_config", "arch_signature"}).
-Registered models `sn`, `sn-gan`, `unet`: one version per training run, alias `champion` on the newest.
+Registered models `sn`, `sn-gan`, `unet`: one version per training run, alias `champion` on the newest
+run that completed its schedule (a run stopped early by --max-steps is registered with the tag
+truncated=true and leaves `champion` where it was).
 """
 
 from __future__ import annotations
@@ -137,7 +139,9 @@ def log_model_artifact(run_id: str, state_dict: Mapping, config: Mapping) -> str
 
 def register_version(name: str, source: str, run_id: str, tags: Mapping[str, Any],
                      champion: bool = True) -> str:
-    """A new version of registered model `name` (created if missing); returns the version number."""
+    """A new version of registered model `name` (created if missing); returns the version number.
+
+    `champion`: also move alias `champion` to it (train.py passes False for a truncated run)."""
     from mlflow.exceptions import MlflowException
 
     if name not in KINDS:

@@ -35,6 +35,7 @@ class TrainResult(NamedTuple):
     version: str | None
     checkpoint_path: Path
     metrics: dict
+    truncated: bool = False  # stopped (--max-steps) before the schedule's last step: champion not moved
 
 
 @dataclass
@@ -215,6 +216,19 @@ def _load_training_checkpoint(path: Path, kind: str) -> dict:
     if ckpt["kind"] != kind:
         raise ModelError(f"--resume {path} is a {ckpt['kind']} checkpoint, but this run trains {kind}")
     return dict(ckpt)
+
+
+def _check_resume_matches(path: Path, ckpt: Mapping, seed: int, preset: str, accels: Sequence[float]) -> None:
+    """A resumed run continues the same data order, masks and schedule: refuse other seed/preset/accels."""
+    given = {"--seed": (ckpt.get("seed"), int(seed)),
+             "--preset": (ckpt.get("preset"), str(preset)),
+             "--accel": ([float(a) for a in ckpt["accels"]] if ckpt.get("accels") is not None else None,
+                         [float(a) for a in accels])}
+    for flag, (saved, now) in given.items():
+        if saved is not None and saved != now:
+            show = (lambda v: " ".join(f"{a:g}" for a in v)) if flag == "--accel" else str
+            raise ConfigError(f"{flag}: --resume {path} was trained with {flag} {show(saved)}, but {flag} "
+                              f"{show(now)} was given; resume with the checkpoint's value (or start a new run)")
 
 
 def _init_from_sn(init_from: str | Path | None, kind: str) -> tuple[torch.nn.Module, dict, str | None]:
@@ -409,6 +423,8 @@ def train_model(kind: str, data_dir: str | Path, preset: str = "cpu", accels: Se
                          **dict(schedule_overrides or {}))
 
     ckpt = _load_training_checkpoint(Path(resume), kind) if resume else None
+    if ckpt is not None:
+        _check_resume_matches(Path(resume), ckpt, seed, preset, accels)
     sn_version = None
     if ckpt is not None:
         config = json.loads(ckpt["config"])
@@ -475,6 +491,7 @@ def train_model(kind: str, data_dir: str | Path, preset: str = "cpu", accels: Se
     steps_per_epoch = math.ceil(len(sampler) / bs)
     total_steps = steps_per_epoch * sched.epochs
     stopped = False
+    epochs_done = start_epoch
     last_metrics: dict = trainer.history[-1] if trainer.history else {}
     for epoch in range(start_epoch, sched.epochs):
         sampler.set_epoch(epoch)
@@ -512,6 +529,7 @@ def train_model(kind: str, data_dir: str | Path, preset: str = "cpu", accels: Se
         if stopped and not epoch_done:
             checkpoint(epoch, batch_in_epoch)
             break
+        epochs_done = epoch + 1
         metrics = {"epoch": epoch + 1, "train_loss": float(np.mean(running)) if running else float("nan"),
                    "slices_per_s": seen / max(time.perf_counter() - t0, 1e-9)}
         if ddp.main:
@@ -537,14 +555,25 @@ def train_model(kind: str, data_dir: str | Path, preset: str = "cpu", accels: Se
 
     if not ckpt_path.exists() and ddp.main:  # resumed a finished run, or zero epochs
         checkpoint(max(start_epoch, sched.epochs), 0)
+    # A run stopped before the schedule's last step (--max-steps, mid-epoch or between epochs) is
+    # still logged and registered, tagged truncated, but never becomes the champion.
+    truncated = step < total_steps
+    progress_done = {"truncated": "true" if truncated else "false", "steps_done": step,
+                     "steps_planned": total_steps, "epochs_done": epochs_done, "epochs_planned": sched.epochs}
     version = None
     if logged:
-        version = _finish_run(run_id, kind, trainer.bare, config, accels, train_files, register)
+        version = _finish_run(run_id, kind, trainer.bare, config, accels, train_files, register, progress_done)
         if version is not None:
             state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
             state["registered_version"] = version
             save_checkpoint(ckpt_path, state)
-    return TrainResult(run_id, version, ckpt_path, last_metrics)
+            if truncated:
+                log.warning("registered %s version %s as truncated (step %d of %d, %d of %d epochs done); "
+                            "alias %s not moved", kind, version, step, total_steps, epochs_done, sched.epochs,
+                            tracking.CHAMPION)
+            else:
+                log.info("registered %s version %s; alias %s moved to it", kind, version, tracking.CHAMPION)
+    return TrainResult(run_id, version, ckpt_path, last_metrics, truncated)
 
 
 def _bare(m: torch.nn.Module) -> torch.nn.Module:
@@ -593,18 +622,22 @@ def _start_run(run_id, kind, preset, preset_obj, sched, config, accels, seed, tr
     return rid
 
 
-def _finish_run(run_id, kind, model, config, accels, train_files, register: bool) -> str | None:
+def _finish_run(run_id, kind, model, config, accels, train_files, register: bool,
+                progress_done: Mapping[str, Any]) -> str | None:
     c = tracking.client()
     source = tracking.log_model_artifact(run_id, model.state_dict(), config)
+    for key, value in progress_done.items():
+        c.set_tag(run_id, key, str(value))
+    truncated = progress_done.get("truncated") == "true"
     version = None
     if register:
         desc = describe_dataset(train_files)
         tags = {"acceleration": ",".join(f"{a:g}" for a in accels), "contrasts": ",".join(desc.contrasts),
                 "preset": config["preset"], "arch_signature": config["arch_signature"],
-                "dataset_id": desc.dataset_id}
+                "dataset_id": desc.dataset_id, **progress_done}
         if kind == "sn-gan" or config.get("sn_version"):
             tags["sn_version"] = config.get("sn_version") or ""  # the sn it was fine-tuned from
-        version = tracking.register_version(kind, source, run_id, tags)
+        version = tracking.register_version(kind, source, run_id, tags, champion=not truncated)
         c.set_tag(run_id, "registered_version", version)
     c.set_terminated(run_id, "FINISHED")
     return version

@@ -1,6 +1,7 @@
 """Training loops: the loss goes down, resume continues exactly, runs register versions with tags."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -72,8 +73,8 @@ def test_runs_register_new_versions_with_lineage_tags(tiny_data, tmp_path, mlflo
     with pytest.raises(ModelError, match="registered model 'sn' has no version or alias 'champion'"):
         train_model("sn-gan", tiny_data, init_from="champion", **kw)  # nothing to fine-tune yet
     first = train_model("sn", tiny_data, **kw)  # one whole epoch: validation metrics and figure
-    second = train_model("sn", tiny_data, max_steps=1, seed=1, **kw)
-    assert (first.version, second.version) == ("1", "2")
+    second = train_model("sn", tiny_data, max_steps=1, seed=1, **kw)  # truncated: registered, not champion
+    assert (first.version, second.version) == ("1", "2") and (first.truncated, second.truncated) == (False, True)
     gan = train_model("sn-gan", tiny_data, max_steps=1, init_from="champion", **kw)
     assert gan.version == "1"
 
@@ -83,8 +84,8 @@ def test_runs_register_new_versions_with_lineage_tags(tiny_data, tmp_path, mlflo
         assert sn2.tags[tag], tag
     assert sn2.tags["acceleration"] == "4,8" and sn2.tags["contrasts"] == "CORPDFS_FBK,CORPD_FBK"
     gv = c.get_model_version("sn-gan", "1")
-    assert gv.tags["sn_version"] == "2" and gv.tags["arch_signature"] == sn2.tags["arch_signature"]
-    assert str(c.get_model_version_by_alias("sn", "champion").version) == "2"
+    assert gv.tags["sn_version"] == "1" and gv.tags["arch_signature"] == sn2.tags["arch_signature"]
+    assert str(c.get_model_version_by_alias("sn", "champion").version) == "1"
 
     run = c.get_run(first.run_id)
     assert "val_psnr_4x" in run.data.metrics and "val_ssim_8x" in run.data.metrics
@@ -94,9 +95,44 @@ def test_runs_register_new_versions_with_lineage_tags(tiny_data, tmp_path, mlflo
     model_files = {a.path for a in c.list_artifacts(first.run_id, "model")}
     assert model_files == {"model/weights.pt", "model/config.json"}
 
-    loaded = tracking.load_registered_model("sn-gan", "champion")
-    assert loaded.config["kind"] == "sn-gan" and loaded.config["sn_version"] == "2"
+    loaded = tracking.load_registered_model("sn-gan", "1")
+    assert loaded.config["kind"] == "sn-gan" and loaded.config["sn_version"] == "1"
     assert json.loads(json.dumps(loaded.config))["arch_signature"] == sn2.tags["arch_signature"]
+
+
+def test_a_run_stopped_early_is_tagged_truncated_and_never_becomes_champion(tiny_data, tmp_path, mlflow_store,
+                                                                            caplog):
+    kw = dict(preset="cpu", accels=(4.0,), epochs=2, progress=False, out_dir=tmp_path / "ck")
+    with caplog.at_level("WARNING", logger="training.train"):
+        early = train_model("unet", tiny_data, max_steps=1, **kw)  # mid-epoch
+    assert early.truncated and early.version == "1"
+    assert "version 1 as truncated (step 1 of 8, 0 of 2 epochs done); alias champion not moved" in caplog.text
+    c = tracking.client()
+    tags = c.get_model_version("unet", "1").tags
+    assert (tags["truncated"], tags["steps_done"], tags["steps_planned"], tags["epochs_done"],
+            tags["epochs_planned"]) == ("true", "1", "8", "0", "2")
+    assert c.get_run(early.run_id).data.tags["truncated"] == "true"
+    assert "champion" not in c.get_registered_model("unet").aliases  # the first version, and still none
+
+    one_epoch = train_model("unet", tiny_data, max_steps=4, **kw)  # a whole epoch, but not the schedule
+    assert one_epoch.truncated and c.get_model_version("unet", "2").tags["epochs_done"] == "1"
+    full = train_model("unet", tiny_data, max_steps=8, **kw)  # stopped exactly at the last step: complete
+    assert not full.truncated and c.get_model_version("unet", "3").tags["truncated"] == "false"
+    assert {k: str(v) for k, v in c.get_registered_model("unet").aliases.items()} == {"champion": "3"}
+    train_model("unet", tiny_data, max_steps=1, **kw)
+    assert str(c.get_model_version_by_alias("unet", "champion").version) == "3"  # not moved by version 4
+
+
+def test_resume_refuses_another_seed_preset_or_acceleration(tiny_data, tmp_path):
+    kw = dict(preset="cpu", accels=(4.0, 8.0), epochs=2, seed=5, log_mlflow=False, progress=False, batch_size=1)
+    first = train_model("sn", tiny_data, max_steps=1, out_dir=tmp_path / "a", **kw)
+    path = first.checkpoint_path
+    seed_message = re.escape(f"--seed: --resume {path} was trained with --seed 5, but --seed 6 was given")
+    for change, message in ((dict(seed=6), seed_message),
+                            (dict(preset="paper"), "--preset: .* with --preset cpu, but --preset paper was given"),
+                            (dict(accels=(4.0,)), "--accel: .* with --accel 4 8, but --accel 4 was given")):
+        with pytest.raises(ConfigError, match=message):
+            train_model("sn", tiny_data, max_steps=2, resume=path, out_dir=tmp_path / "b", **{**kw, **change})
 
 
 def test_sn_fine_tuned_from_a_version_is_the_paper_twin_of_sn_gan(tiny_data, tmp_path, mlflow_store):
