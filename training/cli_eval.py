@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dnirecon.argtypes import positive_float
+from dnirecon.argtypes import non_negative_float, positive_float, positive_int
 from dnirecon.errors import ConfigError
 
 
@@ -17,9 +17,10 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="Cartesian mask type, fastMRI semantics (default: random)")
     p.add_argument("--out", type=Path, default=Path("results"),
                    help="directory for the table (markdown, CSV, JSON); default: results/")
-    p.add_argument("--limit-volumes", type=int, default=None, help="evaluate the first N volumes only")
-    p.add_argument("--cg-lambda", type=float, default=None, help="Tikhonov weight of CG-SENSE")
-    p.add_argument("--cg-iters", type=int, default=None, help="conjugate-gradient iterations of CG-SENSE")
+    p.add_argument("--limit-volumes", type=positive_int, default=None, help="evaluate the first N volumes only")
+    p.add_argument("--cg-lambda", type=non_negative_float, default=None,
+                   help="Tikhonov weight of CG-SENSE (a finite number >= 0)")
+    p.add_argument("--cg-iters", type=positive_int, default=None, help="conjugate-gradient iterations of CG-SENSE")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

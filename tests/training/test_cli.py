@@ -42,3 +42,31 @@ def test_loss_weights_reach_the_logged_schedule(tiny_data, tmp_path, mlflow_stor
         main(["train", "sn-gan", "--data", str(tiny_data), "--l1-weight", "-1", "--no-mlflow"])
     assert exc.value.code == 2
     assert "--l1-weight: expected a finite number >= 0, got '-1'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--cg-iters", "0", "expected a positive integer, got '0'"),
+    ("--cg-lambda", "-1", "expected a finite number >= 0, got '-1'"),
+    ("--cg-lambda", "nan", "expected a finite number >= 0, got 'nan'"),
+    ("--limit-volumes", "0", "expected a positive integer, got '0'"),
+])
+def test_eval_model_validates_cg_options_like_eval_baselines(tmp_path, capsys, flag, value, expected):
+    for what in (["model", "--checkpoint", str(tmp_path / "last.pt")], ["baselines"]):
+        with pytest.raises(SystemExit) as exc:
+            main(["eval", *what, "--data", str(tmp_path), flag, value])
+        assert exc.value.code == 2
+        assert f"argument {flag}: {expected}" in capsys.readouterr().err
+
+
+def test_cli_says_a_truncated_run_did_not_move_the_champion_and_resume_checks_the_seed(tiny_data, tmp_path,
+                                                                                       mlflow_store, capsys):
+    rc = main(["train", "unet", "--data", str(tiny_data), "--no-progress", "--max-steps", "1", "--accel", "4",
+               "--out", str(tmp_path / "ck")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "version 1 is tagged truncated=true and alias champion was not moved" in out
+    ckpt = next(Path(tmp_path / "ck").glob("unet-*/last.pt"))
+    rc = main(["train", "unet", "--data", str(tiny_data), "--no-mlflow", "--no-progress", "--accel", "4",
+               "--resume", str(ckpt), "--seed", "3", "--out", str(tmp_path / "ck2")])
+    assert rc == 2
+    assert f"--seed: --resume {ckpt} was trained with --seed 0, but --seed 3 was given" in capsys.readouterr().err
