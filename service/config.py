@@ -65,16 +65,29 @@ class Settings:
         for opt, value, low in [
             ("DNIRECON_MAX_BATCH / --max-batch", self.max_batch, 1),
             ("DNIRECON_MAX_QUEUE / --max-queue", self.max_queue, 1),
+            ("DNIRECON_STREAM_INFLIGHT / --stream-inflight", self.stream_inflight, 1),
+            ("DNIRECON_MAX_WORKERS / --max-workers", self.max_workers, 1),
+            ("DNIRECON_MAX_SLICE_BYTES / --max-slice-bytes", self.max_slice_bytes, 1),
             ("DNIRECON_INTRA_OP_THREADS / --intra-op-threads", self.intra_op_threads, 0),
-            ("DNIRECON_GRPC_PORT / --port", self.grpc_port, 0),
-            ("DNIRECON_METRICS_PORT / --metrics-port", self.metrics_port, 0),
             ("DNIRECON_MALLOC_MMAP_THRESHOLD / --malloc-mmap-threshold", self.malloc_mmap_threshold, 0),
             ("DNIRECON_MALLOC_ARENA_MAX / --malloc-arena-max", self.malloc_arena_max, 0),
         ]:
             if value < low:
                 raise ConfigError(f"{opt} is {value}, expected an integer >= {low}")
-        if self.alias_poll_seconds <= 0 or self.drain_seconds < 0:
-            raise ConfigError("DNIRECON_ALIAS_POLL_SECONDS must be > 0 and DNIRECON_DRAIN_SECONDS >= 0")
+        for opt, value, zero in [
+            ("DNIRECON_GRPC_PORT / --port", self.grpc_port, "any free port, logged"),
+            ("DNIRECON_METRICS_PORT / --metrics-port", self.metrics_port, "no metrics"),
+        ]:
+            if not 0 <= value <= 65535:
+                raise ConfigError(f"{opt} is {value}, expected a port in 0..65535 (0: {zero})")
+        # `not (x >= 0)` is also true for NaN
+        for opt, value, ok, expected in [
+            ("DNIRECON_BATCH_WAIT_MS / --batch-wait-ms", self.batch_wait_ms, self.batch_wait_ms >= 0, ">= 0"),
+            ("DNIRECON_ALIAS_POLL_SECONDS / --alias-poll-seconds", self.alias_poll_seconds, self.alias_poll_seconds > 0, "> 0"),
+            ("DNIRECON_DRAIN_SECONDS / --drain-seconds", self.drain_seconds, self.drain_seconds >= 0, ">= 0"),
+        ]:
+            if not ok:
+                raise ConfigError(f"{opt} is {value}, expected a number {expected}")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ConfigError("DNIRECON_TLS_CERT_FILE and DNIRECON_TLS_KEY_FILE must be set together")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:

@@ -120,7 +120,7 @@ class ModelSet:
         self.continuous = OnnxModel(continuous, providers, **kw) if continuous is not None else None
         if self.continuous is not None and not self.continuous.has_alpha:
             raise ModelError(f"{continuous}: the continuous model has no 'alpha' input")
-        self.default_alpha = float(default_alpha) if default_alpha is not None else (self.baked[0][0] if self.baked else 0.0)
+        self.default_alpha = _default_alpha(name, version, default_alpha, self.baked)
         self.requested = list(providers)
         self.providers: list[str] = []
         for m in self.models():
@@ -153,25 +153,40 @@ class ModelSet:
                 return Selection(model, best, None)
         return Selection(self.continuous, float(np.float32(alpha)), float(alpha))
 
-    def warmup(self, shapes: list[tuple[int, int, int]]) -> None:
-        """Runs every session on each (coils, readout, phase) shape; raises ModelError on failure."""
+    def warmup(self, shapes: list[tuple[int, int, int]], max_batch: int = 1) -> None:
+        """Runs every session on each (coils, readout, phase) shape, at batch 1 and at max_batch;
+        raises ModelError on failure (a graph with a fixed batch of 1 fails here, not on a batch)."""
         rng = np.random.default_rng(0)
         for coils, h, w in shapes:
-            kspace = (rng.standard_normal((1, coils, h, w, 2)) * 1e-3).astype(np.float32)
-            mask = warmup_mask(w)[None]
-            kspace *= mask[:, None, None, :, None]
-            for alpha, model in [(a, m) for a, m in self.baked] + ([(0.5, self.continuous)] if self.continuous else []):
-                t0 = time.perf_counter()
-                try:
-                    image, dc = model.run(kspace, mask, alpha)
-                except Exception as exc:  # onnxruntime failures are reported as this set's failure
-                    raise ModelError(f"{model.path}: warm-up on {coils}x{h}x{w} failed: {exc}") from None
-                if image.shape != (1, h, w) or dc.shape != (1,) or not np.isfinite(image).all():
-                    raise ModelError(
-                        f"{model.path}: warm-up on {coils}x{h}x{w} gave image {image.shape} (finite: {np.isfinite(image).all()}), "
-                        f"dc_residual {dc.shape}; expected (1, {h}, {w}) finite and (1,)"
-                    )
-                log.info("warmed %s on %dx%dx%d in %.1f ms", model.path.name, coils, h, w, 1e3 * (time.perf_counter() - t0))
+            for b in sorted({1, max(1, int(max_batch))}):
+                kspace = (rng.standard_normal((b, coils, h, w, 2)) * 1e-3).astype(np.float32)
+                mask = np.repeat(warmup_mask(w)[None], b, 0)
+                kspace *= mask[:, None, None, :, None]
+                for alpha, model in [(a, m) for a, m in self.baked] + ([(0.5, self.continuous)] if self.continuous else []):
+                    t0 = time.perf_counter()
+                    try:
+                        image, dc = model.run(kspace, mask, alpha)
+                    except Exception as exc:  # onnxruntime failures are reported as this set's failure
+                        raise ModelError(f"{model.path}: warm-up on {b}x{coils}x{h}x{w} failed: {exc}") from None
+                    if image.shape != (b, h, w) or dc.shape != (b,) or not np.isfinite(image).all():
+                        raise ModelError(
+                            f"{model.path}: warm-up on batch {b} of {coils}x{h}x{w} gave image {image.shape} "
+                            f"(finite: {np.isfinite(image).all()}), dc_residual {dc.shape}; expected ({b}, {h}, {w}) finite and ({b},)"
+                        )
+                    log.info("warmed %s on %dx%dx%dx%d in %.1f ms", model.path.name, b, coils, h, w, 1e3 * (time.perf_counter() - t0))
+
+
+def _default_alpha(name: str, version: str, value, baked: list) -> float:
+    """The manifest's default_alpha checked (a number in [0, 1]), else the lowest baked alpha."""
+    if value is None:
+        return baked[0][0] if baked else 0.0
+    try:
+        alpha = float(value)
+    except (TypeError, ValueError):
+        alpha = float("nan")
+    if isinstance(value, bool) or not 0.0 <= alpha <= 1.0:  # also false for NaN
+        raise ModelError(f"model set {name} version {version}: manifest default_alpha is {value!r}, expected a number in [0, 1]")
+    return alpha
 
 
 def warmup_mask(width: int) -> np.ndarray:
@@ -185,6 +200,10 @@ def warmup_mask(width: int) -> np.ndarray:
 
 class QueueFull(Exception):
     pass
+
+
+class ShuttingDown(Exception):
+    """The batcher was stopped: the job was never computed."""
 
 
 @dataclass
@@ -239,14 +258,17 @@ class Batcher:
         return len(self._q)
 
     def submit(self, job: Job, timeout: float | None = None) -> Future:
-        """Queues job; waits up to timeout for room, then raises QueueFull (the caller pushes back)."""
+        """Queues job; waits up to timeout for room, then raises QueueFull (the caller pushes back).
+        Raises ShuttingDown once the batcher is stopped."""
         end = None if timeout is None else time.monotonic() + timeout
         with self._cv:
-            while len(self._q) >= self.max_queue:
+            while len(self._q) >= self.max_queue and not self._stopped:
                 left = None if end is None else end - time.monotonic()
                 if left is not None and left <= 0:
                     raise QueueFull(f"compute queue full ({self.max_queue} slices)")
                 self._cv.wait(left)
+            if self._stopped:
+                raise ShuttingDown("server shutting down: no new compute")
             job.enqueued = time.perf_counter()
             self._q.append(job)
             self._gauge()
@@ -254,9 +276,14 @@ class Batcher:
         return job.future
 
     def stop(self) -> None:
+        """Stops the workers after their current batch; every queued job fails with ShuttingDown."""
         with self._cv:
             self._stopped = True
+            queued = list(self._q)
+            self._q.clear()
+            self._gauge()
             self._cv.notify_all()
+        _fail(queued, ShuttingDown("server shutting down before this slice was computed"))
 
     def _gauge(self) -> None:
         if self.metrics is not None:
@@ -286,7 +313,11 @@ class Batcher:
                     self._take_matching(first.key, batch)
                 self._gauge()
                 self._cv.notify_all()  # room in the queue
-            self._run(batch)
+            try:
+                self._run(batch)
+            except Exception as exc:  # a bad batch fails its slices, never the worker
+                log.error("batch of %d failed: %s: %s", len(batch), type(exc).__name__, exc)
+                _fail(batch, exc)
 
     def _run(self, batch: list[Job]) -> None:
         now = time.monotonic()
@@ -302,12 +333,9 @@ class Batcher:
             return
         start = time.perf_counter()
         sel = live[0].selection
-        try:
-            image, dc = sel.model.run(_batched([j.kspace for j in live]), _batched([j.mask for j in live]), sel.feed_alpha)
-        except Exception as exc:  # a failed run fails its slices, never the worker
-            for job in live:
-                job.future.set_exception(exc)
-            return
+        image, dc = sel.model.run(_batched([j.kspace for j in live]), _batched([j.mask for j in live]), sel.feed_alpha)
+        if len(image) != len(live) or len(dc) != len(live):
+            raise ModelError(f"model output has batch {len(image)} (image) / {len(dc)} (dc_residual), expected {len(live)}")
         compute = time.perf_counter() - start
         if self.metrics is not None:
             self.metrics.compute_time.observe(compute)
@@ -317,3 +345,10 @@ class Batcher:
             if self.metrics is not None:
                 self.metrics.queue_time.observe(queue_s)
             job.future.set_result(JobResult(image[i], float(dc[i]), queue_s, compute, len(live)))
+
+
+def _fail(jobs: list[Job], exc: BaseException) -> None:
+    """Fails the futures of jobs not yet answered."""
+    for job in jobs:
+        if not job.future.done():
+            job.future.set_exception(exc)

@@ -26,7 +26,7 @@ from dnirecon.v1 import recon_pb2, recon_pb2_grpc
 from service import wire
 from service.allocator import configure_malloc
 from service.config import HEALTH_SERVICE_NAMES, Settings
-from service.engine import Batcher, Cancelled, Job, ModelSet, QueueFull, Selection
+from service.engine import Batcher, Cancelled, Job, ModelSet, QueueFull, Selection, ShuttingDown
 from service.model_store import BakedSet, MlflowStore, read_baked_set
 from service.telemetry import Metrics
 
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = recon_pb2.DESCRIPTOR.services_by_name["Reconstruction"].full_name
 SERVER_VERSION = "0.1.0"
 Code = grpc.StatusCode
+POLL_S = 0.25  # how often a blocked wait checks that its call is still alive
 
 
 class SliceFault(Exception):
@@ -78,6 +79,9 @@ class ModelHolder:
         return old
 
 
+DEFAULT_WARMUP_SHAPE = (2, 64, 64)  # coils, readout, phase when no --warmup-shapes
+
+
 def load_served(baked: BakedSet, settings: Settings) -> Served:
     """Builds the sessions of a baked set and warms them; raises ModelError if either fails."""
     models = ModelSet(
@@ -91,7 +95,7 @@ def load_served(baked: BakedSet, settings: Settings) -> Served:
         default_alpha=baked.manifest.get("default_alpha"),
         spinning=settings.intra_op_spinning,
     )
-    models.warmup(list(settings.warmup_shapes) or [(2, 64, 64)])
+    models.warmup(list(settings.warmup_shapes) or [DEFAULT_WARMUP_SHAPE], max_batch=settings.max_batch)
     return Served(baked, models)
 
 
@@ -116,6 +120,17 @@ class _End:
     pass
 
 
+class _CallEnded(Exception):
+    """The call was cancelled or its deadline passed while the reader waited."""
+
+
+def _acquire(sem: threading.Semaphore, cancelled: threading.Event, context) -> None:
+    """sem.acquire() that gives up (raising _CallEnded) once the call has ended."""
+    while not sem.acquire(timeout=POLL_S):
+        if cancelled.is_set() or not context.is_active():
+            raise _CallEnded()
+
+
 class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
     def __init__(self, holder: ModelHolder, batcher: Batcher, settings: Settings, metrics: Metrics, token: str | None = None):
         self.holder, self.batcher, self.settings, self.metrics = holder, batcher, settings, metrics
@@ -137,14 +152,9 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
         self.metrics.errors.labels(code=code.name).inc()
         context.abort(code, reason)
 
-    def _served(self) -> Served:
-        served = self.holder.get()
-        if served is None:
-            raise StreamFault(Code.UNAVAILABLE, "no model loaded yet")
-        return served
-
-    def parse_header(self, h: recon_pb2.SliceHeader) -> ParsedHeader:
-        """Validates one slice's header against the served set; SliceFault names what is wrong."""
+    def parse_header(self, h: recon_pb2.SliceHeader, served: Served | None) -> ParsedHeader:
+        """Validates one slice's header against served, the set its call started with; SliceFault
+        names what is wrong."""
         bad = Code.INVALID_ARGUMENT
         if h.dtype != recon_pb2.COMPLEX64:
             raise SliceFault(bad, f"dtype {recon_pb2.DType.Name(h.dtype) if h.dtype in recon_pb2.DType.values() else h.dtype} unsupported, expected COMPLEX64")
@@ -165,7 +175,8 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
             raise SliceFault(bad, f"payload_bytes is {h.payload_bytes}, mask and sizes give {expected}")
         if not (0 < h.recon_height <= h.readout and 0 < h.recon_width <= h.phase):
             raise SliceFault(bad, f"recon size {h.recon_height}x{h.recon_width}, expected within the {h.readout}x{h.phase} matrix")
-        served = self._served()
+        if served is None:
+            raise StreamFault(Code.UNAVAILABLE, "no model loaded yet")
         b = served.baked
         alias = b.uri.rsplit("@", 1)[1] if "@" in b.uri else None
         known = {"", b.name, b.uri, f"{b.name}/{b.version}"} | ({alias, f"{b.name}@{alias}"} if alias else set())
@@ -198,6 +209,8 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
             return self.batcher.submit(job, timeout=min(remaining or 5.0, 5.0))
         except QueueFull as exc:
             raise SliceFault(Code.RESOURCE_EXHAUSTED, str(exc)) from None
+        except ShuttingDown as exc:
+            raise SliceFault(Code.UNAVAILABLE, str(exc)) from None
 
     # ---- results -------------------------------------------------------------------------------
     def error_result(self, index: int, request_id: str, code: grpc.StatusCode, reason: str) -> recon_pb2.SliceResult:
@@ -216,36 +229,50 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
             r = pending.future.result()
         except Cancelled as exc:
             return self.error_result(h.slice_index, h.request_id, Code.CANCELLED, str(exc))
+        except ShuttingDown as exc:
+            return self.error_result(h.slice_index, h.request_id, Code.UNAVAILABLE, str(exc))
         except Exception as exc:  # an onnxruntime failure on this slice
             log.error("request %s slice %d: compute failed: %s", h.request_id, h.slice_index, type(exc).__name__)
             return self.error_result(h.slice_index, h.request_id, Code.INTERNAL, f"compute failed: {type(exc).__name__}")
-        image = np.ascontiguousarray(center_crop(r.image, (h.recon_height, h.recon_width)), dtype="<f4")
         sel = p.selection
-        result = recon_pb2.SliceResult(
-            slice_index=h.slice_index, request_id=h.request_id,
-            image=recon_pb2.Image(data=image.tobytes(), shape=list(image.shape), dtype=recon_pb2.FLOAT32),
-            alpha=sel.alpha, model_name=p.served.baked.name, model_version=p.served.baked.version,
-            queue_ms=1e3 * r.queue_s, compute_ms=1e3 * r.compute_s, dc_residual=r.dc_residual, batch_size=r.batch_size,
-        )
+        try:
+            image = np.ascontiguousarray(center_crop(r.image, (h.recon_height, h.recon_width)), dtype="<f4")
+            result = recon_pb2.SliceResult(
+                slice_index=h.slice_index, request_id=h.request_id,
+                image=recon_pb2.Image(data=image.tobytes(), shape=list(image.shape), dtype=recon_pb2.FLOAT32),
+                alpha=sel.alpha, model_name=p.served.baked.name, model_version=p.served.baked.version,
+                queue_ms=1e3 * r.queue_s, compute_ms=1e3 * r.compute_s, dc_residual=r.dc_residual, batch_size=r.batch_size,
+            )
+        except Exception as exc:  # e.g. a model image smaller than the recon size: this slice fails, not the stream
+            log.error("request %s slice %d: result failed: %s: %s", h.request_id, h.slice_index, type(exc).__name__, exc)
+            return self.error_result(h.slice_index, h.request_id, Code.INTERNAL, f"result failed: {type(exc).__name__}: {exc}")
         elapsed = time.perf_counter() - pending.t_last_chunk
         result.server_ms = 1e3 * elapsed
         self.metrics.latency.observe(elapsed)
         self.metrics.slices.labels(outcome="ok").inc()
-        self.metrics.alpha_served.labels(alpha=f"{sel.alpha:.4g}").inc()
+        # baked alphas are few; the continuous model takes any float, so it shares one label
+        self.metrics.alpha_served.labels(alpha="continuous" if sel.feed_alpha is not None else f"{sel.alpha:.4g}").inc()
         return result
 
     # ---- RPCs ----------------------------------------------------------------------------------
     def ReconstructStream(self, request_iterator, context):
         self._admit(context, "ReconstructStream")
+        served = self.holder.get()  # every slice of this stream uses this set, even if another is swapped in
         out: queue.Queue = queue.Queue()
         cancelled = threading.Event()
         context.add_callback(cancelled.set)
         reader = threading.Thread(
-            target=self._read_stream, args=(request_iterator, context, out, cancelled), name="stream-reader", daemon=True
+            target=self._read_stream, args=(request_iterator, context, out, cancelled, served), name="stream-reader", daemon=True
         )
         reader.start()
         while True:
-            item = out.get()
+            try:
+                item = out.get(timeout=POLL_S)
+            except queue.Empty:
+                if not context.is_active():  # cancelled, past its deadline, or cut at the end of a drain
+                    cancelled.set()
+                    return
+                continue
             if isinstance(item, _End):
                 return
             if isinstance(item, StreamFault):
@@ -254,7 +281,7 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
                 item = self.finish(item)
             yield item
 
-    def _read_stream(self, request_iterator, context, out: queue.Queue, cancelled: threading.Event) -> None:
+    def _read_stream(self, request_iterator, context, out: queue.Queue, cancelled: threading.Event, served: Served | None) -> None:
         inflight = threading.Semaphore(self.settings.stream_inflight)
         open_: dict | None = None  # the slice whose chunks are arriving
         seen: set[int] = set()
@@ -274,7 +301,7 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
                     try:
                         if h.slice_index in seen:
                             raise SliceFault(Code.ALREADY_EXISTS, f"slice index {h.slice_index} already sent on this stream")
-                        open_["parsed"] = self.parse_header(h)
+                        open_["parsed"] = self.parse_header(h, served)
                     except SliceFault as fault:
                         open_["failed"] = True
                         out.put(self.error_result(h.slice_index, h.request_id, fault.code, fault.reason))
@@ -297,7 +324,7 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
                                 open_["parts"] = []
                                 t_last = time.perf_counter()
                                 parsed = open_["parsed"]
-                                inflight.acquire()  # push back: stop reading while this stream has enough in compute
+                                _acquire(inflight, cancelled, context)  # push back: stop reading while this stream has enough in compute
                                 try:
                                     fut = self.submit(parsed, payload, context, cancelled)
                                 except BaseException:
@@ -318,12 +345,23 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
         except StreamFault as fault:
             out.put(fault)
             return
-        except Exception as exc:  # the call ended under us (cancelled, deadline, message too large)
+        except (grpc.RpcError, _CallEnded) as exc:  # the call ended under us (cancelled, deadline, message too large)
             log.debug("stream reader stopped: %s", type(exc).__name__)
             out.put(_End())
             return
-        for _ in range(self.settings.stream_inflight):  # every result queued before the end
-            inflight.acquire()
+        except Exception as exc:
+            if cancelled.is_set() or not context.is_active():
+                log.debug("stream reader stopped: %s", type(exc).__name__)
+                out.put(_End())
+            else:  # a bug: the client must not take the stream for complete
+                log.exception("stream reader failed")
+                out.put(StreamFault(Code.INTERNAL, f"server error reading the stream: {type(exc).__name__}"))
+            return
+        try:
+            for _ in range(self.settings.stream_inflight):  # every result queued before the end
+                _acquire(inflight, cancelled, context)
+        except _CallEnded:
+            pass
         out.put(_End())
 
     def _take_chunk(self, open_: dict, c: recon_pb2.KspaceChunk) -> None:
@@ -347,17 +385,17 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
                 raise SliceFault(Code.RESOURCE_EXHAUSTED, f"{len(request.data)} bytes in one message, at most {wire.MAX_CHUNK_BYTES}: use ReconstructStream")
             if wire.crc32(request.data) != request.crc32:
                 raise SliceFault(Code.DATA_LOSS, "crc32 mismatch (zlib.crc32 of data)")
-            parsed = self.parse_header(h)
+            parsed = self.parse_header(h, self.holder.get())
             t_last = time.perf_counter()
             fut = self.submit(parsed, request.data, context, cancelled)
-            fut.result(timeout=context.time_remaining())
         except (SliceFault, StreamFault) as fault:
             self.error_result(h.slice_index, h.request_id, fault.code, fault.reason)
             context.abort(fault.code, fault.reason)
-        except futures.TimeoutError:
-            self._abort(context, Code.DEADLINE_EXCEEDED, "deadline passed during compute")
-        except Exception:  # the Future's own failure is reported by finish()
-            pass
+        while not futures.wait([fut], timeout=POLL_S).done:  # the Future's own failure is reported by finish()
+            if not context.is_active():
+                left = context.time_remaining()
+                self._abort(context, Code.DEADLINE_EXCEEDED if left is not None and left <= 0 else Code.CANCELLED,
+                            "call ended during compute")
         result = self.finish(Pending(parsed, t_last, fut))
         if result.HasField("error"):
             context.abort(_code(result.error.code), result.error.reason)
@@ -415,53 +453,65 @@ class ServiceProcess:
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        token = None
+        if settings.auth_token_file:
+            token = _read(settings.auth_token_file).decode().strip()
+            if not token:  # "Bearer " would then be the accepted credential
+                raise ConfigError(f"DNIRECON_AUTH_TOKEN_FILE / --auth-token-file {settings.auth_token_file}: empty, expected a token")
         # before the gRPC and onnxruntime threads start allocating (service/allocator.py says why)
         applied = configure_malloc(settings.malloc_mmap_threshold, settings.malloc_arena_max)
         log.info("glibc malloc: mmap threshold %s, arena max %s",
                  settings.malloc_mmap_threshold if applied["mmap_threshold"] else "default",
                  settings.malloc_arena_max if applied["arena_max"] else "default")
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="grpc"),
+            options=[*wire.CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)],  # a port in use is an error, not shared
+        )
+        self.port = self._bind()
         self.metrics = Metrics()
         self.holder = ModelHolder()
         self.batcher = Batcher(settings.max_batch, settings.max_queue, settings.batch_wait_ms, metrics=self.metrics)
-        token = _read(settings.auth_token_file).decode().strip() if settings.auth_token_file else None
         self.servicer = ReconstructionServicer(self.holder, self.batcher, settings, self.metrics, token)
         self.health = health.HealthServicer()
-        self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="grpc"),
-            options=wire.CHANNEL_OPTIONS,
-        )
         recon_pb2_grpc.add_ReconstructionServicer_to_server(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), self.server
         )
-        address = f"{settings.host}:{settings.grpc_port}"
-        if settings.tls_cert_file:
-            creds = grpc.ssl_server_credentials(
-                [(_read(settings.tls_key_file), _read(settings.tls_cert_file))],
-                root_certificates=_read(settings.tls_client_ca_file) if settings.tls_client_ca_file else None,
-                require_client_auth=settings.tls_client_ca_file is not None,
-            )
-            self.port = self.server.add_secure_port(address, creds)
-        else:
-            self.port = self.server.add_insecure_port(address)
-        if self.port == 0:
-            raise ConfigError(f"DNIRECON_GRPC_PORT / --port: cannot bind {address}")
         self.follower = None
         self.stopped = threading.Event()
+        self.shutdown = threading.Event()  # set when draining begins, also during start-up
+        self._lock = threading.Lock()  # orders SERVING / follower start against drain
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    def _bind(self) -> int:
+        """Adds the gRPC port; ConfigError naming the settings when it cannot be bound."""
+        s = self.settings
+        address = f"{s.host}:{s.grpc_port}"
+        try:
+            if s.tls_cert_file:
+                creds = grpc.ssl_server_credentials(
+                    [(_read(s.tls_key_file), _read(s.tls_cert_file))],
+                    root_certificates=_read(s.tls_client_ca_file) if s.tls_client_ca_file else None,
+                    require_client_auth=s.tls_client_ca_file is not None,
+                )
+                port = self.server.add_secure_port(address, creds)
+            else:
+                port = self.server.add_insecure_port(address)
+        except RuntimeError:  # grpcio >= 1.49 raises where older versions returned 0
+            port = 0
+        if port == 0:
+            raise ConfigError(f"DNIRECON_GRPC_PORT / --port (with DNIRECON_GRPC_HOST / --host): cannot bind {address}, "
+                              f"expected a free port on an address of this host")
+        return port
 
     def _set_health(self, status) -> None:
         for name in HEALTH_SERVICE_NAMES:
             self.health.set(name, status)
 
     def install(self, baked: BakedSet) -> None:
-        """Load and warm beside the current set, then swap; raises (and counts) a refused set."""
-        try:
-            served = load_served(baked, self.settings)
-        except Exception:
-            self.metrics.model_loads.labels(outcome="refused").inc()
-            raise
+        """Load and warm beside the current set, then swap; raises if the set is refused (the caller counts it)."""
+        served = load_served(baked, self.settings)
         self.holder.swap(served)
         self.metrics.model_loads.labels(outcome="ok").inc()
         m = served.models
@@ -469,28 +519,70 @@ class ServiceProcess:
         log.info("serving %s version %s (alphas %s, continuous %s) on %s",
                  baked.name, baked.version, m.alphas, m.continuous is not None, m.providers)
 
+    def refused(self, version: str, exc: Exception) -> None:
+        """The alias follower's on_refused: one count per refused version, whether fetch or load refused it."""
+        self.metrics.model_loads.labels(outcome="refused").inc()
+
+    def follow(self, store: MlflowStore, version: str):
+        """The (unstarted) alias follower: installs new versions, counts refused ones."""
+        from service.model_store import AliasFollower
+
+        return AliasFollower(store, self.settings.model_uri, version, self.settings.alias_poll_seconds, self.install,
+                             on_refused=self.refused)
+
+    def _stopping(self, step: str) -> bool:
+        if self.shutdown.is_set():
+            log.info("shutdown requested during start-up: %s skipped", step)
+        return self.shutdown.is_set()
+
     def start(self) -> None:
+        """Metrics, gRPC port (NOT_SERVING), model load and warm-up, then SERVING; a drain begun
+        meanwhile skips the remaining steps and SERVING is never set."""
         if self.settings.metrics_port:
-            self.metrics.serve(self.settings.metrics_port)
+            try:
+                self.metrics.serve(self.settings.metrics_port)
+            except OSError as exc:
+                raise ConfigError(f"DNIRECON_METRICS_PORT / --metrics-port: cannot bind 0.0.0.0:{self.settings.metrics_port} "
+                                  f"({exc.strerror or exc}), expected a free port") from None
         self.server.start()
         log.info("gRPC listening on port %d (health NOT_SERVING until the model is warm)", self.port)
+        if self._stopping("model download"):
+            return
         baked, store = load_initial(self.settings)
-        self.install(baked)
-        if store is not None and parse_model_uri_alias(self.settings.model_uri):
-            from service.model_store import AliasFollower
-
-            self.follower = AliasFollower(store, self.settings.model_uri, baked.version, self.settings.alias_poll_seconds, self.install).start()
-        self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        if self._stopping("model load and warm-up"):
+            return
+        try:
+            self.install(baked)
+        except Exception:
+            self.metrics.model_loads.labels(outcome="refused").inc()
+            raise
+        with self._lock:
+            if self._stopping("SERVING"):
+                return
+            if store is not None and parse_model_uri_alias(self.settings.model_uri):
+                self.follower = self.follow(store, baked.version).start()
+            self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("SERVING")
 
     def drain(self) -> None:
-        """SIGTERM: NOT_SERVING, refuse new calls, let in-flight ones finish within drain_seconds."""
-        log.info("draining: health NOT_SERVING, finishing in-flight requests within %.0f s", self.settings.drain_seconds)
-        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.servicer.draining.set()
-        if self.follower:
-            self.follower.stop()
-        self.server.stop(grace=self.settings.drain_seconds).wait()
+        """SIGTERM: NOT_SERVING, refuse new calls, let in-flight ones finish within drain_seconds;
+        slices still queued near its end are answered UNAVAILABLE, then the remaining calls are cut."""
+        with self._lock:
+            if self.shutdown.is_set():  # a second signal
+                return
+            self.shutdown.set()
+            self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+            self.servicer.draining.set()
+            follower = self.follower
+        grace = self.settings.drain_seconds
+        log.info("draining: health NOT_SERVING, finishing in-flight requests within %.0f s", grace)
+        if follower:
+            follower.stop()
+        done = self.server.stop(grace=grace)
+        # fail the queue while the calls are still open, so their clients get an answer per slice
+        if not done.wait(max(0.0, grace - min(1.0, grace / 2))):
+            self.batcher.stop()
+        done.wait()
         self.batcher.stop()
         self.stopped.set()
 
@@ -500,7 +592,12 @@ class ServiceProcess:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.server.stop(None)
+            self.batcher.stop()
+            raise
         self.stopped.wait()
         log.info("stopped")
 
