@@ -28,12 +28,17 @@ def _serve(args) -> int:
 
 
 def _add_connection(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--server", default=os.environ.get("DNIRECON_SERVER", "localhost:50051"), help="HOST:PORT")
-    p.add_argument("--token-file", default=os.environ.get("DNIRECON_CLIENT_TOKEN_FILE"), help="bearer token file")
-    p.add_argument("--ca-file", default=os.environ.get("DNIRECON_CLIENT_CA_FILE"), help="CA of the server (enables TLS)")
-    p.add_argument("--cert-file", default=os.environ.get("DNIRECON_CLIENT_CERT_FILE"), help="client certificate (mutual TLS)")
-    p.add_argument("--key-file", default=os.environ.get("DNIRECON_CLIENT_KEY_FILE"), help="client key (mutual TLS)")
-    p.add_argument("--timeout", type=float, default=None, help="deadline in seconds")
+    p.add_argument("--server", default=os.environ.get("DNIRECON_SERVER", "localhost:50051"),
+                   help="HOST:PORT [env DNIRECON_SERVER, default localhost:50051]")
+    p.add_argument("--token-file", default=os.environ.get("DNIRECON_CLIENT_TOKEN_FILE"),
+                   help="bearer token file [env DNIRECON_CLIENT_TOKEN_FILE]")
+    p.add_argument("--ca-file", default=os.environ.get("DNIRECON_CLIENT_CA_FILE"),
+                   help="CA of the server (enables TLS) [env DNIRECON_CLIENT_CA_FILE]")
+    p.add_argument("--cert-file", default=os.environ.get("DNIRECON_CLIENT_CERT_FILE"),
+                   help="client certificate (mutual TLS, needs --ca-file) [env DNIRECON_CLIENT_CERT_FILE]")
+    p.add_argument("--key-file", default=os.environ.get("DNIRECON_CLIENT_KEY_FILE"),
+                   help="client key (mutual TLS, needs --ca-file) [env DNIRECON_CLIENT_KEY_FILE]")
+    p.add_argument("--timeout", type=float, default=None, help="deadline in seconds of each call (default: none)")
 
 
 def register_client(subparsers) -> None:
@@ -52,13 +57,50 @@ def register_client(subparsers) -> None:
     i.set_defaults(func=_info)
 
 
+_CONNECTION_FILES = (("token_file", "--token-file", "DNIRECON_CLIENT_TOKEN_FILE"), ("ca_file", "--ca-file", "DNIRECON_CLIENT_CA_FILE"),
+                     ("cert_file", "--cert-file", "DNIRECON_CLIENT_CERT_FILE"), ("key_file", "--key-file", "DNIRECON_CLIENT_KEY_FILE"))
+
+
 def _client(args):
+    """The ReconClient of the connection flags; a file that cannot be read is a ConfigError naming it."""
+    from dnirecon.errors import ConfigError
     from service.client import ReconClient
 
-    token = Path(args.token_file).read_text().strip() if args.token_file else None
-    return ReconClient(args.server, token=token, root_cert=args.ca_file, client_cert=args.cert_file, client_key=args.key_file)
+    data = {}
+    for name, flag, env in _CONNECTION_FILES:
+        path = getattr(args, name)
+        if path:
+            try:
+                data[name] = Path(path).read_bytes()
+            except OSError as exc:
+                raise ConfigError(f"{flag} / {env} {path}: cannot read ({exc.strerror})") from None
+    token = data["token_file"].decode().strip() if "token_file" in data else None
+    if token == "":
+        raise ConfigError(f"--token-file / DNIRECON_CLIENT_TOKEN_FILE {args.token_file}: empty, expected a token")
+    return ReconClient(args.server, token=token, root_cert=data.get("ca_file"), client_cert=data.get("cert_file"),
+                       client_key=data.get("key_file"))
 
 
+def _rpc_errors(handler):
+    """A failed RPC prints 'dnirecon client: error: CODE: details' and exits 1, without a traceback."""
+    import functools
+
+    @functools.wraps(handler)
+    def run(args) -> int:
+        import grpc
+
+        try:
+            return handler(args)
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            details = exc.details() if hasattr(exc, "details") else str(exc)
+            print(f"dnirecon client: error: {code.name if code else 'UNKNOWN'}: {details}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+@_rpc_errors
 def _reconstruct(args) -> int:
     from service.client import reconstruct_file, write_outputs
 
@@ -73,11 +115,12 @@ def _reconstruct(args) -> int:
     return 1 if result.errors else 0
 
 
+@_rpc_errors
 def _info(args) -> int:
     with _client(args) as client:
-        info = client.server_info()
-        models = client.list_models()
-        health = client.health()
+        info = client.server_info(timeout=args.timeout)
+        models = client.list_models(timeout=args.timeout)
+        health = client.health(timeout=args.timeout)
     print(f"health: {health}")
     print(f"providers in use: {', '.join(info.providers)} (requested {', '.join(info.requested_providers)})"
           + ("  WARNING: fallback, a requested provider is not in use" if info.provider_fallback else ""))

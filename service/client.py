@@ -13,24 +13,36 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from dnirecon.errors import DataError
+from dnirecon.errors import ConfigError, DataError
 from dnirecon.v1 import recon_pb2, recon_pb2_grpc
 from service import wire
 
 log = logging.getLogger(__name__)
 
 
-def _read(path) -> bytes | None:
-    return Path(path).read_bytes() if path else None
+def _read(path_or_pem: str | os.PathLike | bytes | None) -> bytes | None:
+    """PEM bytes as given, else the file's bytes (ConfigError naming the file if unreadable)."""
+    if not path_or_pem or isinstance(path_or_pem, bytes):
+        return path_or_pem or None
+    try:
+        return Path(path_or_pem).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path_or_pem}: cannot read ({exc.strerror})") from None
 
 
 class ReconClient:
     """A channel to one server. token adds 'authorization: Bearer <token>'; root_cert enables TLS,
-    client_cert/client_key add the client side of mutual TLS."""
+    client_cert/client_key (both, and only with root_cert) add the client side of mutual TLS.
+    The certificates are file paths or PEM bytes."""
 
-    def __init__(self, target: str, *, token: str | None = None, root_cert: str | os.PathLike | None = None,
-                 client_cert: str | os.PathLike | None = None, client_key: str | os.PathLike | None = None,
+    def __init__(self, target: str, *, token: str | None = None, root_cert: str | os.PathLike | bytes | None = None,
+                 client_cert: str | os.PathLike | bytes | None = None, client_key: str | os.PathLike | bytes | None = None,
                  server_name: str | None = None):
+        if (client_cert or client_key) and not root_cert:
+            raise ConfigError("--cert-file / --key-file (client_cert / client_key) need --ca-file (root_cert): "
+                              "without it the channel would not use TLS at all")
+        if bool(client_cert) != bool(client_key):
+            raise ConfigError("--cert-file and --key-file (client_cert, client_key) must be given together")
         options = list(wire.CHANNEL_OPTIONS)
         if server_name:
             options.append(("grpc.ssl_target_name_override", server_name))
@@ -38,6 +50,8 @@ class ReconClient:
             creds = grpc.ssl_channel_credentials(_read(root_cert), _read(client_key), _read(client_cert))
             self.channel = grpc.secure_channel(target, creds, options=options)
         else:
+            if token:
+                log.warning("sending the bearer token to %s over an insecure channel: give --ca-file to use TLS", target)
             self.channel = grpc.insecure_channel(target, options=options)
         self.stub = recon_pb2_grpc.ReconstructionStub(self.channel)
         self.metadata = [("authorization", f"Bearer {token}")] if token else []
@@ -77,16 +91,16 @@ class ReconClient:
         return self.stub.Reconstruct(recon_pb2.SliceRequest(header=header, data=data, crc32=wire.crc32(data)),
                                      timeout=timeout, metadata=self.metadata)
 
-    def list_models(self) -> recon_pb2.ListModelsResponse:
-        return self.stub.ListModels(recon_pb2.ListModelsRequest(), metadata=self.metadata)
+    def list_models(self, timeout: float | None = None) -> recon_pb2.ListModelsResponse:
+        return self.stub.ListModels(recon_pb2.ListModelsRequest(), timeout=timeout, metadata=self.metadata)
 
-    def server_info(self) -> recon_pb2.ServerInfo:
-        return self.stub.GetServerInfo(recon_pb2.ServerInfoRequest(), metadata=self.metadata)
+    def server_info(self, timeout: float | None = None) -> recon_pb2.ServerInfo:
+        return self.stub.GetServerInfo(recon_pb2.ServerInfoRequest(), timeout=timeout, metadata=self.metadata)
 
-    def health(self, service: str = "") -> str:
+    def health(self, service: str = "", timeout: float | None = None) -> str:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-        resp = health_pb2_grpc.HealthStub(self.channel).Check(health_pb2.HealthCheckRequest(service=service))
+        resp = health_pb2_grpc.HealthStub(self.channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
 
 
