@@ -145,14 +145,14 @@ LAUNCHER = "import sys; sys.modules['torch'] = None; from service.cli import mai
 
 
 class ServerProcess:
-    def __init__(self, args: list[str], env: dict, log_path: Path):
+    def __init__(self, args: list[str], env: dict, log_path: Path, launcher: str = LAUNCHER):
         self.port = free_port()
         self.metrics_port = free_port()
         self.log_path = log_path
         self.target = f"127.0.0.1:{self.port}"
         env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1", **env}
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", LAUNCHER, "serve", "--host", "127.0.0.1", "--port", str(self.port),
+            [sys.executable, "-c", launcher, "serve", "--host", "127.0.0.1", "--port", str(self.port),
              "--metrics-port", str(self.metrics_port), "--providers", "cpu", "--intra-op-threads", "1", *args],
             cwd=ROOT, env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
         )
@@ -192,8 +192,8 @@ class ServerProcess:
 def start_server(tmp_path):
     servers = []
 
-    def start(*args: str, env: dict | None = None) -> ServerProcess:
-        s = ServerProcess(list(args), env or {}, tmp_path / f"server{len(servers)}.log")
+    def start(*args: str, env: dict | None = None, launcher: str = LAUNCHER) -> ServerProcess:
+        s = ServerProcess(list(args), env or {}, tmp_path / f"server{len(servers)}.log", launcher)
         servers.append(s)
         s.wait_serving()
         return s
@@ -201,6 +201,28 @@ def start_server(tmp_path):
     yield start
     for s in servers:
         s.stop()
+
+
+@pytest.fixture
+def make_process():
+    """Builds in-process ServiceProcesses on a free loopback port (no metrics port, 0.5 s drain);
+    those built are drained at teardown. Keyword arguments override the Settings."""
+    from service.config import Settings
+    from service.server import ServiceProcess
+
+    procs = []
+
+    def make(**overrides):
+        settings = Settings(**{"host": "127.0.0.1", "grpc_port": free_port(), "metrics_port": 0, "providers": ("cpu",),
+                               "intra_op_threads": 1, "drain_seconds": 0.5, "malloc_mmap_threshold": 0,
+                               "malloc_arena_max": 0, **overrides})
+        proc = ServiceProcess(settings)
+        procs.append(proc)
+        return proc
+
+    yield make
+    for proc in procs:
+        proc.drain()
 
 
 @pytest.fixture(scope="session")

@@ -182,7 +182,7 @@ def test_cli_reconstruct_writes_hdf5_and_pngs(server, volume_file, tmp_path):
     assert len(list((tmp_path / "file_synth_001").glob("*.png"))) == 3
 
 
-def test_continuous_model_serves_any_alpha(continuous_dir, start_server):
+def test_continuous_model_serves_any_alpha_under_one_metric_label(continuous_dir, start_server):
     server = start_server("--model-dir", str(continuous_dir), "--drain-seconds", "1", "--warmup-shapes", "2x32x24")
     k = synthetic_kspace(2, 2, 32, 24, seed=12)
     mask = test_mask()
@@ -190,9 +190,91 @@ def test_continuous_model_serves_any_alpha(continuous_dir, start_server):
     with ReconClient(server.target) as client:
         results = sorted(client.stream(((i, k[i], mask) for i in range(2)), (32, 24), alpha=0.3, timeout=30),
                          key=lambda r: r.slice_index)
+        list(client.stream([(0, k[0], mask)], (32, 24), alpha=0.7, timeout=30))
+        (baked,) = client.stream([(0, k[0], mask)], (32, 24), alpha=1.0, timeout=30)
     for r in results:
         assert r.alpha == pytest.approx(0.3) and r.dc_residual == pytest.approx(ref_dc[r.slice_index], abs=1e-6)
         np.testing.assert_allclose(wire.image_from_result(r), ref[r.slice_index], atol=1e-5, rtol=0)
+    assert baked.alpha == 1.0
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+    served = {line.split('"')[1]: float(line.split()[-1]) for line in text.splitlines()
+              if line.startswith("dnirecon_alpha_served_total{")}
+    assert served == {"continuous": 3.0, "1": 1.0}  # one label for any continuous alpha: bounded cardinality
+
+
+def test_a_stream_keeps_the_model_version_it_started_with(baked_dir, make_process):
+    from service.model_store import read_baked_set
+
+    proc = make_process(model_dir=baked_dir, warmup_shapes=((2, 32, 24),))
+    proc.start()
+    k, mask = synthetic_kspace(3, 2, 32, 24, seed=14), test_mask()
+    swapped = threading.Event()
+
+    def slices():
+        yield 0, k[0], mask
+        assert swapped.wait(30)
+        yield 1, k[1], mask
+
+    results = []
+    with ReconClient(f"127.0.0.1:{proc.port}") as client:
+        for r in client.stream(slices(), (32, 24), timeout=60):
+            results.append(r)
+            if r.slice_index == 0:  # between the slices of this stream another version comes in
+                proc.install(read_baked_set(baked_dir, version="2"))
+                swapped.set()
+        (after,) = client.stream([(2, k[2], mask)], (32, 24), timeout=30)
+    assert [(r.slice_index, r.model_version) for r in results] == [(0, "local"), (1, "local")]
+    assert after.model_version == "2"  # a new stream gets the new set
+
+
+def test_an_unexpected_reader_failure_ends_the_stream_internal(baked_dir, make_process):
+    proc = make_process(model_dir=baked_dir, warmup_shapes=((2, 32, 24),))
+    proc.start()
+
+    def broken(*args):
+        raise RuntimeError("bug")
+
+    proc.servicer.parse_header = broken
+    with ReconClient(f"127.0.0.1:{proc.port}") as client:
+        with pytest.raises(grpc.RpcError) as err:
+            list(client.stream([(0, synthetic_kspace(1, 2, 32, 24)[0], test_mask())], (32, 24), timeout=30))
+    assert err.value.code() == grpc.StatusCode.INTERNAL and "RuntimeError" in err.value.details()
+
+
+def test_cli_rpc_errors_print_code_and_details_without_traceback(capsys):
+    from service.cli import main
+
+    from .conftest import free_port
+
+    assert main(["client", "info", "--server", f"127.0.0.1:{free_port()}", "--timeout", "10"]) == 1
+    err = capsys.readouterr().err
+    assert "dnirecon client: error: UNAVAILABLE: " in err and "Traceback" not in err
+
+
+def test_cli_info_honours_timeout(capsys):
+    import socket
+    import time
+
+    from service.cli import main
+
+    with socket.socket() as silent:  # accepts the connection, never answers: only the deadline ends the call
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        t0 = time.monotonic()
+        rc = main(["client", "info", "--server", f"127.0.0.1:{silent.getsockname()[1]}", "--timeout", "0.5"])
+    assert rc == 1 and time.monotonic() - t0 < 10
+    assert "DEADLINE_EXCEEDED" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag,env", [("--token-file", "DNIRECON_CLIENT_TOKEN_FILE"), ("--ca-file", "DNIRECON_CLIENT_CA_FILE"),
+                                      ("--cert-file", "DNIRECON_CLIENT_CERT_FILE"), ("--key-file", "DNIRECON_CLIENT_KEY_FILE")])
+def test_cli_missing_connection_file_names_it(capsys, tmp_path, flag, env):
+    from service.cli import main
+
+    missing = tmp_path / "missing.pem"
+    assert main(["client", "info", "--server", "127.0.0.1:1", flag, str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert f"{flag} / {env} {missing}: cannot read" in err and "Traceback" not in err
 
 
 def test_deadline_ends_the_call_and_the_server_goes_on(server):

@@ -114,3 +114,148 @@ def test_cuda_requested_without_gpu_is_reported_loudly(baked_dir, start_server):
     text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
     assert "dnirecon_provider_fallback 1.0" in text
     assert "ERROR service.engine: onnxruntime providers requested" in server.log()
+
+
+# The server with a slow model stand-in: each batch sleeps 3 s first (warm-up, outside the batcher, does not).
+SLOW_LAUNCHER = """import sys, threading, time
+sys.modules['torch'] = None
+import service.engine as engine
+run = engine.OnnxModel.run
+def slow(self, *args, **kw):
+    if threading.current_thread().name.startswith('batcher'):
+        time.sleep(3)
+    return run(self, *args, **kw)
+engine.OnnxModel.run = slow
+from service.cli import main
+sys.exit(main(sys.argv[1:]))"""
+
+
+def test_sigterm_with_slices_queued_answers_them_unavailable_and_exits(baked_dir, start_server):
+    server = start_server("--model-dir", str(baked_dir), "--drain-seconds", "1.5", "--max-batch", "1",
+                          "--warmup-shapes", "2x32x24", launcher=SLOW_LAUNCHER)
+    results: dict[str, list] = {"a": [], "b": []}
+    errors: dict[str, grpc.StatusCode] = {}
+
+    def run(name, n):
+        try:
+            with ReconClient(server.target) as client:
+                results[name].extend(client.stream(((i, K, MASK) for i in range(n)), (32, 24), timeout=60))
+        except grpc.RpcError as exc:
+            errors[name] = exc.code()
+
+    # stream a: one slice, in compute for 3 s; stream b: three slices queued behind it, nothing of b
+    # ever reaches compute (before the fix b's handler waited for them forever and the process hung)
+    threads = [threading.Thread(target=run, args=("a", 1)), threading.Thread(target=run, args=("b", 3))]
+    threads[0].start()
+    time.sleep(0.5)
+    threads[1].start()
+    time.sleep(0.5)
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(timeout=15) == 0, server.log()
+    for t in threads:
+        t.join(15)
+        assert not t.is_alive()
+    assert "b" not in errors and sorted(r.slice_index for r in results["b"]) == [0, 1, 2], (results, errors)
+    assert all(r.error.code_name == "UNAVAILABLE" and "shutting down" in r.error.reason for r in results["b"])
+    assert results["a"] or errors["a"] == grpc.StatusCode.UNAVAILABLE  # cut at the end of the drain
+
+
+def test_empty_token_file_is_refused(baked_dir, make_process, tmp_path):
+    from dnirecon.errors import ConfigError
+
+    (tmp_path / "token").write_text(" \n")
+    with pytest.raises(ConfigError, match=f"--auth-token-file {tmp_path / 'token'}: empty, expected a token"):
+        make_process(model_dir=baked_dir, auth_token_file=tmp_path / "token")
+
+
+def test_busy_ports_are_config_errors_naming_the_setting(baked_dir, make_process):
+    import socket
+
+    from dnirecon.errors import ConfigError
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"DNIRECON_GRPC_PORT / --port .*cannot bind 127.0.0.1:{port}"):
+            make_process(model_dir=baked_dir, grpc_port=port)
+    with socket.socket() as held:
+        held.bind(("0.0.0.0", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        proc = make_process(model_dir=baked_dir, metrics_port=port)
+        with pytest.raises(ConfigError, match=f"DNIRECON_METRICS_PORT / --metrics-port: cannot bind 0.0.0.0:{port}"):
+            proc.start()
+
+
+@pytest.mark.parametrize("step", ["load_initial", "load_served"])
+def test_sigterm_during_start_up_skips_the_rest_and_never_serves(baked_dir, make_process, monkeypatch, step):
+    from grpc_health.v1 import health_pb2
+
+    import service.server as srv
+
+    proc = make_process(model_dir=baked_dir, warmup_shapes=((2, 32, 24),))
+    real = getattr(srv, step)
+
+    def then_sigterm(*args):
+        out = real(*args)
+        proc.drain()  # what the SIGTERM handler's thread runs
+        return out
+
+    monkeypatch.setattr(srv, step, then_sigterm)
+    proc.start()
+    status = proc.health.Check(health_pb2.HealthCheckRequest(service=""), None).status
+    assert status == health_pb2.HealthCheckResponse.NOT_SERVING and proc.stopped.is_set()
+    if step == "load_initial":
+        assert proc.holder.get() is None  # no load and warm-up after the signal
+
+
+class _Store:
+    """Stands in for MlflowStore: the alias points at .version, whose baked set is the directory dirs[version]."""
+
+    def __init__(self, dirs: dict):
+        self.dirs, self.version = dirs, None
+
+    def resolve(self, name, alias, version):
+        return self.version, str(self.dirs[self.version])
+
+    def fetch(self, name, version, source, uri):
+        from service.model_store import read_baked_set
+
+        return read_baked_set(source, name=name, version=version, uri=uri)
+
+
+def test_refused_versions_are_counted_once_whether_fetch_or_load_refused_them(baked_dir, onnx_models, make_process, tmp_path):
+    import hashlib
+    import json
+    import shutil
+
+    from .conftest import write_baked_set
+
+    tampered = tmp_path / "tampered"  # the sha256 check at fetch refuses it
+    shutil.copytree(baked_dir, tampered)
+    with open(tampered / "alpha_1.00.onnx", "ab") as f:
+        f.write(b"\0")
+    broken = write_baked_set(tmp_path / "broken", {a: p for a, p in onnx_models.items() if a is not None})
+    (broken / "alpha_0.00.onnx").write_bytes(b"not an onnx graph")  # verifies, onnxruntime refuses it
+    manifest = json.loads((broken / "manifest.json").read_text())
+    manifest["alphas"][0]["sha256"] = hashlib.sha256(b"not an onnx graph").hexdigest()
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+
+    proc = make_process(model_uri="models:/interpsn@production", warmup_shapes=((2, 32, 24),))
+    store = _Store({"2": tampered, "3": broken, "4": baked_dir})
+    follower = proc.follow(store, "1")
+
+    def loads(outcome):
+        return proc.metrics.registry.get_sample_value("dnirecon_model_loads_total", {"outcome": outcome}) or 0.0
+
+    store.version = "2"
+    follower.check_once()
+    follower.check_once()  # not retried until the alias moves
+    assert loads("refused") == 1.0
+    store.version = "3"
+    follower.check_once()
+    assert loads("refused") == 2.0
+    store.version = "4"
+    follower.check_once()
+    assert (loads("refused"), loads("ok")) == (2.0, 1.0) and proc.holder.get().baked.version == "4"

@@ -157,3 +157,130 @@ def test_full_queue_pushes_back_instead_of_growing():
     model.release.set()
     assert all(f.result(timeout=10).image.shape == (4, 4) for f in [first, *queued])
     batcher.stop()
+
+
+@pytest.mark.parametrize("env,needle", [
+    ({"DNIRECON_STREAM_INFLIGHT": "0"}, "DNIRECON_STREAM_INFLIGHT / --stream-inflight is 0, expected an integer >= 1"),
+    ({"DNIRECON_MAX_WORKERS": "0"}, "DNIRECON_MAX_WORKERS / --max-workers is 0, expected an integer >= 1"),
+    ({"DNIRECON_MAX_SLICE_BYTES": "0"}, "DNIRECON_MAX_SLICE_BYTES / --max-slice-bytes is 0, expected an integer >= 1"),
+    ({"DNIRECON_BATCH_WAIT_MS": "-1"}, "DNIRECON_BATCH_WAIT_MS / --batch-wait-ms is -1.0, expected a number >= 0"),
+    ({"DNIRECON_BATCH_WAIT_MS": "nan"}, "DNIRECON_BATCH_WAIT_MS / --batch-wait-ms is nan"),
+    ({"DNIRECON_GRPC_PORT": "65536"}, r"DNIRECON_GRPC_PORT / --port is 65536, expected a port in 0\.\.65535"),
+    ({"DNIRECON_GRPC_PORT": "-1"}, r"DNIRECON_GRPC_PORT / --port is -1, expected a port in 0\.\.65535"),
+    ({"DNIRECON_METRICS_PORT": "70000"}, r"DNIRECON_METRICS_PORT / --metrics-port is 70000, expected a port in 0\.\.65535"),
+    ({"DNIRECON_DRAIN_SECONDS": "-2"}, "DNIRECON_DRAIN_SECONDS / --drain-seconds is -2.0, expected a number >= 0"),
+    ({"DNIRECON_ALIAS_POLL_SECONDS": "0"}, "DNIRECON_ALIAS_POLL_SECONDS / --alias-poll-seconds is 0.0, expected a number > 0"),
+])
+def test_out_of_range_settings_name_flag_and_variable(env, needle):
+    with pytest.raises(ConfigError, match=needle):
+        settings_from(None, env)
+
+
+def test_port_zero_means_any_port_or_no_metrics():
+    s = settings_from(None, {"DNIRECON_GRPC_PORT": "0", "DNIRECON_METRICS_PORT": "0", "DNIRECON_BATCH_WAIT_MS": "0"})
+    assert (s.grpc_port, s.metrics_port, s.batch_wait_ms) == (0, 0, 0.0)
+
+
+def test_default_alpha_from_the_manifest_is_checked_at_load(baked_dir):
+    b = read_baked_set(baked_dir)
+    assert ModelSet("m", "1", list(b.baked), None, ["CPUExecutionProvider"], default_alpha=1).select(None).alpha == 1.0
+    for bad in (1.5, "high", float("nan"), True):
+        with pytest.raises(ModelError, match="default_alpha"):
+            ModelSet("m", "1", list(b.baked), None, ["CPUExecutionProvider"], default_alpha=bad)
+
+
+class _FixedModel:
+    """Stands in for an OnnxModel: answers `extra` more images than the batch it is given."""
+
+    def __init__(self, extra: int = 0):
+        self.extra = extra
+        self.path = type("P", (), {"name": "fixed.onnx"})()
+
+    def run(self, kspace, mask, alpha=None):
+        n = len(kspace) + self.extra
+        return np.ones((n, *kspace.shape[2:4]), np.float32), np.zeros(n, np.float32)
+
+
+def test_a_batch_with_the_wrong_output_size_fails_its_slices_and_the_worker_goes_on():
+    from service.engine import Selection
+
+    bad, good = Selection(_FixedModel(extra=1), 0.0, None), Selection(_FixedModel(), 0.0, None)
+    k, mask = np.zeros((1, 4, 4, 2), np.float32), np.ones(4, np.float32)
+    batcher = Batcher(max_batch=2, max_queue=8, wait_ms=300)
+    futs = [batcher.submit(Job(bad, k, mask)) for _ in range(2)]
+    for f in futs:
+        with pytest.raises(ModelError, match="batch 3 .* expected 2"):
+            f.result(timeout=10)
+    short = Selection(_FixedModel(extra=-1), 0.0, None)  # fewer images than slices
+    with pytest.raises(ModelError, match="expected 1"):
+        batcher.submit(Job(short, k, mask)).result(timeout=10)
+    assert batcher.submit(Job(good, k, mask)).result(timeout=10).image.shape == (4, 4)
+    batcher.stop()
+
+
+def test_warmup_runs_max_batch_and_refuses_a_graph_fixed_at_batch_one(baked_dir):
+    b = read_baked_set(baked_dir)
+    models = ModelSet("m", "1", list(b.baked), None, ["CPUExecutionProvider"])
+    models.warmup([(2, 16, 12)], max_batch=3)  # the stand-in has a dynamic batch
+
+    class BatchOfOne(_FixedModel):
+        def run(self, kspace, mask, alpha=None):
+            return super().run(kspace[:1], mask[:1], alpha)
+
+    models.baked[0] = (0.0, BatchOfOne())
+    models.warmup([(2, 16, 12)], max_batch=1)
+    with pytest.raises(ModelError, match=r"batch 3 .* expected \(3, 16, 12\)"):
+        models.warmup([(2, 16, 12)], max_batch=3)
+
+
+def test_stopped_batcher_fails_queued_jobs_and_refuses_new_ones():
+    from service.engine import Selection, ShuttingDown
+
+    model = _BlockingModel()
+    sel = Selection(model, 0.0, None)
+    batcher = Batcher(max_batch=1, max_queue=4)
+    k, mask = np.zeros((1, 4, 4, 2), np.float32), np.ones(4, np.float32)
+    running = batcher.submit(Job(sel, k, mask))
+    import time
+
+    time.sleep(0.2)  # the worker is in run()
+    queued = [batcher.submit(Job(sel, k, mask)) for _ in range(2)]
+    batcher.stop()
+    for f in queued:
+        with pytest.raises(ShuttingDown, match="shutting down"):
+            f.result(timeout=1)
+    with pytest.raises(ShuttingDown):
+        batcher.submit(Job(sel, k, mask))
+    model.release.set()
+    assert running.result(timeout=10).image.shape == (4, 4)  # the batch in compute still finishes
+
+
+def test_client_certificate_without_ca_is_an_error_and_a_plaintext_token_warns(caplog):
+    from service.client import ReconClient
+
+    with pytest.raises(ConfigError, match="--cert-file / --key-file .* need --ca-file"):
+        ReconClient("127.0.0.1:1", client_cert=b"cert", client_key=b"key")
+    with pytest.raises(ConfigError, match="--cert-file and --key-file .* together"):
+        ReconClient("127.0.0.1:1", root_cert=b"ca", client_cert=b"cert")
+    with caplog.at_level("WARNING", logger="service.client"):
+        ReconClient("127.0.0.1:1", token="t").close()
+    assert "bearer token to 127.0.0.1:1 over an insecure channel" in caplog.text
+
+
+def test_a_result_that_does_not_fit_its_header_fails_that_slice_internal(baked_dir):
+    from concurrent.futures import Future
+
+    import grpc
+
+    from service.config import Settings
+    from service.engine import JobResult, Selection
+    from service.server import ModelHolder, ParsedHeader, Pending, ReconstructionServicer, Served
+    from service.telemetry import Metrics
+
+    servicer = ReconstructionServicer(ModelHolder(), None, Settings(), Metrics())
+    header = wire.make_header(3, (2, 32, 24), test_mask(), (16, 16))
+    fut = Future()
+    fut.set_result(JobResult(np.zeros((8, 8), np.float32), 0.0, 0.0, 0.0, 1))  # smaller than the 16x16 recon size
+    parsed = ParsedHeader(header, test_mask(), Served(read_baked_set(baked_dir), None), Selection(None, 0.0, None))
+    r = servicer.finish(Pending(parsed, 0.0, fut))
+    assert r.slice_index == 3 and r.error.code_name == grpc.StatusCode.INTERNAL.name and "centre-crop" in r.error.reason
