@@ -314,13 +314,13 @@ def _compare_with_incumbent(res: GateResult, candidate_tags: dict[str, str], can
                             "current version has one; bake with --continuous")
     fp_cand, fp_inc = candidate_tags.get(HELD_OUT_TAG), incumbent_tags.get(HELD_OUT_TAG)
     if not fp_cand or not fp_inc or fp_cand != fp_inc:
-        if not fp_cand or not fp_inc:
-            which = " and ".join(w for w, fp in (("the candidate", fp_cand), ("the current version", fp_inc))
-                                 if not fp)
-            why = f"{which} has no {HELD_OUT_TAG} tag (baked before held-out fingerprints were recorded)"
-        else:
+        if fp_cand and fp_inc:
             why = (f"candidate {HELD_OUT_TAG} {fp_cand[:12]} ({candidate_tags.get('held_out', '?')}) differs "
                    f"from the current version's {fp_inc[:12]} ({incumbent_tags.get('held_out', '?')})")
+        else:
+            who = ("neither the candidate nor the current version has a" if not (fp_cand or fp_inc)
+                   else "the candidate has no" if not fp_cand else "the current version has no")
+            why = f"{who} {HELD_OUT_TAG} tag (baked before held-out fingerprints were recorded)"
         res.failures.append(f"metrics gate: the metrics were not measured on the same held-out data: {why}; "
                             "re-bake on the same --data/--slices/--accel to compare them")
         return
