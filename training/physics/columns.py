@@ -10,9 +10,8 @@ c -> c P with P = F_W diag(m) F_W^H (row-vector convention, the centred DFT matr
 instead of a forward and an inverse 2-D DFT per cascade. Only the input needs a transform along H,
 and only the rows the model keeps (the readout-oversampling crop) are computed.
 
-Per coil at 640x368 with a 2x crop and 6 cascades this is about 0.51 G complex multiply-adds
-(input 0.08 G, three zero-filled images 0.13 G, six projections and the residual's 0.30 G) instead
-of 1.53 G for the 2-D DFT matrices (`docs/architecture.md`). The operators are exact rewrites of the
+Per coil at 15x640x368 with a 2x crop and 6 cascades this is about 0.42 G complex multiply-adds
+instead of 1.45 G for the 2-D DFTs (`docs/architecture.md`). The operators are exact rewrites of the
 k-space form in `training.models.sn`; `tests/models/test_columns.py` checks the two agree.
 """
 
