@@ -54,9 +54,8 @@ class ReconstructionBoundary(nn.Module):
         y = torch.complex(kspace[..., 0], kspace[..., 1])
         # On the model's grid (readout oversampling removed when the config says so): the residual is
         # that of the data the model was consistent with; the image goes back on the input's rows.
-        y = self.sn.crop_readout(y)
-        x, maps = self.sn.reconstruct_on_grid(y, mask)
-        return self.sn.pad_readout(x.abs(), kspace.shape[-3]), dc_residual(x, maps, y, mask, self.fourier)
+        x, residual = self.sn.reconstruct_with_residual(y, mask)
+        return self.sn.pad_readout(x.abs(), kspace.shape[-3]), residual
 
 
 def with_fourier(model: nn.Module, fourier: FourierPair, config=None) -> nn.Module:

@@ -25,3 +25,9 @@ class DataConsistency(nn.Module):
         """k_pred, k_measured: complex (B, C, H, W); mask: float (B, W)."""
         w = torch.clamp(self.weight, 0.0, 1.0)
         return k_pred + mul_real(k_measured - k_pred, w * expand_mask(mask))
+
+    def on_coil_images(self, coil_images: Tensor, measured: Tensor, projected: Tensor) -> Tensor:
+        """The same step on coil images: c + w (F^H M y - F^H M F c), given F^H M y (`measured`) and
+        F^H M F c (`projected`), all complex (B, C, H, W); see training.physics.columns."""
+        w = torch.clamp(self.weight, 0.0, 1.0)
+        return coil_images + mul_real(measured - projected, w)

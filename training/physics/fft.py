@@ -19,10 +19,15 @@ from torch import Tensor
 
 
 class FourierPair(NamedTuple):
-    """A forward/inverse centred orthonormal 2-D FFT over the last two dims of a complex tensor."""
+    """A forward/inverse centred orthonormal 2-D FFT over the last two dims of a complex tensor.
+
+    `column_domain`: a model built with this pair applies the column-mask operators as W x W
+    products (`training.physics.columns`) instead of 2-D transforms, as the matmul pair does.
+    """
 
     fft: Callable[[Tensor], Tensor]
     ifft: Callable[[Tensor], Tensor]
+    column_domain: bool = False
 
 
 _DIMS = (-2, -1)
@@ -89,4 +94,4 @@ def _matmul_ifft2c(x: Tensor) -> Tensor:
     return _matmul_dft2c(x, inverse=True)
 
 
-MATMUL_FFT = FourierPair(_matmul_fft2c, _matmul_ifft2c)
+MATMUL_FFT = FourierPair(_matmul_fft2c, _matmul_ifft2c, column_domain=True)

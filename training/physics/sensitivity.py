@@ -40,6 +40,11 @@ def acs_maps(kspace: Tensor, mask: Tensor, fourier: FourierPair = TORCH_FFT, eps
     do not depend on the k-space scale.
     """
     low_res = fourier.ifft(mul_real(kspace, expand_mask(acs_columns(mask)).to(kspace.real.dtype)))
+    return maps_from_low_res(low_res, eps)
+
+
+def maps_from_low_res(low_res: Tensor, eps: float = 1e-6) -> Tensor:
+    """The low-resolution coil images (B, C, H, W) divided by their RSS: acs_maps' second half."""
     norm = rss(low_res, dim=1)
     peak = torch.amax(norm, dim=(-2, -1), keepdim=True)
     norm = norm + eps * peak + torch.finfo(norm.dtype).tiny
