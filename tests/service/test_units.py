@@ -284,3 +284,17 @@ def test_a_result_that_does_not_fit_its_header_fails_that_slice_internal(baked_d
     parsed = ParsedHeader(header, test_mask(), Served(read_baked_set(baked_dir), None), Selection(None, 0.0, None))
     r = servicer.finish(Pending(parsed, 0.0, fut))
     assert r.slice_index == 3 and r.error.code_name == grpc.StatusCode.INTERNAL.name and "centre-crop" in r.error.reason
+
+
+def test_outputs_are_copied_out_of_the_onnxruntime_arena(baked_dir):
+    """onnxruntime returns CPU outputs as views of its arena; held by the server while the next batch
+    runs, they fragment it and RSS creeps up (docs/benchmarks.md). run() must hand back owned arrays."""
+    b = read_baked_set(baked_dir)
+    model = ModelSet("m", "1", list(b.baked), None, ["CPUExecutionProvider"]).baked[0][1]
+    kspace = synthetic_kspace(2, 4, 16, 12)
+    mask = np.stack([test_mask(12)] * 2)
+    image, dc = model.run(np.stack([kspace.real, kspace.imag], -1).astype(np.float32), mask)
+    for name, arr in (("image", image), ("dc_residual", dc)):
+        assert arr.flags["OWNDATA"] or (arr.base is not None and arr.base.flags["OWNDATA"]), name
+        assert isinstance(arr.base, (type(None), np.ndarray)), f"{name} is a view of {type(arr.base)}"
+    assert image.shape == (2, 16, 12) and dc.shape == (2,)
