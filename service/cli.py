@@ -74,9 +74,11 @@ def _client(args):
                 data[name] = Path(path).read_bytes()
             except OSError as exc:
                 raise ConfigError(f"{flag} / {env} {path}: cannot read ({exc.strerror})") from None
-    token = data["token_file"].decode().strip() if "token_file" in data else None
-    if token == "":
-        raise ConfigError(f"--token-file / DNIRECON_CLIENT_TOKEN_FILE {args.token_file}: empty, expected a token")
+    token = None
+    if "token_file" in data:
+        from service.config import parse_bearer_token
+
+        token = parse_bearer_token(data["token_file"], f"--token-file / DNIRECON_CLIENT_TOKEN_FILE {args.token_file}")
     return ReconClient(args.server, token=token, root_cert=data.get("ca_file"), client_cert=data.get("cert_file"),
                        client_key=data.get("key_file"))
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,3 +180,23 @@ def settings_from(args: argparse.Namespace | None = None, environ: dict[str, str
         except ValueError as exc:
             raise ConfigError(f"{flag} / {env} = {raw!r}: {exc}") from None
     return Settings(**values)
+
+
+# RFC 6750's b64token: what may follow "Bearer " in an authorization header
+_TOKEN_RE = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+_TOKEN_CHARS = "letters, digits and -._~+/, then optional '='"
+
+
+def parse_bearer_token(raw: bytes, where: str) -> str:
+    """The bearer token in a token file's bytes (surrounding whitespace dropped), checked to be one RFC 6750
+    token; `where` names the file and its flag in the ConfigError."""
+    try:
+        token = raw.decode("ascii").strip()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where}: byte {exc.start} is not ASCII; expected one bearer token ({_TOKEN_CHARS})") from None
+    if not token:  # "Bearer " would then be the accepted credential
+        raise ConfigError(f"{where}: empty, expected a token")
+    if not _TOKEN_RE.fullmatch(token):
+        bad = next((c for c in token if not _TOKEN_RE.fullmatch(c)), "=")
+        raise ConfigError(f"{where}: {bad!r} cannot be in a bearer token; expected {_TOKEN_CHARS}")
+    return token

@@ -25,7 +25,7 @@ from dnirecon.fastmri_io import center_crop
 from dnirecon.v1 import recon_pb2, recon_pb2_grpc
 from service import wire
 from service.allocator import configure_malloc
-from service.config import HEALTH_SERVICE_NAMES, Settings
+from service.config import HEALTH_SERVICE_NAMES, Settings, parse_bearer_token
 from service.engine import Batcher, Cancelled, Job, ModelSet, QueueFull, Selection, ShuttingDown
 from service.model_store import BakedSet, MlflowStore, read_baked_set
 from service.telemetry import Metrics
@@ -455,9 +455,8 @@ class ServiceProcess:
         self.settings = settings
         token = None
         if settings.auth_token_file:
-            token = _read(settings.auth_token_file).decode().strip()
-            if not token:  # "Bearer " would then be the accepted credential
-                raise ConfigError(f"DNIRECON_AUTH_TOKEN_FILE / --auth-token-file {settings.auth_token_file}: empty, expected a token")
+            token = parse_bearer_token(_read(settings.auth_token_file),
+                                       f"DNIRECON_AUTH_TOKEN_FILE / --auth-token-file {settings.auth_token_file}")
         # before the gRPC and onnxruntime threads start allocating (service/allocator.py says why)
         applied = configure_malloc(settings.malloc_mmap_threshold, settings.malloc_arena_max)
         log.info("glibc malloc: mmap threshold %s, arena max %s",

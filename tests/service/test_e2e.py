@@ -277,6 +277,16 @@ def test_cli_missing_connection_file_names_it(capsys, tmp_path, flag, env):
     assert f"{flag} / {env} {missing}: cannot read" in err and "Traceback" not in err
 
 
+def test_cli_token_file_that_is_not_a_bearer_token_is_named(capsys, tmp_path):
+    from service.cli import main
+
+    token = tmp_path / "token"
+    token.write_bytes(b"\xff\xfe t\x00o\x00k\x00")  # a UTF-16 file
+    assert main(["client", "info", "--server", "127.0.0.1:1", "--token-file", str(token)]) == 2
+    err = capsys.readouterr().err
+    assert f"--token-file / DNIRECON_CLIENT_TOKEN_FILE {token}: byte 0 is not ASCII" in err and "Traceback" not in err
+
+
 def test_deadline_ends_the_call_and_the_server_goes_on(server):
     k, mask = synthetic_kspace(1, 2, 32, 24, seed=13)[0], test_mask()
 

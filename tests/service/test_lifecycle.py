@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import threading
@@ -166,6 +167,26 @@ def test_empty_token_file_is_refused(baked_dir, make_process, tmp_path):
     (tmp_path / "token").write_text(" \n")
     with pytest.raises(ConfigError, match=f"--auth-token-file {tmp_path / 'token'}: empty, expected a token"):
         make_process(model_dir=baked_dir, auth_token_file=tmp_path / "token")
+
+
+@pytest.mark.parametrize("content, needle", [
+    (b"s3cr\xe9t\n", "byte 4 is not ASCII"),
+    (b"two words\n", "' ' cannot be in a bearer token"),
+    (b"tok\r\nen", "'\\r' cannot be in a bearer token"),
+])
+def test_a_token_file_that_is_not_one_bearer_token_is_refused(baked_dir, make_process, tmp_path, content, needle):
+    """Not a traceback (UnicodeDecodeError) and not a token that no header can carry."""
+    from dnirecon.errors import ConfigError
+
+    (tmp_path / "token").write_bytes(content)
+    with pytest.raises(ConfigError, match=re.escape(f"--auth-token-file {tmp_path / 'token'}: {needle}")):
+        make_process(model_dir=baked_dir, auth_token_file=tmp_path / "token")
+
+
+def test_a_base64_token_with_padding_is_accepted():
+    from service.config import parse_bearer_token
+
+    assert parse_bearer_token(b"  aGVsbG8-._~+/w==\n", "f") == "aGVsbG8-._~+/w=="
 
 
 def test_busy_ports_are_config_errors_naming_the_setting(baked_dir, make_process):
