@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
 import math
 import os
 import re
@@ -17,6 +18,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from dnirecon.errors import ConfigError, ModelError
+
+log = logging.getLogger(__name__)
 
 INTERPSN = "interpsn"
 MANIFEST_FORMAT = "dnirecon.interpsn/1"
@@ -438,6 +441,14 @@ def rollback(client, alias: str, name: str = INTERPSN, reason: str | None = None
     holder = _alias_holder(client, name, alias)
     if holder is None:
         raise ModelError(f"cannot roll back alias {alias!r} of {name!r}: no version holds it")
+    if history and history[-1]["version"] != str(holder.version) and history[-1].get("previous") == str(holder.version):
+        # A rollback moves the alias first (that is what serves), then writes tags and history; one that
+        # was interrupted in between left the alias on the previous target and the history one entry
+        # long. Finishing it is the only consistent next step.
+        log.warning("alias %r of %r already points at version %s, the target of the last promotion's "
+                    "rollback: completing that rollback's tags and history", alias, name, holder.version)
+        return _record_rollback(client, name, alias, history, str(history[-1]["version"]), str(holder.version),
+                                reason)
     if not history or history[-1]["version"] != str(holder.version):
         raise ModelError(f"cannot roll back alias {alias!r} of {name!r}: version {holder.version} holds it "
                          "but the alias history does not record that promotion (moved outside dnirecon, or "
@@ -448,13 +459,19 @@ def rollback(client, alias: str, name: str = INTERPSN, reason: str | None = None
         raise ModelError(f"cannot roll back alias {alias!r} of {name!r}: version {holder.version} is the "
                          "first version it ever pointed at; there is no previous target")
     resolve_version(client, name, version=previous)  # refuses clearly if it was deleted
-    who, when = current_user(), utc_now_iso()
-    reason = cap_reason(reason or f"rollback from version {holder.version}")
     client.set_registered_model_alias(name, alias, previous)
+    return _record_rollback(client, name, alias, history, str(holder.version), previous, reason)
+
+
+def _record_rollback(client, name: str, alias: str, history: list[dict], from_version: str, to_version: str,
+                     reason: str | None) -> PromotionResult:
+    """The tags and history of a rollback whose alias move is done."""
+    who, when = current_user(), utc_now_iso()
+    reason = cap_reason(reason or f"rollback from version {from_version}")
     for key, value in {"rolled_back_to_by": who, "rolled_back_to_at": when, "rollback_reason": reason,
-                       "rolled_back_from": str(holder.version), "promoted_alias": alias}.items():
-        client.set_model_version_tag(name, previous, key, value)
-    client.set_model_version_tag(name, str(holder.version), "rolled_back_at", when)
+                       "rolled_back_from": from_version, "promoted_alias": alias}.items():
+        client.set_model_version_tag(name, to_version, key, value)
+    client.set_model_version_tag(name, from_version, "rolled_back_at", when)
     # Undo semantics: drop the latest promotion so a second rollback goes one step further back.
     _write_history(client, name, alias, history[:-1])
-    return PromotionResult(name, alias, previous, str(holder.version), False, reason, GateResult(True))
+    return PromotionResult(name, alias, to_version, from_version, False, reason, GateResult(True))

@@ -120,6 +120,24 @@ def test_rollback_restores_previous_target_step_by_step(client, model_name):
     assert [h["version"] for h in history] == [v1]
 
 
+def test_a_rollback_interrupted_after_the_alias_move_is_completed_by_the_next_one(client, model_name):
+    """The alias moves first; if tags and history were never written, rolling back again finishes them
+    (it does not refuse, and it does not go a second step back)."""
+    v1, v2, v3 = (_version(client, model_name) for _ in range(3))
+    for v in (v1, v2, v3):
+        store.promote(client, "production", v, name=model_name)
+    client.set_registered_model_alias(model_name, "production", v2)  # what a rollback cut after its first call left
+    res = store.rollback(client, "production", name=model_name, reason="finish it")
+    assert (res.version, res.previous_version) == (v2, v3)
+    assert str(client.get_model_version_by_alias(model_name, "production").version) == v2
+    tags = client.get_model_version(model_name, v2).tags
+    assert tags["rolled_back_from"] == v3 and tags["rollback_reason"] == "finish it"
+    history = store.describe(client, model_name, alias="production")["alias_history"]["production"]
+    assert [h["version"] for h in history] == [v1, v2]
+    store.rollback(client, "production", name=model_name)  # and the next one goes one step further
+    assert str(client.get_model_version_by_alias(model_name, "production").version) == v1
+
+
 def test_rollback_without_any_promotion_is_refused(client, model_name):
     _version(client, model_name)
     with pytest.raises(ModelError, match="no version holds it"):
