@@ -31,6 +31,7 @@ class Settings:
     host: str = "[::]"
     grpc_port: int = 50051
     metrics_port: int = 9090
+    metrics_host: str = ""  # "": the --host address (a wildcard --host binds 0.0.0.0)
     providers: tuple[str, ...] = ("cuda", "cpu")
     intra_op_threads: int = 0  # 0: onnxruntime's default
     intra_op_spinning: bool = True  # onnxruntime's default; off helps when cores are few and shared
@@ -48,6 +49,15 @@ class Settings:
     cudnn_conv_algo_search: str = "EXHAUSTIVE"
     warmup_shapes: tuple[tuple[int, int, int], ...] = ()
     max_slice_bytes: int = 256 * 1024 * 1024  # zero-filled complex64 matrix a slice may declare
+
+    @property
+    def metrics_address(self) -> str:
+        """Where the Prometheus exporter listens: --metrics-host, else the gRPC host without brackets
+        (a server bound to loopback does not expose its metrics on every interface)."""
+        host = (self.metrics_host or self.host).strip()
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        return "0.0.0.0" if host in ("", "::", "0.0.0.0", "*") else host
     malloc_mmap_threshold: int = 128 * 1024  # glibc mmap threshold pinned at start (0: glibc's dynamic one)
     malloc_arena_max: int = 2  # glibc arenas (0: glibc's default, 8 per core)
 
@@ -136,6 +146,8 @@ _OPTIONS = [
     ("--host", "DNIRECON_GRPC_HOST", "host", str, "address to bind"),
     ("--port", "DNIRECON_GRPC_PORT", "grpc_port", int, "gRPC port"),
     ("--metrics-port", "DNIRECON_METRICS_PORT", "metrics_port", int, "Prometheus metrics port (0: off)"),
+    ("--metrics-host", "DNIRECON_METRICS_HOST", "metrics_host", str,
+     "address the metrics port binds (default: the --host address; 0.0.0.0 when that is a wildcard)"),
     ("--providers", "DNIRECON_PROVIDERS", "providers", parse_providers, "onnxruntime providers in order, e.g. cuda,cpu"),
     ("--intra-op-threads", "DNIRECON_INTRA_OP_THREADS", "intra_op_threads", int, "onnxruntime intra-op threads (0: default)"),
     ("--intra-op-spinning", "DNIRECON_INTRA_OP_SPINNING", "intra_op_spinning", parse_bool, "idle onnxruntime threads spin (true|false)"),

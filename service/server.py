@@ -539,10 +539,11 @@ class ServiceProcess:
         meanwhile skips the remaining steps and SERVING is never set."""
         if self.settings.metrics_port:
             try:
-                self.metrics.serve(self.settings.metrics_port)
+                self.metrics.serve(self.settings.metrics_port, self.settings.metrics_address)
             except OSError as exc:
-                raise ConfigError(f"DNIRECON_METRICS_PORT / --metrics-port: cannot bind 0.0.0.0:{self.settings.metrics_port} "
-                                  f"({exc.strerror or exc}), expected a free port") from None
+                raise ConfigError(f"DNIRECON_METRICS_PORT / --metrics-port, DNIRECON_METRICS_HOST / --metrics-host: cannot "
+                                  f"bind {self.settings.metrics_address}:{self.settings.metrics_port} ({exc.strerror or exc}), "
+                                  "expected a free port on an address of this host") from None
         self.server.start()
         log.info("gRPC listening on port %d (health NOT_SERVING until the model is warm)", self.port)
         if self._stopping("model download"):

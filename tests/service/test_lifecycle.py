@@ -205,8 +205,9 @@ def test_busy_ports_are_config_errors_naming_the_setting(baked_dir, make_process
         held.listen()
         port = held.getsockname()[1]
         proc = make_process(model_dir=baked_dir, metrics_port=port)
-        with pytest.raises(ConfigError, match=f"DNIRECON_METRICS_PORT / --metrics-port: cannot bind 0.0.0.0:{port}"):
-            proc.start()
+        with pytest.raises(ConfigError, match=f"DNIRECON_METRICS_PORT / --metrics-port, DNIRECON_METRICS_HOST / "
+                                              f"--metrics-host: cannot bind 127.0.0.1:{port}"):
+            proc.start()  # the gRPC host is 127.0.0.1, so the metrics port binds there too
 
 
 @pytest.mark.parametrize("step", ["load_initial", "load_served"])

@@ -298,3 +298,13 @@ def test_outputs_are_copied_out_of_the_onnxruntime_arena(baked_dir):
         assert arr.flags["OWNDATA"] or (arr.base is not None and arr.base.flags["OWNDATA"]), name
         assert isinstance(arr.base, (type(None), np.ndarray)), f"{name} is a view of {type(arr.base)}"
     assert image.shape == (2, 16, 12) and dc.shape == (2,)
+
+
+@pytest.mark.parametrize("host, metrics_host, address", [
+    ("[::]", "", "0.0.0.0"), ("0.0.0.0", "", "0.0.0.0"), ("127.0.0.1", "", "127.0.0.1"), ("[::1]", "", "::1"),
+    ("127.0.0.1", "0.0.0.0", "0.0.0.0"), ("[::]", "10.1.2.3", "10.1.2.3"),
+])
+def test_metrics_bind_the_grpc_host_unless_told_otherwise(host, metrics_host, address):
+    assert Settings(host=host, metrics_host=metrics_host).metrics_address == address
+    env = {"DNIRECON_GRPC_HOST": host, "DNIRECON_METRICS_HOST": metrics_host}
+    assert settings_from([], env).metrics_address == address
