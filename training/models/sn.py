@@ -110,12 +110,7 @@ class SensitivityNetwork(nn.Module):
         mask = mask.to(kspace.real.dtype)
         measured = mul_real(kspace, expand_mask(mask))
         maps = acs_maps(measured, mask, self.fourier)
-        x = coil_combine(ifft(measured), maps)
-        # Per-sample scale: RMS of the zero-filled SENSE image, so the network sees unit-level inputs.
-        scale = torch.sqrt(torch.mean(x.real**2 + x.imag**2, dim=(-2, -1), keepdim=True))
-        inv_scale = 1.0 / (scale + torch.finfo(scale.dtype).tiny)
-        x = mul_real(x, inv_scale)
-        measured = mul_real(measured, inv_scale[:, None])
+        x, measured, scale = _normalised(coil_combine(ifft(measured), maps), measured)
         for denoise, dc in zip(self.cascades, self.dc):
             x = channels_to_complex(denoise(complex_to_channels(x)))
             k = dc(fft(coil_expand(x, maps)), measured, mask)
@@ -131,13 +126,17 @@ class SensitivityNetwork(nn.Module):
         # The k-space DC step adds w M (M y - F c): on coil images w (F^H M^2 y - c P). M^2 = M for
         # the binary masks the service admits; kept apart so a float mask means what it means there.
         measured = domain.images(m * m)
-        x = coil_combine(domain.zero_filled, maps)
-        scale = torch.sqrt(torch.mean(x.real**2 + x.imag**2, dim=(-2, -1), keepdim=True))
-        inv_scale = 1.0 / (scale + torch.finfo(scale.dtype).tiny)
-        x = mul_real(x, inv_scale)
-        measured = mul_real(measured, inv_scale[:, None])
+        x, measured, scale = _normalised(coil_combine(domain.zero_filled, maps), measured)
         for denoise, dc in zip(self.cascades, self.dc):
             x = channels_to_complex(denoise(complex_to_channels(x)))
             c = coil_expand(x, maps)
             x = coil_combine(dc.on_coil_images(c, measured, project(c, domain.projector)), maps)
         return mul_real(x, scale), maps, domain
+
+
+def _normalised(x: Tensor, measured: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-sample scale: the RMS of the zero-filled SENSE image x, so the network sees unit-level
+    inputs. Returns x and the measured data (k-space or coil images) divided by it, and the scale."""
+    scale = torch.sqrt(torch.mean(x.real**2 + x.imag**2, dim=(-2, -1), keepdim=True))
+    inv_scale = 1.0 / (scale + torch.finfo(scale.dtype).tiny)
+    return mul_real(x, inv_scale), mul_real(measured, inv_scale[:, None]), scale
