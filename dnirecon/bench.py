@@ -38,6 +38,9 @@ def register(subparsers) -> None:
     p.add_argument("--providers", default="cpu", help="onnxruntime providers, as DNIRECON_PROVIDERS")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads for both server and in-process (0: default)")
     p.add_argument("--spinning", default="true", help="onnxruntime idle-thread spinning, server and in-process (true|false)")
+    p.add_argument("--ready-timeout", type=float, default=1800.0,
+                   help="seconds to wait for each server to warm up and report SERVING (the paper preset on a CPU "
+                        "warms every size at batch 1 and at the max batch: several minutes)")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     p.add_argument("--append", action="store_true",
                    help="add this run as a section of --out instead of replacing the file")
@@ -287,7 +290,7 @@ def run_bench(args) -> int:
                "--warmup-shapes", shapes, "--drain-seconds", "5", "--intra-op-spinning", str(spinning).lower()]
         return out + (["--intra-op-threads", str(args.threads)] if args.threads else [])
 
-    with ServerProcess(server_args(sizes), log_path=work / "server.log", port=port) as server:
+    with ServerProcess(server_args(sizes), log_path=work / "server.log", port=port, ready_timeout=args.ready_timeout) as server:
         target = f"127.0.0.1:{port}"
         with ReconClient(target) as client:
             info = client.server_info()
@@ -308,7 +311,8 @@ def run_bench(args) -> int:
         # a fresh server that serves only this stream: the first one's RSS still holds the arena of the
         # large slices, which glibc hands back over the next slices and which would read as a fall
         port = free_port()
-        with ServerProcess(server_args([small]), log_path=work / "server-rss.log", port=port) as server, \
+        with ServerProcess(server_args([small]), log_path=work / "server-rss.log", port=port,
+                           ready_timeout=args.ready_timeout) as server, \
                 ReconClient(f"127.0.0.1:{port}") as client:
             done = 0
             for point in sorted(rss_points):
