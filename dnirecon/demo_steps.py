@@ -45,9 +45,9 @@ def serve_step(steps, state: dict, work: Path, val_dir: Path, alphas) -> None:
     volume = list_volumes(val_dir)[0]
     env = {"DNIRECON_MODEL_URI": "models:/interpsn@production", "DNIRECON_PROVIDERS": "cuda,cpu",
            "DNIRECON_CACHE_DIR": str((work / "model-cache").resolve()), "DNIRECON_DRAIN_SECONDS": "10"}
-    server = ServerProcess([], env=env, log_path=work / "server.log")
+    server = ServerProcess([], env=env, log_path=work / "server.log", ready_timeout=600)
     runs = []
-    server.start(ready_timeout=600)
+    server.start()
     try:
         with ReconClient(server.address) as client:
             info = client.server_info()

@@ -66,7 +66,7 @@ class ServerProcess:
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None, log_path: Path | None = None,
                  port: int | None = None, metrics_port: int | None = None, ready_timeout: float = 300.0):
-        self.ready_timeout = ready_timeout  # what `with` waits for SERVING (start() takes its own)
+        self.ready_timeout = ready_timeout  # how long start() waits for SERVING
         self.port = port or free_port()
         self.metrics_port = metrics_port or free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -77,7 +77,7 @@ class ServerProcess:
         self.proc: subprocess.Popen | None = None
         self._log = None
 
-    def start(self, ready_timeout: float | None = None) -> "ServerProcess":
+    def start(self) -> "ServerProcess":
         cmd = [sys.executable, "-m", "dnirecon.cli", "serve", *self.args]
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,7 +85,7 @@ class ServerProcess:
         self.proc = popen_tied_to_parent(cmd, env=self.env, stdout=self._log or subprocess.DEVNULL,
                                      stderr=subprocess.STDOUT)
         try:
-            wait_serving(self.address, self.ready_timeout if ready_timeout is None else ready_timeout, self.proc)
+            wait_serving(self.address, self.ready_timeout, self.proc)
         except BaseException:
             self.kill()
             raise

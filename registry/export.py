@@ -21,7 +21,6 @@ from torch import Tensor, nn
 
 from dnirecon.errors import ModelError
 from training.physics.fft import MATMUL_FFT, TORCH_FFT, FourierPair
-from training.physics.sense import SenseOp
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +29,6 @@ INPUT_NAMES = ["kspace", "mask"]
 OUTPUT_NAMES = ["image", "dc_residual"]
 # Example shapes for tracing: all different and > 1, so no dynamic dim gets specialised or unified.
 EXAMPLE_SHAPE = (2, 3, 20, 18)
-
-
-def dc_residual(image: Tensor, maps: Tensor, kspace: Tensor, mask: Tensor, fourier: FourierPair) -> Tensor:
-    """||M F S x - y|| / ||y|| per slice. image (B,H,W), maps and kspace (B,C,H,W) complex, mask (B,W)."""
-    sense = SenseOp(maps, mask, fourier)
-    measured = sense.mask * kspace  # the SN masks its input too, so unmasked k-space gives the same value
-    diff = sense.forward(image) - measured
-    num = (diff.real.square() + diff.imag.square()).sum(dim=(1, 2, 3)).sqrt()
-    den = (measured.real.square() + measured.imag.square()).sum(dim=(1, 2, 3)).sqrt()
-    return num / den.clamp_min(torch.finfo(den.dtype).tiny)
 
 
 class ReconstructionBoundary(nn.Module):

@@ -49,6 +49,8 @@ class Settings:
     cudnn_conv_algo_search: str = "EXHAUSTIVE"
     warmup_shapes: tuple[tuple[int, int, int], ...] = ()
     max_slice_bytes: int = 256 * 1024 * 1024  # zero-filled complex64 matrix a slice may declare
+    malloc_mmap_threshold: int = 128 * 1024  # glibc mmap threshold pinned at start (0: glibc's dynamic one)
+    malloc_arena_max: int = 2  # glibc arenas (0: glibc's default, 8 per core)
 
     @property
     def metrics_address(self) -> str:
@@ -58,8 +60,6 @@ class Settings:
         if host.startswith("[") and host.endswith("]"):
             host = host[1:-1]
         return "0.0.0.0" if host in ("", "::", "0.0.0.0", "*") else host
-    malloc_mmap_threshold: int = 128 * 1024  # glibc mmap threshold pinned at start (0: glibc's dynamic one)
-    malloc_arena_max: int = 2  # glibc arenas (0: glibc's default, 8 per core)
 
     def __post_init__(self) -> None:
         for name in self.providers:

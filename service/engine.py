@@ -83,15 +83,15 @@ class OnnxModel:
             for name in OUTPUTS:
                 binding.bind_output(name, "cuda")
             self.session.run_with_iobinding(binding)
-            image, dc = binding.copy_outputs_to_cpu()[:2]
+            image, dc = binding.copy_outputs_to_cpu()[:2]  # copies already
         else:
-            image, dc = self.session.run(list(OUTPUTS), feeds)[:2]
-        # onnxruntime's CPU outputs are views of its memory arena (the array's base is a capsule that keeps
-        # the arena block alive). The server holds a batch's images until their responses are sent, while
-        # the next batch runs; the arena then plans around the held blocks, and over a few hundred slices
-        # touches more and more of its region (RSS +12 MiB between slices 100 and 200 at 8x192x110,
-        # docs/benchmarks.md). Copying the outputs (0.5 MB a slice) frees the block as run() returns.
-        return np.array(image, np.float32, copy=True), np.array(dc, np.float32, copy=True).reshape(-1)
+            # onnxruntime's CPU outputs are views of its memory arena (the array's base is a capsule that
+            # keeps the arena block alive). The server holds a batch's images until their responses are
+            # sent, while the next batch runs; the arena then plans around the held blocks, and over a few
+            # hundred slices touches more and more of its region (RSS +12 MiB between slices 100 and 200
+            # at 8x192x110, docs/benchmarks.md). Copying them (0.5 MB a slice) frees the block now.
+            image, dc = (np.array(o, np.float32, copy=True) for o in self.session.run(list(OUTPUTS), feeds)[:2])
+        return np.asarray(image, np.float32), np.asarray(dc, np.float32).reshape(-1)
 
 
 @dataclass

@@ -553,8 +553,8 @@ class ServiceProcess:
             return
         try:
             self.install(baked)
-        except Exception:
-            self.metrics.model_loads.labels(outcome="refused").inc()
+        except Exception as exc:
+            self.refused(baked.version, exc)
             raise
         with self._lock:
             if self._stopping("SERVING"):

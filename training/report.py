@@ -123,8 +123,8 @@ def computed_residual(image: np.ndarray, kspace: np.ndarray, mask: np.ndarray) -
     """
     import torch
 
-    from registry.export import dc_residual
     from training.physics.fft import TORCH_FFT
+    from training.physics.sense import data_residual
 
     maps, zf = _zero_filled_sense(kspace, mask)
     if np.iscomplexobj(image):
@@ -139,7 +139,7 @@ def computed_residual(image: np.ndarray, kspace: np.ndarray, mask: np.ndarray) -
             mag = full
         x = mag * torch.exp(1j * torch.angle(zf))
     with torch.no_grad():
-        return dc_residual(x.to(torch.complex64), maps, torch.from_numpy(kspace),
+        return data_residual(x.to(torch.complex64), maps, torch.from_numpy(kspace),
                            torch.from_numpy(mask), TORCH_FFT).numpy()
 
 

@@ -18,7 +18,7 @@ from training.physics.columns import ColumnDomain, project
 from training.physics.complex_ops import mul_real
 from training.physics.dc import DataConsistency
 from training.physics.fft import TORCH_FFT, FourierPair
-from training.physics.sense import coil_combine, coil_expand, expand_mask
+from training.physics.sense import coil_combine, coil_expand, data_residual, expand_mask, relative_residual
 from training.physics.sensitivity import acs_columns, acs_maps, maps_from_low_res
 from training.presets import SNConfig
 
@@ -93,16 +93,10 @@ class SensitivityNetwork(nn.Module):
         if self.fourier.column_domain:  # Parseval: the same norms taken on coil images
             x, maps, domain = self._reconstruct_columns(kspace, mask)
             measured = domain.zero_filled
-            residual = project(coil_expand(x, maps), domain.projector) - measured
-        else:
-            y = self.crop_readout(kspace)
-            x, maps = self.reconstruct_on_grid(y, mask)
-            m = expand_mask(mask.to(y.real.dtype))
-            measured = mul_real(y, m)
-            residual = mul_real(self.fourier.fft(coil_expand(x, maps)), m) - measured
-        num = (residual.real.square() + residual.imag.square()).sum(dim=(1, 2, 3)).sqrt()
-        den = (measured.real.square() + measured.imag.square()).sum(dim=(1, 2, 3)).sqrt()
-        return x, num / den.clamp_min(torch.finfo(den.dtype).tiny)
+            return x, relative_residual(project(coil_expand(x, maps), domain.projector) - measured, measured)
+        y = self.crop_readout(kspace)
+        x, maps = self.reconstruct_on_grid(y, mask)
+        return x, data_residual(x, maps, y, mask, self.fourier)
 
     def reconstruct_on_grid(self, kspace: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """reconstruct() for k-space already on the model's grid (crop_readout applied)."""

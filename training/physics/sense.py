@@ -51,12 +51,17 @@ class SenseOp:
     __call__ = forward
 
 
+def relative_residual(residual: Tensor, measured: Tensor) -> Tensor:
+    """||residual|| / ||measured|| per sample over (C, H, W), (B,). Squares of the real and imaginary
+    parts, not abs(): the ONNX exporter has no complex abs."""
+    num = (residual.real.square() + residual.imag.square()).sum(dim=(1, 2, 3))
+    den = (measured.real.square() + measured.imag.square()).sum(dim=(1, 2, 3))
+    return torch.sqrt(num / (den + torch.finfo(den.dtype).tiny))
+
+
 def data_residual(image: Tensor, maps: Tensor, kspace: Tensor, mask: Tensor,
                   fourier: FourierPair = TORCH_FFT) -> Tensor:
-    """||M F S x - y|| / ||y|| per sample, (B,): how far an image is from the measured k-space."""
-    m = expand_mask(mask).to(kspace.real.dtype)
-    measured = mul_real(kspace, m)
-    diff = SenseOp(maps, mask, fourier).forward(image) - measured
-    num = diff.abs().square().sum(dim=(1, 2, 3))
-    den = measured.abs().square().sum(dim=(1, 2, 3))
-    return torch.sqrt(num / (den + torch.finfo(den.dtype).tiny))
+    """||M F S x - M y|| / ||M y|| per sample, (B,): how far an image is from the measured k-space
+    (y may be unmasked: it is masked here, as the SN masks its input)."""
+    measured = mul_real(kspace, expand_mask(mask).to(kspace.real.dtype))
+    return relative_residual(SenseOp(maps, mask, fourier).forward(image) - measured, measured)
