@@ -189,19 +189,23 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
             raise SliceFault(bad, f"unknown alpha: {exc}") from None
         return ParsedHeader(h, mask, served, selection)
 
-    def decode(self, parsed: ParsedHeader, payload: bytes) -> tuple[np.ndarray, np.ndarray]:
-        """Packed lines -> zero-filled kspace (C,H,W,2) float32 and mask (W,)."""
+    def decode(self, parsed: ParsedHeader, scatter: wire.LineScatter) -> tuple[np.ndarray, np.ndarray]:
+        """The lines scattered so far -> zero-filled kspace (C,H,W,2) float32 and mask (W,)."""
         h = parsed.header
-        if len(payload) != h.payload_bytes:
-            raise SliceFault(Code.INVALID_ARGUMENT, f"received {len(payload)} k-space bytes, header declared {h.payload_bytes}")
-        full = wire.unpack_acquired(payload, h.coils, h.readout, parsed.mask)
-        ri = full.view(np.float32).reshape(h.coils, h.readout, h.phase, 2)
-        if not np.isfinite(ri).all():
+        if scatter.received_bytes != h.payload_bytes:
+            raise SliceFault(Code.INVALID_ARGUMENT, f"received {scatter.received_bytes} k-space bytes, header declared {h.payload_bytes}")
+        if not scatter.finite:
             raise SliceFault(Code.INVALID_ARGUMENT, "k-space holds NaN or Inf")
+        ri = scatter.result().view(np.float32).reshape(h.coils, h.readout, h.phase, 2)
         return ri, parsed.mask
 
-    def submit(self, parsed: ParsedHeader, payload: bytes, context, cancelled: threading.Event) -> futures.Future:
-        kspace, mask = self.decode(parsed, payload)
+    @staticmethod
+    def scatter_for(parsed: ParsedHeader) -> wire.LineScatter:
+        h = parsed.header
+        return wire.LineScatter(h.coils, h.readout, parsed.mask)
+
+    def submit(self, parsed: ParsedHeader, scatter: wire.LineScatter, context, cancelled: threading.Event) -> futures.Future:
+        kspace, mask = self.decode(parsed, scatter)
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
         job = Job(parsed.selection, kspace, mask, deadline=deadline, is_cancelled=cancelled.is_set)
@@ -297,7 +301,7 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
                     h = msg.header
                     if open_ is not None:
                         raise StreamFault(Code.INVALID_ARGUMENT, f"header of slice {h.slice_index} while slice {open_['index']} still open (no last chunk)")
-                    open_ = {"index": h.slice_index, "rid": h.request_id, "seq": 0, "parts": [], "size": 0, "parsed": None, "failed": False}
+                    open_ = {"index": h.slice_index, "rid": h.request_id, "seq": 0, "scatter": None, "parsed": None, "failed": False}
                     try:
                         if h.slice_index in seen:
                             raise SliceFault(Code.ALREADY_EXISTS, f"slice index {h.slice_index} already sent on this stream")
@@ -308,6 +312,7 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
                     seen.add(h.slice_index)
                 elif kind == "chunk":
                     c = msg.chunk
+                    t_chunk = time.perf_counter()  # the last chunk's own scatter counts in its slice's server time
                     if open_ is None:
                         raise StreamFault(Code.INVALID_ARGUMENT, f"chunk of slice {c.slice_index} without a header before it")
                     if c.slice_index != open_["index"] or c.seq != open_["seq"]:
@@ -320,13 +325,12 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
                         try:
                             self._take_chunk(open_, c)
                             if c.last:
-                                payload = b"".join(open_["parts"])
-                                open_["parts"] = []
-                                t_last = time.perf_counter()
+                                scatter, open_["scatter"] = open_["scatter"], None
+                                t_last = t_chunk
                                 parsed = open_["parsed"]
                                 _acquire(inflight, cancelled, context)  # push back: stop reading while this stream has enough in compute
                                 try:
-                                    fut = self.submit(parsed, payload, context, cancelled)
+                                    fut = self.submit(parsed, scatter, context, cancelled)
                                 except BaseException:
                                     inflight.release()
                                     raise
@@ -334,7 +338,7 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
                                 fut.add_done_callback(lambda _f, p=pending: done(p))
                         except SliceFault as fault:
                             open_["failed"] = True
-                            open_["parts"] = []
+                            open_["scatter"] = None
                             out.put(self.error_result(c.slice_index, open_["rid"], fault.code, fault.reason))
                     if c.last:
                         open_ = None
@@ -369,11 +373,12 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
             raise SliceFault(Code.RESOURCE_EXHAUSTED, f"chunk seq {c.seq} has {len(c.data)} bytes, at most {wire.MAX_CHUNK_BYTES}")
         if wire.crc32(c.data) != c.crc32:
             raise SliceFault(Code.DATA_LOSS, f"chunk seq {c.seq}: crc32 mismatch (zlib.crc32 of data)")
-        open_["size"] += len(c.data)
-        declared = open_["parsed"].header.payload_bytes
-        if open_["size"] > declared:
-            raise SliceFault(Code.INVALID_ARGUMENT, f"more k-space bytes than the header declared ({declared})")
-        open_["parts"].append(c.data)
+        if open_["scatter"] is None:  # the zero-filled matrix, filled as the chunks arrive
+            open_["scatter"] = self.scatter_for(open_["parsed"])
+        try:
+            open_["scatter"].feed(c.data)
+        except ValueError:
+            raise SliceFault(Code.INVALID_ARGUMENT, f"more k-space bytes than the header declared ({open_['parsed'].header.payload_bytes})") from None
 
     def Reconstruct(self, request, context):
         self._admit(context, "Reconstruct")
@@ -387,7 +392,11 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
                 raise SliceFault(Code.DATA_LOSS, "crc32 mismatch (zlib.crc32 of data)")
             parsed = self.parse_header(h, self.holder.get())
             t_last = time.perf_counter()
-            fut = self.submit(parsed, request.data, context, cancelled)
+            scatter = self.scatter_for(parsed)
+            if len(request.data) > h.payload_bytes:
+                raise SliceFault(Code.INVALID_ARGUMENT, f"received {len(request.data)} k-space bytes, header declared {h.payload_bytes}")
+            scatter.feed(request.data)
+            fut = self.submit(parsed, scatter, context, cancelled)
         except (SliceFault, StreamFault) as fault:
             self.error_result(h.slice_index, h.request_id, fault.code, fault.reason)
             context.abort(fault.code, fault.reason)

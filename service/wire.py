@@ -35,20 +35,71 @@ def mask_from_bytes(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype="<f4").astype(np.float32)
 
 
-def pack_acquired(kspace: np.ndarray, mask: np.ndarray) -> bytes:
-    """Acquired columns only: kspace (C, H, W) complex64 -> bytes of (C, H, n_acquired), C order, LE."""
+def gather_acquired(kspace: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Acquired columns only: kspace (C, H, W) complex64 -> (C, H, n_acquired) little-endian complex64."""
     cols = np.flatnonzero(np.asarray(mask) > 0)
     # np.take gathers whole runs along the last axis; fancy indexing is 2-3x slower at 15x640x368
-    return np.take(np.asarray(kspace, dtype="<c8"), cols, axis=-1).tobytes()
+    return np.take(np.asarray(kspace, dtype="<c8"), cols, axis=-1)
+
+
+def pack_acquired(kspace: np.ndarray, mask: np.ndarray) -> bytes:
+    """The bytes of gather_acquired: (C, H, n_acquired) complex64, C order, little-endian."""
+    return gather_acquired(kspace, mask).tobytes()
+
+
+class LineScatter:
+    """Scatters packed acquired lines, fed in order in pieces of any size, into a zero-filled (C, H, W)
+    complex64 matrix: the server feeds each chunk as it arrives, so only the last chunk's share of the
+    work is left when the slice is complete.
+
+    The scatter moves each complex64 as one int64 through a flat index: 11 ms at 15x640x368 against
+    29 ms for ``full[..., cols] = lines`` (docs/benchmarks.md)."""
+
+    def __init__(self, coils: int, readout: int, mask: np.ndarray):
+        self.shape = (int(coils), int(readout), int(np.asarray(mask).size))
+        cols = np.flatnonzero(np.asarray(mask) > 0)
+        rows = self.shape[0] * self.shape[1]
+        self._index = (np.arange(rows, dtype=np.intp)[:, None] * self.shape[2] + cols[None, :]).reshape(-1)
+        self._full = np.zeros(rows * self.shape[2], dtype="<i8")
+        self._placed = 0  # values scattered so far
+        self._carry = b""  # bytes of a value split between two pieces
+        self.finite = True  # False once a fed value holds NaN or Inf
+
+    @property
+    def expected_bytes(self) -> int:
+        return self._index.size * COMPLEX64_BYTES
+
+    @property
+    def received_bytes(self) -> int:
+        return self._placed * COMPLEX64_BYTES + len(self._carry)
+
+    def feed(self, data: bytes) -> None:
+        """Scatters the next piece of the payload; raises ValueError past the expected size."""
+        if self.received_bytes + len(data) > self.expected_bytes:
+            raise ValueError(f"{self.received_bytes + len(data)} k-space bytes, expected {self.expected_bytes}")
+        if self._carry:
+            data = self._carry + bytes(data)
+        n = len(data) // COMPLEX64_BYTES
+        self._carry = bytes(data[n * COMPLEX64_BYTES :])
+        if n:
+            values = np.frombuffer(data, dtype="<i8", count=n)
+            if self.finite and not np.isfinite(values.view("<f4")).all():
+                self.finite = False
+            self._full[self._index[self._placed : self._placed + n]] = values
+            self._placed += n
+
+    def result(self) -> np.ndarray:
+        """The zero-filled (C, H, W) complex64 matrix; raises ValueError if the payload is incomplete."""
+        if self.received_bytes != self.expected_bytes:
+            raise ValueError(f"{self.received_bytes} k-space bytes, expected {self.expected_bytes}")
+        return self._full.view("<c8").reshape(self.shape)
 
 
 def unpack_acquired(payload: bytes, coils: int, readout: int, mask: np.ndarray) -> np.ndarray:
     """Inverse of pack_acquired: scatter the lines into a zero-filled (C, H, W) complex64 matrix."""
-    cols = np.flatnonzero(mask > 0)
-    lines = np.frombuffer(payload, dtype="<c8").reshape(coils, readout, cols.size)
-    full = np.zeros((coils, readout, mask.size), dtype=np.complex64)
-    full[..., cols] = lines
-    return full
+    scatter = LineScatter(coils, readout, mask)
+    scatter.feed(payload)
+    return scatter.result()
 
 
 def expected_payload_bytes(coils: int, readout: int, mask: np.ndarray) -> int:
@@ -84,10 +135,14 @@ def make_header(
     return header
 
 
-def iter_chunks(slice_index: int, payload: bytes, chunk_bytes: int = MAX_CHUNK_BYTES) -> Iterator[recon_pb2.KspaceChunk]:
-    """Splits payload into chunks of at most chunk_bytes, each with its CRC-32; the last is flagged."""
-    view = memoryview(payload)
-    n = max(1, -(-len(payload) // chunk_bytes))
+def iter_chunks(slice_index: int, payload, chunk_bytes: int = MAX_CHUNK_BYTES) -> Iterator[recon_pb2.KspaceChunk]:
+    """Splits payload (bytes, or a C-contiguous array: copied once, chunk by chunk) into chunks of at
+    most chunk_bytes, each with its CRC-32; the last is flagged."""
+    if isinstance(payload, np.ndarray):
+        view = memoryview(np.ascontiguousarray(payload).reshape(-1).view(np.uint8))
+    else:
+        view = memoryview(payload).cast("B")
+    n = max(1, -(-len(view) // chunk_bytes))
     for seq in range(n):
         part = bytes(view[seq * chunk_bytes : (seq + 1) * chunk_bytes])
         yield recon_pb2.KspaceChunk(slice_index=slice_index, seq=seq, data=part, crc32=crc32(part), last=seq == n - 1)
@@ -107,7 +162,7 @@ def slice_messages(
     """The StreamRequests for one slice: its header, then its acquired lines in chunks."""
     header = make_header(slice_index, kspace.shape, mask, recon_size, alpha=alpha, model=model, request_id=request_id)
     yield recon_pb2.StreamRequest(header=header)
-    for chunk in iter_chunks(slice_index, pack_acquired(kspace, mask), chunk_bytes):
+    for chunk in iter_chunks(slice_index, gather_acquired(kspace, mask), chunk_bytes):
         yield recon_pb2.StreamRequest(chunk=chunk)
 
 

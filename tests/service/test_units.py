@@ -26,6 +26,40 @@ def test_pack_sends_only_acquired_lines_and_unpack_zero_fills():
     np.testing.assert_array_equal(full, k * mask)
 
 
+@pytest.mark.parametrize("piece", [8, 13, 1000, 4_000_000])
+def test_line_scatter_fed_in_pieces_of_any_size_equals_the_zero_filled_slice(piece):
+    # The server scatters each chunk as it arrives; pieces that split a complex value (13 bytes) must
+    # give the same matrix as one payload, and both the plain masked k-space.
+    k = synthetic_kspace(1, 3, 8, 24)[0]
+    mask = test_mask()
+    payload = wire.pack_acquired(k, mask)
+    scatter = wire.LineScatter(3, 8, mask)
+    for i in range(0, len(payload), piece):
+        assert scatter.finite
+        scatter.feed(payload[i : i + piece])
+    assert scatter.received_bytes == scatter.expected_bytes == len(payload)
+    np.testing.assert_array_equal(scatter.result(), k * mask)
+    # the chunks a client sends come from the array, not its bytes: same payload
+    assert b"".join(c.data for c in wire.iter_chunks(0, wire.gather_acquired(k, mask), 100)) == payload
+
+
+def test_line_scatter_flags_nan_and_refuses_a_wrong_size():
+    k = synthetic_kspace(1, 3, 8, 24)[0]
+    mask = test_mask()
+    bad = k.copy()
+    bad[2, 5, np.flatnonzero(mask)[-1]] = complex(0, np.nan)  # the last value of the payload
+    scatter = wire.LineScatter(3, 8, mask)
+    scatter.feed(wire.pack_acquired(bad, mask))
+    assert not scatter.finite
+    short = wire.LineScatter(3, 8, mask)
+    short.feed(wire.pack_acquired(k, mask)[:-8])
+    with pytest.raises(ValueError, match=f"{short.expected_bytes - 8} k-space bytes, expected {short.expected_bytes}"):
+        short.result()
+    with pytest.raises(ValueError, match="expected"):
+        short.feed(b"\0" * 9)  # one byte more than is missing
+    assert short.received_bytes == short.expected_bytes - 8  # a refused piece changes nothing
+
+
 def test_chunks_stay_within_limit_and_carry_crc32():
     payload = bytes(range(256)) * 40_000  # 10,240,000 bytes
     chunks = list(wire.iter_chunks(4, payload))
