@@ -369,14 +369,15 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
         out.put(_End())
 
     def _take_chunk(self, open_: dict, c: recon_pb2.KspaceChunk) -> None:
-        if len(c.data) > wire.MAX_CHUNK_BYTES:
-            raise SliceFault(Code.RESOURCE_EXHAUSTED, f"chunk seq {c.seq} has {len(c.data)} bytes, at most {wire.MAX_CHUNK_BYTES}")
-        if wire.crc32(c.data) != c.crc32:
+        data = c.data  # upb copies a bytes field on every access (2.8 ms for 4 MB): read it once
+        if len(data) > wire.MAX_CHUNK_BYTES:
+            raise SliceFault(Code.RESOURCE_EXHAUSTED, f"chunk seq {c.seq} has {len(data)} bytes, at most {wire.MAX_CHUNK_BYTES}")
+        if wire.crc32(data) != c.crc32:
             raise SliceFault(Code.DATA_LOSS, f"chunk seq {c.seq}: crc32 mismatch (zlib.crc32 of data)")
         if open_["scatter"] is None:  # the zero-filled matrix, filled as the chunks arrive
             open_["scatter"] = self.scatter_for(open_["parsed"])
         try:
-            open_["scatter"].feed(c.data)
+            open_["scatter"].feed(data)
         except ValueError:
             raise SliceFault(Code.INVALID_ARGUMENT, f"more k-space bytes than the header declared ({open_['parsed'].header.payload_bytes})") from None
 
@@ -386,16 +387,17 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
         cancelled = threading.Event()
         context.add_callback(cancelled.set)
         try:
-            if len(request.data) > wire.MAX_CHUNK_BYTES:
-                raise SliceFault(Code.RESOURCE_EXHAUSTED, f"{len(request.data)} bytes in one message, at most {wire.MAX_CHUNK_BYTES}: use ReconstructStream")
-            if wire.crc32(request.data) != request.crc32:
+            data = request.data  # read once: upb copies a bytes field on every access
+            if len(data) > wire.MAX_CHUNK_BYTES:
+                raise SliceFault(Code.RESOURCE_EXHAUSTED, f"{len(data)} bytes in one message, at most {wire.MAX_CHUNK_BYTES}: use ReconstructStream")
+            if wire.crc32(data) != request.crc32:
                 raise SliceFault(Code.DATA_LOSS, "crc32 mismatch (zlib.crc32 of data)")
             parsed = self.parse_header(h, self.holder.get())
             t_last = time.perf_counter()
             scatter = self.scatter_for(parsed)
-            if len(request.data) > h.payload_bytes:
-                raise SliceFault(Code.INVALID_ARGUMENT, f"received {len(request.data)} k-space bytes, header declared {h.payload_bytes}")
-            scatter.feed(request.data)
+            if len(data) > h.payload_bytes:
+                raise SliceFault(Code.INVALID_ARGUMENT, f"received {len(data)} k-space bytes, header declared {h.payload_bytes}")
+            scatter.feed(data)
             fut = self.submit(parsed, scatter, context, cancelled)
         except (SliceFault, StreamFault) as fault:
             self.error_result(h.slice_index, h.request_id, fault.code, fault.reason)
