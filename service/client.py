@@ -70,7 +70,7 @@ class ReconClient:
 
     def stream(self, slices: Iterable[tuple[int, np.ndarray, np.ndarray]], recon_size: tuple[int, int], *,
                alpha: float | None = None, model: str = "", request_id: str | None = None,
-               timeout: float | None = None, chunk_bytes: int = wire.MAX_CHUNK_BYTES) -> Iterator[recon_pb2.SliceResult]:
+               timeout: float | None = None, chunk_bytes: int = wire.DEFAULT_CHUNK_BYTES) -> Iterator[recon_pb2.SliceResult]:
         """Streams (index, kspace (C,H,W) complex64, mask (W,)) slices; yields results as they come back."""
         rid = request_id or uuid.uuid4().hex
 

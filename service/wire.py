@@ -13,6 +13,10 @@ from dnirecon.v1 import recon_pb2
 # 4 MiB (4,194,304) is gRPC's default message limit; a 4,000,000-byte chunk plus its header fits it.
 MAX_CHUNK_BYTES = 4_000_000
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# What the client sends by default. Smaller chunks let the server check and scatter one chunk while the
+# next is on the wire: at 15x640x368 on 2 shared cores, gRPC added 69 ms a slice with 4,000,000-byte
+# chunks, 58 ms with 1,000,000 and 51 ms with 256 KiB; 128 KiB was no better (docs/benchmarks.md).
+DEFAULT_CHUNK_BYTES = 256 * 1024
 COMPLEX64_BYTES = 8
 
 # Both sides pass these options so neither relies on gRPC's defaults.
@@ -135,9 +139,11 @@ def make_header(
     return header
 
 
-def iter_chunks(slice_index: int, payload, chunk_bytes: int = MAX_CHUNK_BYTES) -> Iterator[recon_pb2.KspaceChunk]:
+def iter_chunks(slice_index: int, payload, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[recon_pb2.KspaceChunk]:
     """Splits payload (bytes, or a C-contiguous array: copied once, chunk by chunk) into chunks of at
-    most chunk_bytes, each with its CRC-32; the last is flagged."""
+    most chunk_bytes (1 to MAX_CHUNK_BYTES), each with its CRC-32; the last is flagged."""
+    if not 0 < chunk_bytes <= MAX_CHUNK_BYTES:
+        raise ValueError(f"chunk_bytes is {chunk_bytes}, expected 1 to {MAX_CHUNK_BYTES}")
     if isinstance(payload, np.ndarray):
         view = memoryview(np.ascontiguousarray(payload).reshape(-1).view(np.uint8))
     else:
@@ -157,7 +163,7 @@ def slice_messages(
     alpha: float | None = None,
     model: str = "",
     request_id: str = "",
-    chunk_bytes: int = MAX_CHUNK_BYTES,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> Iterator[recon_pb2.StreamRequest]:
     """The StreamRequests for one slice: its header, then its acquired lines in chunks."""
     header = make_header(slice_index, kspace.shape, mask, recon_size, alpha=alpha, model=model, request_id=request_id)

@@ -62,12 +62,15 @@ def test_line_scatter_flags_nan_and_refuses_a_wrong_size():
 
 def test_chunks_stay_within_limit_and_carry_crc32():
     payload = bytes(range(256)) * 40_000  # 10,240,000 bytes
-    chunks = list(wire.iter_chunks(4, payload))
+    chunks = list(wire.iter_chunks(4, payload, wire.MAX_CHUNK_BYTES))
     assert [len(c.data) for c in chunks] == [4_000_000, 4_000_000, 2_240_000]
     assert [c.seq for c in chunks] == [0, 1, 2] and [c.last for c in chunks] == [False, False, True]
     assert b"".join(c.data for c in chunks) == payload
     assert all(c.crc32 == wire.crc32(c.data) for c in chunks)
     assert all(c.ByteSize() < wire.MAX_MESSAGE_BYTES for c in chunks)
+    assert [len(c.data) for c in wire.iter_chunks(4, payload[:600_000])] == [262_144, 262_144, 75_712]  # the default
+    with pytest.raises(ValueError, match="chunk_bytes is 4000001, expected 1 to 4000000"):
+        next(wire.iter_chunks(4, payload, 4_000_001))
 
 
 def test_settings_flags_win_over_environment():
