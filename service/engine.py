@@ -158,9 +158,11 @@ class ModelSet:
                 return Selection(model, best, None)
         return Selection(self.continuous, float(np.float32(alpha)), float(alpha))
 
-    def warmup(self, shapes: list[tuple[int, int, int]], max_batch: int = 1) -> None:
+    def warmup(self, shapes: list[tuple[int, int, int]], max_batch: int = 1,
+               should_stop: Callable[[], bool] | None = None) -> None:
         """Runs every session on each (coils, readout, phase) shape, at batch 1 and at max_batch;
-        raises ModelError on failure (a graph with a fixed batch of 1 fails here, not on a batch)."""
+        raises ModelError on failure (a graph with a fixed batch of 1 fails here, not on a batch), and
+        WarmupStopped before the next run once should_stop() is true."""
         rng = np.random.default_rng(0)
         for coils, h, w in shapes:
             for b in sorted({1, max(1, int(max_batch))}):
@@ -168,6 +170,8 @@ class ModelSet:
                 mask = np.repeat(warmup_mask(w)[None], b, 0)
                 kspace *= mask[:, None, None, :, None]
                 for alpha, model in [(a, m) for a, m in self.baked] + ([(0.5, self.continuous)] if self.continuous else []):
+                    if should_stop is not None and should_stop():
+                        raise WarmupStopped(f"warm-up of {self.name} version {self.version} stopped before {b}x{coils}x{h}x{w}")
                     t0 = time.perf_counter()
                     try:
                         image, dc = model.run(kspace, mask, alpha)
@@ -205,6 +209,10 @@ def warmup_mask(width: int) -> np.ndarray:
 
 class QueueFull(Exception):
     pass
+
+
+class WarmupStopped(Exception):
+    """A warm-up was asked to stop (the server is shutting down): not a fault of the model."""
 
 
 class ShuttingDown(Exception):

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 import queue
 import signal
 import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass
+from typing import Callable
 
 import grpc
 import numpy as np
@@ -26,7 +28,7 @@ from dnirecon.v1 import recon_pb2, recon_pb2_grpc
 from service import wire
 from service.allocator import configure_malloc
 from service.config import HEALTH_SERVICE_NAMES, Settings, parse_bearer_token
-from service.engine import Batcher, Cancelled, Job, ModelSet, QueueFull, Selection, ShuttingDown
+from service.engine import Batcher, Cancelled, Job, ModelSet, QueueFull, Selection, ShuttingDown, WarmupStopped
 from service.model_store import BakedSet, MlflowStore, read_baked_set
 from service.telemetry import Metrics
 
@@ -36,6 +38,7 @@ SERVICE_NAME = recon_pb2.DESCRIPTOR.services_by_name["Reconstruction"].full_name
 SERVER_VERSION = "0.1.0"
 Code = grpc.StatusCode
 POLL_S = 0.25  # how often a blocked wait checks that its call is still alive
+STARTUP_JOIN_S = 2.0  # after a drain, how long a start-up still in progress gets to notice it
 
 
 class SliceFault(Exception):
@@ -82,8 +85,9 @@ class ModelHolder:
 DEFAULT_WARMUP_SHAPE = (2, 64, 64)  # coils, readout, phase when no --warmup-shapes
 
 
-def load_served(baked: BakedSet, settings: Settings) -> Served:
-    """Builds the sessions of a baked set and warms them; raises ModelError if either fails."""
+def load_served(baked: BakedSet, settings: Settings, should_stop: Callable[[], bool] | None = None) -> Served:
+    """Builds the sessions of a baked set and warms them; raises ModelError if either fails, and
+    WarmupStopped once should_stop() is true between two warm-up runs."""
     models = ModelSet(
         baked.name,
         baked.version,
@@ -95,7 +99,7 @@ def load_served(baked: BakedSet, settings: Settings) -> Served:
         default_alpha=baked.manifest.get("default_alpha"),
         spinning=settings.intra_op_spinning,
     )
-    models.warmup(list(settings.warmup_shapes) or [DEFAULT_WARMUP_SHAPE], max_batch=settings.max_batch)
+    models.warmup(list(settings.warmup_shapes) or [DEFAULT_WARMUP_SHAPE], max_batch=settings.max_batch, should_stop=should_stop)
     return Served(baked, models)
 
 
@@ -519,9 +523,9 @@ class ServiceProcess:
         for name in HEALTH_SERVICE_NAMES:
             self.health.set(name, status)
 
-    def install(self, baked: BakedSet) -> None:
+    def install(self, baked: BakedSet, should_stop: Callable[[], bool] | None = None) -> None:
         """Load and warm beside the current set, then swap; raises if the set is refused (the caller counts it)."""
-        served = load_served(baked, self.settings)
+        served = load_served(baked, self.settings, should_stop)
         self.holder.swap(served)
         self.metrics.model_loads.labels(outcome="ok").inc()
         m = served.models
@@ -563,7 +567,10 @@ class ServiceProcess:
         if self._stopping("model load and warm-up"):
             return
         try:
-            self.install(baked)
+            self.install(baked, should_stop=self.shutdown.is_set)
+        except WarmupStopped as exc:
+            log.info("shutdown requested during start-up: %s; SERVING skipped", exc)
+            return
         except Exception as exc:
             self.refused(baked.version, exc)
             raise
@@ -598,18 +605,37 @@ class ServiceProcess:
         self.stopped.set()
 
     def run_forever(self) -> None:
+        """start() in a thread, so that a signal is handled while a download or a warm-up run is in
+        progress (the main thread runs Python's signal handlers, and a native call does not return
+        to them). A server stopped before it was ready exits without waiting for that call."""
         def on_signal(signum, _frame):
             threading.Thread(target=self.drain, name="drain", daemon=True).start()
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        try:
-            self.start()
-        except BaseException:
+        failed: list[BaseException] = []
+
+        def startup() -> None:
+            try:
+                self.start()
+            except BaseException as exc:
+                failed.append(exc)
+                self.stopped.set()
+
+        starting = threading.Thread(target=startup, name="startup", daemon=True)
+        starting.start()
+        self.stopped.wait()
+        if failed:
             self.server.stop(None)
             self.batcher.stop()
-            raise
-        self.stopped.wait()
+            raise failed[0]
+        starting.join(STARTUP_JOIN_S)
+        if starting.is_alive():
+            # A download or one onnxruntime warm-up run (minutes at the paper preset on a CPU) that
+            # nothing can interrupt; the server never served, so there is nothing left to finish.
+            log.info("stopped during start-up; not waiting for the model download or warm-up run in progress")
+            logging.shutdown()
+            os._exit(0)
         log.info("stopped")
 
 

@@ -232,6 +232,64 @@ def test_sigterm_during_start_up_skips_the_rest_and_never_serves(baked_dir, make
         assert proc.holder.get() is None  # no load and warm-up after the signal
 
 
+def test_sigterm_during_warm_up_stops_before_the_next_run_and_never_serves(baked_dir, make_process, monkeypatch):
+    from grpc_health.v1 import health_pb2
+
+    import service.engine as engine
+
+    proc = make_process(model_dir=baked_dir, warmup_shapes=((2, 32, 24), (2, 16, 24)), max_batch=2)
+    runs = []
+    real = engine.OnnxModel.run
+
+    def run_then_sigterm(self, *args, **kw):
+        runs.append(args[0].shape)
+        out = real(self, *args, **kw)
+        if len(runs) == 1:
+            proc.drain()  # what the SIGTERM handler's thread runs
+        return out
+
+    monkeypatch.setattr(engine.OnnxModel, "run", run_then_sigterm)
+    proc.start()
+    # 3 baked alphas x 2 batch sizes x 2 shapes = 12 runs without the signal; one with it
+    assert len(runs) == 1 and proc.holder.get() is None and proc.stopped.is_set()
+    status = proc.health.Check(health_pb2.HealthCheckRequest(service=""), None).status
+    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+# Warm-up runs that outlast any drain: the first one sleeps 120 s, like a paper-preset run on a CPU.
+HUNG_WARMUP_LAUNCHER = """import sys, threading, time
+sys.modules['torch'] = None
+import service.engine as engine
+run = engine.OnnxModel.run
+def hung(self, *args, **kw):
+    time.sleep(120)
+    return run(self, *args, **kw)
+engine.OnnxModel.run = hung
+from service.cli import main
+sys.exit(main(sys.argv[1:]))"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_a_server_stuck_in_one_warm_up_run(baked_dir, tmp_path, sig):
+    from .conftest import ServerProcess as Proc
+
+    server = Proc(["--model-dir", str(baked_dir), "--drain-seconds", "1", "--warmup-shapes", "2x32x24"], {},
+                  tmp_path / "server.log", HUNG_WARMUP_LAUNCHER)
+    try:
+        deadline = time.monotonic() + 60
+        while "gRPC listening" not in server.log():
+            assert server.proc.poll() is None and time.monotonic() < deadline, server.log()
+            time.sleep(0.1)
+        time.sleep(0.5)  # inside the sleeping warm-up run
+        t0 = time.monotonic()
+        server.proc.send_signal(sig)
+        assert server.proc.wait(timeout=20) == 0
+        assert time.monotonic() - t0 < 10  # drain (1 s) + 2 s for start-up, not the 120 s run
+        assert "stopped during start-up" in server.log() and "SERVING" not in server.log().replace("NOT_SERVING", "")
+    finally:
+        server.stop()
+
+
 class _Store:
     """Stands in for MlflowStore: the alias points at .version, whose baked set is the directory dirs[version]."""
 
