@@ -38,6 +38,7 @@ def register(subparsers) -> None:
     p.add_argument("--providers", default="cpu", help="onnxruntime providers, as DNIRECON_PROVIDERS")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads for both server and in-process (0: default)")
     p.add_argument("--spinning", default="true", help="onnxruntime idle-thread spinning, server and in-process (true|false)")
+    p.add_argument("--cpu-mem-arena", default="true", help="onnxruntime's CPU memory arena, server and in-process (true|false)")
     p.add_argument("--ready-timeout", type=float, default=1800.0,
                    help="seconds to wait for each server to warm up and report SERVING (the paper preset on a CPU "
                         "warms every size at batch 1 and at the max batch: several minutes)")
@@ -279,15 +280,16 @@ def run_bench(args) -> int:
 
     from service.config import parse_bool
 
-    spinning = parse_bool(args.spinning)
-    inproc = OnnxModel(onnx_path, providers, intra_op_threads=args.threads, spinning=spinning)
+    spinning, arena = parse_bool(args.spinning), parse_bool(args.cpu_mem_arena)
+    inproc = OnnxModel(onnx_path, providers, intra_op_threads=args.threads, spinning=spinning, cpu_mem_arena=arena)
     rows = []
     port = free_port()
 
     def server_args(warmup_sizes) -> list[str]:
         shapes = ",".join(f"{c}x{h}x{w}" for c, h, w in warmup_sizes)
         out = ["--model-dir", str(model_dir), "--host", "127.0.0.1", "--providers", args.providers,
-               "--warmup-shapes", shapes, "--drain-seconds", "5", "--intra-op-spinning", str(spinning).lower()]
+               "--warmup-shapes", shapes, "--drain-seconds", "5", "--intra-op-spinning", str(spinning).lower(),
+               "--cpu-mem-arena", str(arena).lower()]
         return out + (["--intra-op-threads", str(args.threads)] if args.threads else [])
 
     with ServerProcess(server_args(sizes), log_path=work / "server.log", port=port, ready_timeout=args.ready_timeout) as server:
@@ -362,7 +364,7 @@ def render(rows, throughput, rss, info, cpu, cores, peak, args, small, have_torc
         + (" (FALLBACK: a requested provider is not in use)" if info.provider_fallback else "") + ".",
         f"Model: {baked.name} version {baked.version} (preset {baked.preset or '?'}), "
         f"{'an untrained SN built by the bench' if have_torch else 'from ' + str(args.model_dir)}. "
-        f"Threads: {args.threads or 'onnxruntime default'}, spinning {args.spinning}. Medians over {args.slices} slices.",
+        f"Threads: {args.threads or 'onnxruntime default'}, spinning {args.spinning}, CPU memory arena {args.cpu_mem_arena}. Medians over {args.slices} slices.",
         "",
     ]
     if not gpu:

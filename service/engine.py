@@ -41,9 +41,10 @@ class OnnxModel:
     """One ONNX reconstruction (contract: kspace (B,C,H,W,2), mask (B,W)[, alpha (1,)] -> image, dc_residual)."""
 
     def __init__(self, path: Path, providers: list[str], *, intra_op_threads: int = 0, cudnn_conv_algo_search: str = "EXHAUSTIVE",
-                 spinning: bool = True):
+                 spinning: bool = True, cpu_mem_arena: bool = True):
         self.path = Path(path)
         opts = ort.SessionOptions()
+        opts.enable_cpu_mem_arena = cpu_mem_arena
         if intra_op_threads:
             opts.intra_op_num_threads = intra_op_threads
         if not spinning:  # idle onnxruntime threads otherwise spin on cores the gRPC threads need
@@ -116,11 +117,13 @@ class ModelSet:
         cudnn_conv_algo_search: str = "EXHAUSTIVE",
         default_alpha: float | None = None,
         spinning: bool = True,
+        cpu_mem_arena: bool = True,
     ):
         if not baked and continuous is None:
             raise ModelError(f"model set {name} version {version} has no ONNX file")
         self.name, self.version = name, version
-        kw = dict(intra_op_threads=intra_op_threads, cudnn_conv_algo_search=cudnn_conv_algo_search, spinning=spinning)
+        kw = dict(intra_op_threads=intra_op_threads, cudnn_conv_algo_search=cudnn_conv_algo_search, spinning=spinning,
+                  cpu_mem_arena=cpu_mem_arena)
         self.baked = [(float(a), OnnxModel(p, providers, **kw)) for a, p in sorted(baked)]
         self.continuous = OnnxModel(continuous, providers, **kw) if continuous is not None else None
         if self.continuous is not None and not self.continuous.has_alpha:

@@ -98,6 +98,7 @@ def load_served(baked: BakedSet, settings: Settings, should_stop: Callable[[], b
         cudnn_conv_algo_search=settings.cudnn_conv_algo_search,
         default_alpha=baked.manifest.get("default_alpha"),
         spinning=settings.intra_op_spinning,
+        cpu_mem_arena=settings.cpu_mem_arena,
     )
     models.warmup(list(settings.warmup_shapes) or [DEFAULT_WARMUP_SHAPE], max_batch=settings.max_batch, should_stop=should_stop)
     return Served(baked, models)

@@ -17,11 +17,12 @@ def test_quick_bench_writes_every_section(baked_dir, tmp_path):
     out = tmp_path / "benchmarks.md"
     args = parser.parse_args(["bench", "--model-dir", str(baked_dir), "--sizes", "3x32x24,2x32x24", "--slices", "2",
                               "--streams", "1,2", "--throughput-slices", "4", "--rss-slices", "5,10", "--threads", "1",
-                              "--out", str(out)])
+                              "--cpu-mem-arena", "false", "--out", str(out)])
     assert args.func(args) == 0
     text = out.read_text()
     assert "| 3x32x24 |" in text and "| 2x32x24 |" in text
     assert "No GPU machine was at hand" in text and "CPUExecutionProvider" in text
+    assert "spinning true, CPU memory arena false." in text  # passed to the server and the in-process session
     assert "| 1 |" in text and "| 2 |" in text  # throughput rows
     assert "GFLOP per slice (ONNX MatMul/Conv nodes" in text
     cols = text.split("| 2x32x24 |")[1].split("|")

@@ -337,6 +337,17 @@ def test_outputs_are_copied_out_of_the_onnxruntime_arena(baked_dir):
     assert image.shape == (2, 16, 12) and dc.shape == (2,)
 
 
+def test_the_cpu_memory_arena_can_be_turned_off_with_the_same_images(baked_dir):
+    assert Settings().cpu_mem_arena and not settings_from(None, {"DNIRECON_CPU_MEM_ARENA": "false"}).cpu_mem_arena
+    b = read_baked_set(baked_dir)
+    on, off = (ModelSet("m", "1", list(b.baked), None, ["CPUExecutionProvider"], cpu_mem_arena=a).baked[0][1] for a in (True, False))
+    assert on.session.get_session_options().enable_cpu_mem_arena
+    assert not off.session.get_session_options().enable_cpu_mem_arena
+    kspace = synthetic_kspace(2, 4, 16, 12)
+    ri, mask = np.stack([kspace.real, kspace.imag], -1).astype(np.float32), np.stack([test_mask(12)] * 2)
+    np.testing.assert_array_equal(on.run(ri, mask)[0], off.run(ri, mask)[0])
+
+
 @pytest.mark.parametrize("host, metrics_host, address", [
     ("[::]", "", "0.0.0.0"), ("0.0.0.0", "", "0.0.0.0"), ("127.0.0.1", "", "127.0.0.1"), ("[::1]", "", "::1"),
     ("127.0.0.1", "0.0.0.0", "0.0.0.0"), ("[::]", "10.1.2.3", "10.1.2.3"),
