@@ -21,6 +21,8 @@ def check_same_structure(state_dicts: Sequence[Mapping[str, torch.Tensor]], name
     if len(state_dicts) < 1:
         raise ModelError("interpolation needs at least one state_dict, got none")
     names = list(names) if names is not None else [f"model {k}" for k in range(len(state_dicts))]
+    if len(names) != len(state_dicts):  # zip would silently skip the models without a name
+        raise ConfigError(f"interpolation got {len(state_dicts)} state_dicts but {len(names)} names; expected one name per model")
     ref, ref_name = state_dicts[0], names[0]
     for other, other_name in zip(state_dicts[1:], names[1:]):
         for key in ref:
@@ -57,7 +59,9 @@ def interpolate_state_dicts(
     allow_extrapolation: bool = False,
     names: Sequence[str] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Weighted sum of floating-point parameters and buffers; non-float entries copied from the first model.
+    """Weighted sum of floating-point parameters and buffers; non-float entries (integer or bool
+    buffers such as BatchNorm's num_batches_tracked) copied from the first model, or from the model
+    whose weight is exactly 1.
 
     state_dicts: models with identical keys, shapes and dtypes (else ModelError naming the first
     differing key). weights: one per model, summing to one; each must lie in [0, 1] unless
@@ -78,12 +82,13 @@ def interpolate_state_dicts(
     check_same_structure(state_dicts, names)
 
     exact = [k for k, w in enumerate(weights) if w == 1.0]
+    only = exact[0] if exact and all(w == 0.0 for k, w in enumerate(weights) if k != exact[0]) else None
     out: dict[str, torch.Tensor] = {}
     for key, first in state_dicts[0].items():
-        if not (first.is_floating_point() or first.is_complex()):
+        if only is not None:  # every dtype: alpha = 1 is SN-GAN itself, integer buffers included
+            out[key] = state_dicts[only][key].detach().clone()
+        elif not (first.is_floating_point() or first.is_complex()):
             out[key] = first.detach().clone()
-        elif exact and all(w == 0.0 for k, w in enumerate(weights) if k != exact[0]):
-            out[key] = state_dicts[exact[0]][key].detach().clone()
         else:
             # accumulate in float64 so that the mean of two float32 tensors is the correctly rounded mean
             acc = torch.zeros(first.shape, dtype=torch.complex128 if first.is_complex() else torch.float64)

@@ -129,18 +129,34 @@ def per_alpha_metrics(tags: dict[str, str]) -> dict[float, dict[str, float]]:
 
 
 # ---------------------------------------------------------------- resolving versions
+# What MLflow answers for a name, version or alias that does not exist (sqlite and REST stores). Any
+# other MlflowException (a locked database, a server error) is not an answer and must not be read as one.
+NOT_FOUND_CODES = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
+def _not_found(exc) -> bool:
+    return getattr(exc, "error_code", None) in NOT_FOUND_CODES
+
+
+def _unreadable(client, what: str, exc) -> ModelError:
+    return ModelError(f"MLflow at {client.tracking_uri} could not be read ({what}): "
+                      f"{exc.message if hasattr(exc, 'message') else exc}; nothing was changed, try again")
+
+
 def resolve_version(client, name: str, version: str | int | None = None, alias: str | None = None):
     """The ModelVersion for a version number or an alias (ModelError naming what is missing)."""
     from mlflow.exceptions import MlflowException
 
     if (version is None) == (alias is None):
         raise ConfigError("give exactly one of --version or --alias")
+    what = f"alias {alias!r}" if alias is not None else f"version {version}"
     try:
         if alias is not None:
             return client.get_model_version_by_alias(name, alias)
         return client.get_model_version(name, str(version))
     except MlflowException as exc:
-        what = f"alias {alias!r}" if alias is not None else f"version {version}"
+        if not _not_found(exc):
+            raise _unreadable(client, f"{name} {what}", exc) from None
         raise ModelError(f"registered model {name!r} has no {what} in {client.tracking_uri}: "
                          f"{exc.message if hasattr(exc, 'message') else exc}") from None
 
@@ -150,18 +166,21 @@ def _registered(client, name: str):
 
     try:
         return client.get_registered_model(name)
-    except MlflowException:
+    except MlflowException as exc:
+        if not _not_found(exc):
+            raise _unreadable(client, f"registered model {name!r}", exc) from None
         raise ModelError(f"no registered model {name!r} in {client.tracking_uri} "
                          "(bake one with `dnirecon registry bake`, or check --model)") from None
 
 
 def _alias_holder(client, name: str, alias: str):
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
+    """The version `alias` points at, None when it points nowhere. Read from the registered model's
+    alias map, so that only a missing alias means None: an unreadable store raises (read as "no
+    holder", it would let a promotion skip the gates against the version it replaces)."""
+    aliases = dict(getattr(_registered(client, name), "aliases", None) or {})
+    if alias not in aliases:
         return None
+    return resolve_version(client, name, version=aliases[alias])
 
 
 # ---------------------------------------------------------------- list / describe
@@ -403,7 +422,9 @@ def promote(client, alias: str, version: str | int, name: str = INTERPSN, force:
         raise ConfigError("--force needs --reason \"...\": a forced promotion must record why")
     mv = resolve_version(client, name, version=version)
     incumbent = _alias_holder(client, name, alias)
-    if incumbent is not None and str(incumbent.version) == str(mv.version):
+    previous = str(incumbent.version) if incumbent is not None else None
+    history, _done = _reconcile(client, name, alias, previous)
+    if previous == str(mv.version):
         raise ModelError(f"alias {alias!r} of {name!r} already points at version {mv.version}")
     gates = check_gates(mv.tags or {}, incumbent.tags if incumbent is not None else None)
     if not gates.passed and not force:
@@ -412,39 +433,85 @@ def promote(client, alias: str, version: str | int, name: str = INTERPSN, force:
                          f"(currently {current}): " + "; ".join(gates.failures)
                          + " (use --force --reason \"...\" to override)")
     forced = bool(force and not gates.passed)  # --force on a promotion that passed forced nothing
-    who, when = current_user(), utc_now_iso()
-    previous = str(incumbent.version) if incumbent is not None else None
     if not reason:
         reason = "gates passed: " + ("; ".join(gates.notes) or "parity and metrics")
     elif forced:
-        reason = f"FORCED past [{'; '.join(gates.failures)}]: {reason}"
-    reason = cap_reason(reason)
-    # The record first, the alias last: a failure in between leaves the alias where it was, never an
-    # alias moved without its history (rollback relies on the history).
-    tags = {"promoted_by": who, "promoted_at": when, "promotion_reason": reason,
-            "promoted_alias": alias, "previous_version": previous or "none", "promotion_forced": str(forced)}
-    for key, value in tags.items():
-        client.set_model_version_tag(name, str(mv.version), key, value)
-    history = _history(client, name, alias)
-    history.append({"version": str(mv.version), "previous": previous, "by": who, "at": when,
-                    "reason": reason, "forced": forced})
-    _write_history(client, name, alias, history)
+        # the user's why first: a long list of failures must not push it out of the capped record
+        reason = f"FORCED: {cap_reason(reason.strip())} [past: {'; '.join(gates.failures)}]"
+    entry = {"version": str(mv.version), "previous": previous, "by": current_user(), "at": utc_now_iso(),
+             "reason": cap_reason(reason), "forced": forced, "state": PENDING}
+    # The record first (marked pending), then the alias, then the version's tags and the mark cleared.
+    # Cut anywhere, the next promote or rollback finds the mark and either finishes this promotion
+    # (the alias moved) or drops its record (it did not): the history always matches the alias.
+    _write_history(client, name, alias, history + [entry])
+    now = _alias_holder(client, name, alias)
+    if (str(now.version) if now is not None else None) != previous:
+        current = _history(client, name, alias)
+        if current and current[-1] == entry:  # withdraw this record, keeping what the other command wrote
+            _write_history(client, name, alias, current[:-1])
+        raise ModelError(f"alias {alias!r} of {name!r} moved to version {now.version if now else 'none'} while "
+                         f"this promotion ran (it read version {previous}): someone else promoted or rolled "
+                         "back meanwhile; nothing was changed, check `dnirecon registry describe` and run it again")
     client.set_registered_model_alias(name, alias, str(mv.version))
-    return PromotionResult(name, alias, str(mv.version), previous, forced, reason, gates)
+    _finish_promotion(client, name, alias, history, entry)
+    return PromotionResult(name, alias, str(mv.version), previous, forced, entry["reason"], gates)
+
+
+PENDING, ROLLING_BACK = "pending", "rolling_back"  # marks of a promotion / rollback not yet finished
+
+
+def _finish_promotion(client, name: str, alias: str, history: list[dict], entry: dict) -> None:
+    """The version's tags and the cleared mark of a promotion whose alias move is done."""
+    tags = {"promoted_by": entry["by"], "promoted_at": entry["at"], "promotion_reason": entry["reason"],
+            "promoted_alias": alias, "previous_version": entry["previous"] or "none",
+            "promotion_forced": str(entry["forced"])}
+    for key, value in tags.items():
+        client.set_model_version_tag(name, entry["version"], key, value)
+    _write_history(client, name, alias, history + [{k: v for k, v in entry.items() if k != "state"}])
+
+
+def _reconcile(client, name: str, alias: str, holder: str | None) -> tuple[list[dict], PromotionResult | None]:
+    """The alias history, after finishing or dropping what an interrupted promote or rollback left
+    (its mark on the last entry), and the result of a rollback this finished, if any."""
+    history = _history(client, name, alias)
+    last = history[-1] if history else {}
+    state = last.get("state")
+    if state == PENDING:
+        if holder == last["version"]:
+            log.warning("completing the promotion of %s version %s to %r, interrupted after its alias move",
+                        name, last["version"], alias)
+            _finish_promotion(client, name, alias, history[:-1], last)
+            return history[:-1] + [{k: v for k, v in last.items() if k != "state"}], None
+        log.warning("dropping the record of a promotion of %s version %s to %r, interrupted before its alias "
+                    "moved", name, last["version"], alias)
+        history = history[:-1]
+        _write_history(client, name, alias, history)
+        return history, None
+    if state == ROLLING_BACK:
+        if holder == last.get("previous"):
+            log.warning("alias %r of %r already points at version %s, the target of an interrupted rollback: "
+                        "completing that rollback's tags and history", alias, name, holder)
+            done = _record_rollback(client, name, alias, history, str(last["version"]), str(holder), None)
+            return history[:-1], done
+        history[-1] = {k: v for k, v in last.items() if k != "state"}  # the alias never moved back
+        _write_history(client, name, alias, history)
+        return history, None
+    return history, None
 
 
 def rollback(client, alias: str, name: str = INTERPSN, reason: str | None = None) -> PromotionResult:
     """Point `alias` back at the version it held before its latest promotion (the last history
     entry's `previous`; older entries may have been trimmed, and are not needed)."""
     check_alias(alias)
-    history = _history(client, name, alias)
     holder = _alias_holder(client, name, alias)
     if holder is None:
         raise ModelError(f"cannot roll back alias {alias!r} of {name!r}: no version holds it")
+    history, done = _reconcile(client, name, alias, str(holder.version))
+    if done is not None:  # this rollback was the one interrupted: finishing it is all there is to do
+        return done
     if history and history[-1]["version"] != str(holder.version) and history[-1].get("previous") == str(holder.version):
-        # A rollback moves the alias first (that is what serves), then writes tags and history; one that
-        # was interrupted in between left the alias on the previous target and the history one entry
-        # long. Finishing it is the only consistent next step.
+        # No mark (a history written before marks, or the alias moved back by hand): the alias is already
+        # on the previous target of the last promotion, so finish that rollback rather than refuse.
         log.warning("alias %r of %r already points at version %s, the target of the last promotion's "
                     "rollback: completing that rollback's tags and history", alias, name, holder.version)
         return _record_rollback(client, name, alias, history, str(history[-1]["version"]), str(holder.version),
@@ -459,6 +526,10 @@ def rollback(client, alias: str, name: str = INTERPSN, reason: str | None = None
         raise ModelError(f"cannot roll back alias {alias!r} of {name!r}: version {holder.version} is the "
                          "first version it ever pointed at; there is no previous target")
     resolve_version(client, name, version=previous)  # refuses clearly if it was deleted
+    # The mark first, then the alias (what serves), then tags and history; the next promote or
+    # rollback finishes one cut in between.
+    history[-1] = dict(history[-1], state=ROLLING_BACK)
+    _write_history(client, name, alias, history)
     client.set_registered_model_alias(name, alias, previous)
     return _record_rollback(client, name, alias, history, str(holder.version), previous, reason)
 

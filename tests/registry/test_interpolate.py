@@ -21,10 +21,9 @@ def _state(seed: int) -> dict[str, torch.Tensor]:
 def test_alpha_zero_and_one_reproduce_the_end_models_bitwise():
     sn, gan = _state(1), _state(2)
     at0, at1 = interpolate_pair(sn, gan, 0.0), interpolate_pair(sn, gan, 1.0)
-    for key in sn:
+    for key in sn:  # every entry, the integer buffer included: alpha = 1 is SN-GAN's whole state_dict
         assert torch.equal(at0[key], sn[key]) and at0[key].dtype == sn[key].dtype, key
-        if sn[key].is_floating_point():
-            assert torch.equal(at1[key], gan[key]), key
+        assert torch.equal(at1[key], gan[key]) and at1[key].dtype == gan[key].dtype, key
 
 
 def test_alpha_half_is_the_mean_of_float_entries():
@@ -39,10 +38,18 @@ def test_alpha_half_is_the_mean_of_float_entries():
     assert torch.allclose(interior, 0.75 * sn["cascades.0.conv.bias"] + 0.25 * gan["cascades.0.conv.bias"])
 
 
-def test_non_float_buffers_are_copied_from_the_first_model():
+def test_non_float_buffers_are_copied_from_the_first_model_between_the_ends():
     sn, gan = _state(1), _state(2)
-    for alpha in (0.0, 0.5, 1.0):
-        assert interpolate_pair(sn, gan, alpha)["norm.num_batches_tracked"].item() == 10
+    assert [interpolate_pair(sn, gan, a)["norm.num_batches_tracked"].item() for a in (0.0, 0.25, 0.5, 0.99, 1.0)] == \
+        [10, 10, 10, 10, 20]
+
+
+def test_a_name_per_model_or_a_clear_error():
+    sds = [_state(1), _state(2), {**_state(3), "extra": torch.zeros(1)}]
+    with pytest.raises(ConfigError, match="3 state_dicts but 2 names"):
+        interpolate_state_dicts(sds, [0.2, 0.3, 0.5], names=["a", "b"])
+    with pytest.raises(ModelError, match="'extra' is in c but missing from a"):
+        interpolate_state_dicts(sds, [0.2, 0.3, 0.5], names=["a", "b", "c"])
 
 
 def test_three_models_weighted_sum():

@@ -314,3 +314,116 @@ def test_describe_without_version_or_alias_shows_the_aliases(client, model_name)
     assert store.describe(client, model_name)["aliases"] == ["canary", "staging"]  # the newest, v2
     assert store.describe(client, model_name, version=v1)["aliases"] == ["production"]
     assert store.describe(client, model_name, alias="staging")["aliases"] == ["canary", "staging"]
+
+
+def test_an_unreadable_store_is_an_error_not_an_empty_alias(client, model_name, monkeypatch):
+    """Read as "no holder", a locked store would let a worse version skip the comparison gates."""
+    from mlflow.exceptions import MlflowException
+
+    good, worse = _version(client, model_name, psnr0=30.0), _version(client, model_name, psnr0=25.0)
+    store.promote(client, "production", good, name=model_name)
+
+    def locked(*args, **kwargs):
+        raise MlflowException("(sqlite3.OperationalError) database is locked", error_code="TEMPORARILY_UNAVAILABLE")
+
+    monkeypatch.setattr(client, "get_registered_model", locked)
+    with pytest.raises(ModelError, match="could not be read .*database is locked.*nothing was changed"):
+        store.promote(client, "production", worse, name=model_name)
+    monkeypatch.undo()
+    assert _holder(client, model_name) == good
+    assert "promoted_alias" not in client.get_model_version(model_name, worse).tags
+    with pytest.raises(ModelError, match="refusing to promote"):  # and with the store back, the gates apply
+        store.promote(client, "production", worse, name=model_name)
+
+
+def _cut(monkeypatch, target, attr, after=0):
+    """Makes target.attr raise after `after` successful calls (a command cut between two MLflow calls)."""
+    real, calls = getattr(target, attr), []
+
+    def cut(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > after:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(target, attr, cut)
+
+
+def test_a_promotion_cut_before_its_alias_move_is_dropped_and_rollback_still_steps_back(client, model_name, monkeypatch):
+    v1, v2, v3 = (_version(client, model_name) for _ in range(3))
+    for v in (v1, v2):
+        store.promote(client, "production", v, name=model_name)
+    _cut(monkeypatch, client, "set_registered_model_alias")
+    with pytest.raises(KeyboardInterrupt):
+        store.promote(client, "production", v3, name=model_name)
+    monkeypatch.undo()
+    assert _holder(client, model_name) == v2 and "promoted_alias" not in client.get_model_version(model_name, v3).tags
+    res = store.rollback(client, "production", name=model_name)  # drops v3's record, then v2 -> v1
+    assert (res.previous_version, res.version, _holder(client, model_name)) == (v2, v1, v1)
+    history = store.describe(client, model_name)["alias_history"]["production"]
+    assert [(h["version"], h.get("state")) for h in history] == [(v1, None)]
+
+
+def test_a_promotion_cut_after_its_alias_move_is_finished_by_the_next_command(client, model_name, monkeypatch):
+    v1, v2 = _version(client, model_name), _version(client, model_name)
+    store.promote(client, "production", v1, name=model_name)
+    _cut(monkeypatch, client, "set_model_version_tag")  # the first tag after the alias move
+    with pytest.raises(KeyboardInterrupt):
+        store.promote(client, "production", v2, name=model_name, reason="why")
+    monkeypatch.undo()
+    assert _holder(client, model_name) == v2
+    with pytest.raises(ModelError, match="already points at version"):  # finishes v2's record, then refuses
+        store.promote(client, "production", v2, name=model_name)
+    tags = client.get_model_version(model_name, v2).tags
+    assert (tags["promoted_alias"], tags["previous_version"], tags["promotion_reason"]) == ("production", v1, "why")
+    history = store.describe(client, model_name)["alias_history"]["production"]
+    assert [(h["version"], h["previous"], h.get("state")) for h in history] == [(v1, None, None), (v2, v1, None)]
+    assert store.rollback(client, "production", name=model_name).version == v1
+
+
+def test_a_rollback_cut_after_its_alias_move_then_a_promotion_keeps_the_history_true(client, model_name, monkeypatch):
+    """Without the mark, the promotion after the cut rollback recorded v2 -> v4 on top of v3's stale
+    entry, and the second rollback after it did nothing (review finding, 2026-11-22)."""
+    v1, v2, v3, v4 = (_version(client, model_name) for _ in range(4))
+    for v in (v1, v2, v3):
+        store.promote(client, "production", v, name=model_name)
+    _cut(monkeypatch, store, "_record_rollback")
+    with pytest.raises(KeyboardInterrupt):
+        store.rollback(client, "production", name=model_name)
+    monkeypatch.undo()
+    assert _holder(client, model_name) == v2
+    store.promote(client, "production", v4, name=model_name)  # finishes the rollback first
+    history = store.describe(client, model_name)["alias_history"]["production"]
+    assert [(h["version"], h["previous"]) for h in history] == [(v1, None), (v2, v1), (v4, v2)]
+    assert client.get_model_version(model_name, v2).tags["rolled_back_from"] == v3
+    assert [store.rollback(client, "production", name=model_name).version for _ in range(2)] == [v2, v1]
+    assert _holder(client, model_name) == v1
+
+
+def test_a_promotion_refuses_when_the_alias_moved_while_it_ran(client, model_name, monkeypatch):
+    v1, v2, v3 = (_version(client, model_name) for _ in range(3))
+    store.promote(client, "production", v1, name=model_name)
+    real = client.set_registered_model_tag
+
+    def and_someone_else_promotes(name, key, value):  # the pending entry's write, then another user's move
+        real(name, key, value)
+        monkeypatch.setattr(client, "set_registered_model_tag", real)
+        store.promote(client, "production", v3, name=model_name)
+
+    monkeypatch.setattr(client, "set_registered_model_tag", and_someone_else_promotes)
+    with pytest.raises(ModelError, match=f"moved to version {v3} while this promotion ran .*read version {v1}"):
+        store.promote(client, "production", v2, name=model_name)
+    assert _holder(client, model_name) == v3
+    assert "promoted_alias" not in client.get_model_version(model_name, v2).tags
+    history = store.describe(client, model_name)["alias_history"]["production"]
+    assert [h["version"] for h in history][-1] == v3 and all(h.get("state") is None for h in history)
+
+
+def test_a_forced_promotion_keeps_the_users_reason_whatever_the_failures(client, model_name):
+    good = _version(client, model_name, psnr0=30.0, alphas=tuple(i / 10 for i in range(11)), continuous=True)
+    bad = _version(client, model_name, psnr0=20.0, alphas=(0.0, 0.5), held_out="b" * 64)
+    store.promote(client, "production", good, name=model_name)
+    why = "radiology asked for this set for the study of 2026-11; " * 15  # 840 characters
+    store.promote(client, "production", bad, name=model_name, force=True, reason=why)
+    stored = client.get_model_version(model_name, bad).tags["promotion_reason"]
+    assert stored.startswith("FORCED: " + why.strip()) and len(stored) <= store.MAX_REASON_CHARS
