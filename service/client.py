@@ -71,15 +71,37 @@ class ReconClient:
     def stream(self, slices: Iterable[tuple[int, np.ndarray, np.ndarray]], recon_size: tuple[int, int], *,
                alpha: float | None = None, model: str = "", request_id: str | None = None,
                timeout: float | None = None, chunk_bytes: int = wire.DEFAULT_CHUNK_BYTES) -> Iterator[recon_pb2.SliceResult]:
-        """Streams (index, kspace (C,H,W) complex64, mask (W,)) slices; yields results as they come back."""
+        """Streams (index, kspace (C,H,W) complex64, mask (W,)) slices; yields results as they come back.
+
+        An exception raised while producing the requests (reading the next slice, packing it) is raised
+        from here as it is; gRPC alone would report it as "UNKNOWN: Exception iterating requests!"."""
+        if not 0 < chunk_bytes <= wire.MAX_CHUNK_BYTES:
+            raise ValueError(f"chunk_bytes is {chunk_bytes}, expected 1 to {wire.MAX_CHUNK_BYTES}")
         rid = request_id or uuid.uuid4().hex
+        failed: list[BaseException] = []
 
         def requests():
-            for index, kspace, mask in slices:
-                yield from wire.slice_messages(index, kspace, mask, recon_size, alpha=alpha, model=model,
-                                               request_id=rid, chunk_bytes=chunk_bytes)
+            try:
+                for index, kspace, mask in slices:
+                    yield from wire.slice_messages(index, kspace, mask, recon_size, alpha=alpha, model=model,
+                                                   request_id=rid, chunk_bytes=chunk_bytes)
+            except Exception as exc:
+                failed.append(exc)
+                raise
 
-        return self.stub.ReconstructStream(requests(), timeout=timeout, metadata=self.metadata)
+        call = self.stub.ReconstructStream(requests(), timeout=timeout, metadata=self.metadata)
+
+        def results():
+            try:
+                yield from call
+            except grpc.RpcError:
+                if failed:
+                    raise failed[0] from None
+                raise
+            finally:
+                call.cancel()  # a no-op once the call has ended; frees it when the caller stops early
+
+        return results()
 
     def reconstruct_one(self, index: int, kspace: np.ndarray, mask: np.ndarray, recon_size: tuple[int, int], *,
                         alpha: float | None = None, model: str = "", request_id: str | None = None,
@@ -170,7 +192,10 @@ def reconstruct_file(client: ReconClient, path: str | os.PathLike, *, accel: int
 
         def slices():
             for i in range(n):
-                k = vol.kspace(i)
+                try:
+                    k = vol.kspace(i)
+                except (OSError, ValueError, KeyError) as exc:  # h5py's errors for a damaged dataset
+                    raise DataError(f"{path}: slice {i} of 'kspace' cannot be read ({exc})") from None
                 sent[0] += int(k.shape[0] * k.shape[1] * mask.sum() * 8)
                 yield i, k, mask
 

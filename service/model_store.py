@@ -45,6 +45,12 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _check_file_fields(mpath: Path, where: str, entry: dict) -> None:
+    for key in ("file", "sha256"):
+        if not isinstance(entry[key], str) or not entry[key]:
+            raise ModelError(f"{mpath}: {where}.{key} is {entry[key]!r}, expected a non-empty string")
+
+
 def read_baked_set(directory: str | os.PathLike, *, name: str = "", version: str = "", uri: str = "") -> BakedSet:
     """Reads manifest.json and checks every listed file's sha256 (ModelError on any mismatch)."""
     directory = Path(directory)
@@ -65,14 +71,17 @@ def read_baked_set(directory: str | os.PathLike, *, name: str = "", version: str
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or not {"alpha", "file", "sha256"} <= entry.keys():
             raise ModelError(f"{mpath}: alphas[{i}] needs 'alpha', 'file' and 'sha256'")
-        alpha = float(entry["alpha"])
-        if not 0.0 <= alpha <= 1.0:
-            raise ModelError(f"{mpath}: alphas[{i}].alpha is {alpha}, expected a value in [0, 1]")
+        value = entry["alpha"]
+        alpha = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
+        if not 0.0 <= alpha <= 1.0:  # also false for NaN, null, strings and booleans
+            raise ModelError(f"{mpath}: alphas[{i}].alpha is {value!r}, expected a number in [0, 1]")
+        _check_file_fields(mpath, f"alphas[{i}]", entry)
         files.append((alpha, entry))
     cont = manifest.get("continuous")
     if cont:
         if not isinstance(cont, dict) or not {"file", "sha256"} <= cont.keys():
             raise ModelError(f"{mpath}: 'continuous' needs 'file' and 'sha256'")
+        _check_file_fields(mpath, "continuous", cont)
         files.append((None, cont))
     if not files:
         raise ModelError(f"{mpath}: lists no ONNX file (empty 'alphas' and no 'continuous')")

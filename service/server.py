@@ -119,6 +119,7 @@ class Pending:
     parsed: ParsedHeader
     t_last_chunk: float
     future: futures.Future
+    release: Callable[[], None] = lambda: None  # frees the stream's slot once the result is handed to gRPC
 
 
 class _End:
@@ -287,7 +288,12 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
             if isinstance(item, StreamFault):
                 self._abort(context, item.code, item.reason)
             if isinstance(item, Pending):
-                item = self.finish(item)
+                pending, item = item, self.finish(item)
+                yield item
+                # gRPC asks for the next result once this one is written: only then is the slot free, so a
+                # client that does not read its results stops the server reading, computing and holding more
+                pending.release()
+                continue
             yield item
 
     def _read_stream(self, request_iterator, context, out: queue.Queue, cancelled: threading.Event, served: Served | None) -> None:
@@ -296,8 +302,7 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
         seen: set[int] = set()
 
         def done(pending: Pending) -> None:
-            out.put(pending)
-            inflight.release()
+            out.put(pending)  # its slot is released by the response generator, after the result is sent
 
         try:
             for msg in request_iterator:
@@ -339,7 +344,7 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
                                 except BaseException:
                                     inflight.release()
                                     raise
-                                pending = Pending(parsed, t_last, fut)
+                                pending = Pending(parsed, t_last, fut, inflight.release)
                                 fut.add_done_callback(lambda _f, p=pending: done(p))
                         except SliceFault as fault:
                             open_["failed"] = True
@@ -352,6 +357,8 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
             if open_ is not None:
                 raise StreamFault(Code.INVALID_ARGUMENT, f"stream ended inside slice {open_['index']} (no last chunk)")
         except StreamFault as fault:
+            # the slices before the fault were good: their results go out before the stream's status
+            self._wait_inflight(inflight, cancelled, context)
             out.put(fault)
             return
         except (grpc.RpcError, _CallEnded) as exc:  # the call ended under us (cancelled, deadline, message too large)
@@ -366,12 +373,16 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
                 log.exception("stream reader failed")
                 out.put(StreamFault(Code.INTERNAL, f"server error reading the stream: {type(exc).__name__}"))
             return
+        self._wait_inflight(inflight, cancelled, context)
+        out.put(_End())
+
+    def _wait_inflight(self, inflight: threading.Semaphore, cancelled: threading.Event, context) -> None:
+        """Until every slice of this stream handed to compute has had its result sent (or the call ended)."""
         try:
-            for _ in range(self.settings.stream_inflight):  # every result queued before the end
+            for _ in range(self.settings.stream_inflight):
                 _acquire(inflight, cancelled, context)
         except _CallEnded:
             pass
-        out.put(_End())
 
     def _take_chunk(self, open_: dict, c: recon_pb2.KspaceChunk) -> None:
         data = c.data  # upb copies a bytes field on every access (2.8 ms for 4 MB): read it once

@@ -57,21 +57,30 @@ class LineScatter:
     work is left when the slice is complete.
 
     The scatter moves each complex64 as one int64 through a flat index: 11 ms at 15x640x368 against
-    29 ms for ``full[..., cols] = lines`` (docs/benchmarks.md)."""
+    29 ms for ``full[..., cols] = lines`` (docs/benchmarks.md). The index is built per piece."""
 
     def __init__(self, coils: int, readout: int, mask: np.ndarray):
         self.shape = (int(coils), int(readout), int(np.asarray(mask).size))
-        cols = np.flatnonzero(np.asarray(mask) > 0)
-        rows = self.shape[0] * self.shape[1]
-        self._index = (np.arange(rows, dtype=np.intp)[:, None] * self.shape[2] + cols[None, :]).reshape(-1)
-        self._full = np.zeros(rows * self.shape[2], dtype="<i8")
+        self._cols = np.flatnonzero(np.asarray(mask) > 0).astype(np.intp)
+        self._values = self.shape[0] * self.shape[1] * self._cols.size  # complex values in the payload
+        # untouched pages of np.zeros are not committed: memory follows the bytes that arrive
+        self._full = np.zeros(self.shape[0] * self.shape[1] * self.shape[2], dtype="<i8")
         self._placed = 0  # values scattered so far
         self._carry = b""  # bytes of a value split between two pieces
         self.finite = True  # False once a fed value holds NaN or Inf
 
+    def _index(self, start: int, n: int) -> np.ndarray:
+        """Flat positions in the matrix of payload values start .. start + n - 1 (built per piece, so
+        a slice's memory grows with what arrives, not with what its header declares)."""
+        m, width = self._cols.size, self.shape[2]
+        first, offset = divmod(start, m)
+        last = (start + n - 1) // m
+        rows = np.arange(first, last + 1, dtype=np.intp)
+        return (rows[:, None] * width + self._cols[None, :]).reshape(-1)[offset : offset + n]
+
     @property
     def expected_bytes(self) -> int:
-        return self._index.size * COMPLEX64_BYTES
+        return self._values * COMPLEX64_BYTES
 
     @property
     def received_bytes(self) -> int:
@@ -89,7 +98,7 @@ class LineScatter:
             values = np.frombuffer(data, dtype="<i8", count=n)
             if self.finite and not np.isfinite(values.view("<f4")).all():
                 self.finite = False
-            self._full[self._index[self._placed : self._placed + n]] = values
+            self._full[self._index(self._placed, n)] = values
             self._placed += n
 
     def result(self) -> np.ndarray:

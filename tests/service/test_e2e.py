@@ -318,3 +318,23 @@ def test_synthetic_volume_from_training_synth_streams_like_in_process(server, ba
         result = reconstruct_file(client, path, accel=4)
     assert result.errors == {} and result.images.shape == (3, *hdr.recon_size)
     np.testing.assert_allclose(result.images, center_crop(ref, hdr.recon_size), atol=1e-5 * ref.max(), rtol=0)
+
+
+def test_a_failure_producing_the_requests_is_raised_as_it_is(server):
+    """gRPC turns an exception in the request iterator into 'UNKNOWN: Exception iterating requests!';
+    the client raises the exception itself (a corrupt slice of a file names the file and slice)."""
+    from dnirecon.errors import DataError
+
+    k, mask = synthetic_kspace(1, 2, 32, 24)[0], test_mask()
+
+    def slices():
+        yield 0, k, mask
+        raise DataError("scan.h5: slice 1 of 'kspace' cannot be read (corrupt chunk)")
+
+    with ReconClient(server.target) as client:
+        with pytest.raises(DataError, match="scan.h5: slice 1"):
+            list(client.stream(slices(), (32, 24), timeout=30))
+        with pytest.raises(ValueError, match="chunk_bytes is 5000000, expected 1 to 4000000"):
+            client.stream([(0, k, mask)], (32, 24), chunk_bytes=5_000_000)
+        (r,) = client.stream([(0, k, mask)], (32, 24), timeout=30)  # the channel is fine afterwards
+        assert r.HasField("image")

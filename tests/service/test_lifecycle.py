@@ -7,10 +7,12 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.request
 
 import grpc
 import pytest
 
+from service import wire
 from service.client import ReconClient
 
 from .conftest import ServerProcess, synthetic_kspace, test_mask
@@ -339,3 +341,60 @@ def test_refused_versions_are_counted_once_whether_fetch_or_load_refused_them(ba
     store.version = "4"
     follower.check_once()
     assert (loads("refused"), loads("ok")) == (2.0, 1.0) and proc.holder.get().baked.version == "4"
+
+
+# Each batch sleeps 0.4 s first, so slices are still in compute when the stream breaks.
+PACED_LAUNCHER = SLOW_LAUNCHER.replace("time.sleep(3)", "time.sleep(0.4)")
+
+
+def test_a_stream_fault_still_delivers_the_good_slices_before_it(baked_dir, start_server):
+    """A scanner whose acquisition aborts inside a slice keeps the slices it had sent whole (before,
+    the fault went out at once and the computed results were dropped)."""
+    from dnirecon.v1 import recon_pb2_grpc
+
+    server = start_server("--model-dir", str(baked_dir), "--max-batch", "1", "--warmup-shapes", "2x32x24",
+                          "--drain-seconds", "1", launcher=PACED_LAUNCHER)
+
+    def requests():
+        for i in range(3):
+            yield from wire.slice_messages(i, K, MASK, (32, 24))
+        yield next(wire.slice_messages(3, K, MASK, (32, 24)))  # slice 3's header, then the stream ends
+
+    results = []
+    with grpc.insecure_channel(server.target, options=wire.CHANNEL_OPTIONS) as ch:
+        with pytest.raises(grpc.RpcError) as err:
+            for r in recon_pb2_grpc.ReconstructionStub(ch).ReconstructStream(requests(), timeout=60):
+                results.append(r)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "inside slice 3" in err.value.details()
+    assert sorted(r.slice_index for r in results) == [0, 1, 2] and all(r.HasField("image") for r in results)
+
+
+def test_a_client_that_does_not_read_its_results_stops_the_server_computing_more(baked_dir, start_server):
+    """--stream-inflight bounds results computed and not yet sent, not only those in compute. The
+    client's HTTP/2 window stays at its initial 64 KiB (no BDP probing), so unread 256 KiB results
+    block the server's writes instead of filling a window grown to megabytes."""
+    from dnirecon.v1 import recon_pb2_grpc
+
+    server = start_server("--model-dir", str(baked_dir), "--stream-inflight", "2", "--warmup-shapes", "2x256x256",
+                          "--drain-seconds", "1")
+    k, mask = synthetic_kspace(1, 2, 256, 256, seed=3)[0], test_mask(256)
+    pulled = []
+
+    def requests():
+        for i in range(30):
+            pulled.append(i)
+            yield from wire.slice_messages(i, k, mask, (256, 256))
+
+    def computed() -> float:  # slices through onnxruntime so far (warm-up runs are not counted)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+        return float(re.search(r"^dnirecon_batch_size_sum (\S+)$", text, re.M).group(1))
+
+    options = [*wire.CHANNEL_OPTIONS, ("grpc.http2.bdp_probe", 0)]
+    with grpc.insecure_channel(server.target, options=options) as ch:
+        results = recon_pb2_grpc.ReconstructionStub(ch).ReconstructStream(requests(), timeout=120)
+        time.sleep(4)  # reading nothing
+        held, done = len(pulled), computed()
+        got = sorted(r.slice_index for r in results)
+    # 2 slots, plus the result whose write is blocked and one the generator holds: 4 at most
+    assert done <= 4, f"the server computed {done:.0f} slices ({held} read from the client) while none of its results was read"
+    assert got == list(range(30)) and computed() == 30

@@ -60,6 +60,23 @@ def test_line_scatter_flags_nan_and_refuses_a_wrong_size():
     assert short.received_bytes == short.expected_bytes - 8  # a refused piece changes nothing
 
 
+def test_line_scatter_memory_follows_the_bytes_that_arrive():
+    """A header declaring the largest slice and one 8-byte chunk must not cost a payload-sized index
+    (review finding: +257 MiB for 16x1024x2048 fully sampled, before any data)."""
+    import tracemalloc
+
+    mask = np.ones(2048, np.float32)
+    tracemalloc.start()
+    try:
+        scatter = wire.LineScatter(16, 1024, mask)  # 256 MiB zero-filled (calloc: committed as touched)
+        scatter.feed(b"\0" * 8)
+        _now, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    matrix = 16 * 1024 * 2048 * 8
+    assert scatter.expected_bytes == matrix and peak < matrix + (1 << 20)  # the matrix, not a second one
+
+
 def test_chunks_stay_within_limit_and_carry_crc32():
     payload = bytes(range(256)) * 40_000  # 10,240,000 bytes
     chunks = list(wire.iter_chunks(4, payload, wire.MAX_CHUNK_BYTES))
@@ -106,6 +123,23 @@ def test_model_uri_forms():
     assert parse_model_uri("models:/interpsn/3") == ("interpsn", None, "3")
     with pytest.raises(ConfigError, match="DNIRECON_MODEL_URI"):
         parse_model_uri("runs:/abc/model")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("alpha", None, r"alphas\[0\].alpha is None, expected a number in \[0, 1\]"),
+    ("alpha", "0.5", r"alphas\[0\].alpha is '0.5', expected a number"),
+    ("alpha", True, r"alphas\[0\].alpha is True, expected a number"),
+    ("file", 3, r"alphas\[0\].file is 3, expected a non-empty string"),
+    ("sha256", None, r"alphas\[0\].sha256 is None, expected a non-empty string"),
+])
+def test_a_malformed_manifest_value_is_a_model_error_naming_the_field(baked_dir, tmp_path, field, value, message):
+    copy = tmp_path / "set"
+    shutil.copytree(baked_dir, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["alphas"][0][field] = value
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match=message):  # was a TypeError traceback from float(None)
+        read_baked_set(copy)
 
 
 def test_baked_set_with_a_tampered_file_is_refused(baked_dir, tmp_path):
