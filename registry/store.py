@@ -460,14 +460,20 @@ def promote(client, alias: str, version: str | int, name: str = INTERPSN, force:
 PENDING, ROLLING_BACK = "pending", "rolling_back"  # marks of a promotion / rollback not yet finished
 
 
-def _finish_promotion(client, name: str, alias: str, history: list[dict], entry: dict) -> None:
-    """The version's tags and the cleared mark of a promotion whose alias move is done."""
+def _unmarked(entry: dict) -> dict:
+    return {k: v for k, v in entry.items() if k != "state"}
+
+
+def _finish_promotion(client, name: str, alias: str, history: list[dict], entry: dict) -> list[dict]:
+    """The version's tags and the cleared mark of a promotion whose alias move is done; the history written."""
     tags = {"promoted_by": entry["by"], "promoted_at": entry["at"], "promotion_reason": entry["reason"],
             "promoted_alias": alias, "previous_version": entry["previous"] or "none",
             "promotion_forced": str(entry["forced"])}
     for key, value in tags.items():
         client.set_model_version_tag(name, entry["version"], key, value)
-    _write_history(client, name, alias, history + [{k: v for k, v in entry.items() if k != "state"}])
+    history = history + [_unmarked(entry)]
+    _write_history(client, name, alias, history)
+    return history
 
 
 def _reconcile(client, name: str, alias: str, holder: str | None) -> tuple[list[dict], PromotionResult | None]:
@@ -480,8 +486,7 @@ def _reconcile(client, name: str, alias: str, holder: str | None) -> tuple[list[
         if holder == last["version"]:
             log.warning("completing the promotion of %s version %s to %r, interrupted after its alias move",
                         name, last["version"], alias)
-            _finish_promotion(client, name, alias, history[:-1], last)
-            return history[:-1] + [{k: v for k, v in last.items() if k != "state"}], None
+            return _finish_promotion(client, name, alias, history[:-1], last), None
         log.warning("dropping the record of a promotion of %s version %s to %r, interrupted before its alias "
                     "moved", name, last["version"], alias)
         history = history[:-1]
@@ -493,7 +498,7 @@ def _reconcile(client, name: str, alias: str, holder: str | None) -> tuple[list[
                         "completing that rollback's tags and history", alias, name, holder)
             done = _record_rollback(client, name, alias, history, str(last["version"]), str(holder), None)
             return history[:-1], done
-        history[-1] = {k: v for k, v in last.items() if k != "state"}  # the alias never moved back
+        history[-1] = _unmarked(last)  # the alias never moved back
         _write_history(client, name, alias, history)
         return history, None
     return history, None

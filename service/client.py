@@ -75,8 +75,7 @@ class ReconClient:
 
         An exception raised while producing the requests (reading the next slice, packing it) is raised
         from here as it is; gRPC alone would report it as "UNKNOWN: Exception iterating requests!"."""
-        if not 0 < chunk_bytes <= wire.MAX_CHUNK_BYTES:
-            raise ValueError(f"chunk_bytes is {chunk_bytes}, expected 1 to {wire.MAX_CHUNK_BYTES}")
+        wire.check_chunk_bytes(chunk_bytes)  # here, not first inside the request iterator gRPC consumes
         rid = request_id or uuid.uuid4().hex
         failed: list[BaseException] = []
 

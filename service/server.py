@@ -392,10 +392,14 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
             raise SliceFault(Code.DATA_LOSS, f"chunk seq {c.seq}: crc32 mismatch (zlib.crc32 of data)")
         if open_["scatter"] is None:  # the zero-filled matrix, filled as the chunks arrive
             open_["scatter"] = self.scatter_for(open_["parsed"])
+        self.feed(open_["parsed"], open_["scatter"], data)
+
+    @staticmethod
+    def feed(parsed: ParsedHeader, scatter: wire.LineScatter, data: bytes) -> None:
         try:
-            open_["scatter"].feed(data)
+            scatter.feed(data)
         except ValueError:
-            raise SliceFault(Code.INVALID_ARGUMENT, f"more k-space bytes than the header declared ({open_['parsed'].header.payload_bytes})") from None
+            raise SliceFault(Code.INVALID_ARGUMENT, f"more k-space bytes than the header declared ({parsed.header.payload_bytes})") from None
 
     def Reconstruct(self, request, context):
         self._admit(context, "Reconstruct")
@@ -411,9 +415,7 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
             parsed = self.parse_header(h, self.holder.get())
             t_last = time.perf_counter()
             scatter = self.scatter_for(parsed)
-            if len(data) > h.payload_bytes:
-                raise SliceFault(Code.INVALID_ARGUMENT, f"received {len(data)} k-space bytes, header declared {h.payload_bytes}")
-            scatter.feed(data)
+            self.feed(parsed, scatter, data)
             fut = self.submit(parsed, scatter, context, cancelled)
         except (SliceFault, StreamFault) as fault:
             self.error_result(h.slice_index, h.request_id, fault.code, fault.reason)

@@ -62,7 +62,7 @@ class LineScatter:
     def __init__(self, coils: int, readout: int, mask: np.ndarray):
         self.shape = (int(coils), int(readout), int(np.asarray(mask).size))
         self._cols = np.flatnonzero(np.asarray(mask) > 0).astype(np.intp)
-        self._values = self.shape[0] * self.shape[1] * self._cols.size  # complex values in the payload
+        self.expected_bytes = expected_payload_bytes(coils, readout, np.asarray(mask))
         # untouched pages of np.zeros are not committed: memory follows the bytes that arrive
         self._full = np.zeros(self.shape[0] * self.shape[1] * self.shape[2], dtype="<i8")
         self._placed = 0  # values scattered so far
@@ -77,10 +77,6 @@ class LineScatter:
         last = (start + n - 1) // m
         rows = np.arange(first, last + 1, dtype=np.intp)
         return (rows[:, None] * width + self._cols[None, :]).reshape(-1)[offset : offset + n]
-
-    @property
-    def expected_bytes(self) -> int:
-        return self._values * COMPLEX64_BYTES
 
     @property
     def received_bytes(self) -> int:
@@ -148,11 +144,16 @@ def make_header(
     return header
 
 
+def check_chunk_bytes(chunk_bytes: int) -> int:
+    if not 0 < chunk_bytes <= MAX_CHUNK_BYTES:
+        raise ValueError(f"chunk_bytes is {chunk_bytes}, expected 1 to {MAX_CHUNK_BYTES}")
+    return chunk_bytes
+
+
 def iter_chunks(slice_index: int, payload, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[recon_pb2.KspaceChunk]:
     """Splits payload (bytes, or a C-contiguous array: copied once, chunk by chunk) into chunks of at
     most chunk_bytes (1 to MAX_CHUNK_BYTES), each with its CRC-32; the last is flagged."""
-    if not 0 < chunk_bytes <= MAX_CHUNK_BYTES:
-        raise ValueError(f"chunk_bytes is {chunk_bytes}, expected 1 to {MAX_CHUNK_BYTES}")
+    check_chunk_bytes(chunk_bytes)
     if isinstance(payload, np.ndarray):
         view = memoryview(np.ascontiguousarray(payload).reshape(-1).view(np.uint8))
     else:
