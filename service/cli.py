@@ -39,6 +39,10 @@ def _add_connection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key-file", default=os.environ.get("DNIRECON_CLIENT_KEY_FILE"),
                    help="client key (mutual TLS, needs --ca-file) [env DNIRECON_CLIENT_KEY_FILE]")
     p.add_argument("--timeout", type=float, default=None, help="deadline in seconds of each call (default: none)")
+    p.add_argument("--keepalive-seconds", type=float, default=os.environ.get("DNIRECON_CLIENT_KEEPALIVE_SECONDS", "30"),
+                   help="ping the server after this long without traffic; no answer in 10 s fails the call "
+                        "UNAVAILABLE (0: no pings; the server must allow it: serve --min-client-ping-seconds) "
+                        "[env DNIRECON_CLIENT_KEEPALIVE_SECONDS, default 30]")
 
 
 def register_client(subparsers) -> None:
@@ -80,7 +84,7 @@ def _client(args):
 
         token = parse_bearer_token(data["token_file"], f"--token-file / DNIRECON_CLIENT_TOKEN_FILE {args.token_file}")
     return ReconClient(args.server, token=token, root_cert=data.get("ca_file"), client_cert=data.get("cert_file"),
-                       client_key=data.get("key_file"))
+                       client_key=data.get("key_file"), keepalive_s=args.keepalive_seconds)
 
 
 def _rpc_errors(handler):

@@ -33,17 +33,22 @@ def _read(path_or_pem: str | os.PathLike | bytes | None) -> bytes | None:
 class ReconClient:
     """A channel to one server. token adds 'authorization: Bearer <token>'; root_cert enables TLS,
     client_cert/client_key (both, and only with root_cert) add the client side of mutual TLS.
-    The certificates are file paths or PEM bytes."""
+    The certificates are file paths or PEM bytes. keepalive_s: ping the server after this long without
+    traffic and fail the calls (UNAVAILABLE) when no answer comes within keepalive_timeout_s; 0: no pings."""
 
     def __init__(self, target: str, *, token: str | None = None, root_cert: str | os.PathLike | bytes | None = None,
                  client_cert: str | os.PathLike | bytes | None = None, client_key: str | os.PathLike | bytes | None = None,
-                 server_name: str | None = None):
+                 server_name: str | None = None, keepalive_s: float = wire.CLIENT_KEEPALIVE_S,
+                 keepalive_timeout_s: float = wire.CLIENT_KEEPALIVE_TIMEOUT_S):
         if (client_cert or client_key) and not root_cert:
             raise ConfigError("--cert-file / --key-file (client_cert / client_key) need --ca-file (root_cert): "
                               "without it the channel would not use TLS at all")
         if bool(client_cert) != bool(client_key):
             raise ConfigError("--cert-file and --key-file (client_cert, client_key) must be given together")
-        options = list(wire.CHANNEL_OPTIONS)
+        if not (keepalive_s >= 0 and keepalive_timeout_s > 0):  # also refuses NaN
+            raise ConfigError(f"--keepalive-seconds (keepalive_s) must be >= 0 (0: no pings) and keepalive_timeout_s > 0, "
+                              f"got {keepalive_s!r} and {keepalive_timeout_s!r}")
+        options = list(wire.CHANNEL_OPTIONS) + wire.client_keepalive_options(keepalive_s, keepalive_timeout_s)
         if server_name:
             options.append(("grpc.ssl_target_name_override", server_name))
         if root_cert:

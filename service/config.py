@@ -41,6 +41,12 @@ class Settings:
     batch_wait_ms: float = 0.0  # 0: batch only what is already queued, never wait for company
     stream_inflight: int = 4  # slices of one stream being computed; more stops reading (push back)
     max_workers: int = 64
+    # connections (service.wire.server_connection_options; docs/service.md "Connections"):
+    keepalive_seconds: float = 60.0  # ping a connection quiet this long; 0: gRPC's 2 h
+    keepalive_timeout_seconds: float = 20.0  # no answer: the connection is closed, its streams cancelled
+    min_client_ping_seconds: float = 10.0  # clients pinging more often are sent GOAWAY (too_many_pings)
+    max_connection_age_seconds: float = 0.0  # GOAWAY after this (+-10 %): clients reconnect, replicas rebalance; 0: never
+    max_connection_age_grace_seconds: float = 0.0  # calls open at GOAWAY may run this long; 0: to their end
     alias_poll_seconds: float = 30.0
     drain_seconds: float = 20.0
     auth_token_file: Path | None = None
@@ -97,6 +103,15 @@ class Settings:
             ("DNIRECON_BATCH_WAIT_MS / --batch-wait-ms", self.batch_wait_ms, self.batch_wait_ms >= 0, ">= 0"),
             ("DNIRECON_ALIAS_POLL_SECONDS / --alias-poll-seconds", self.alias_poll_seconds, self.alias_poll_seconds > 0, "> 0"),
             ("DNIRECON_DRAIN_SECONDS / --drain-seconds", self.drain_seconds, self.drain_seconds >= 0, ">= 0"),
+            ("DNIRECON_KEEPALIVE_SECONDS / --keepalive-seconds", self.keepalive_seconds, self.keepalive_seconds >= 0, ">= 0"),
+            ("DNIRECON_KEEPALIVE_TIMEOUT_SECONDS / --keepalive-timeout-seconds", self.keepalive_timeout_seconds,
+             self.keepalive_timeout_seconds > 0, "> 0"),
+            ("DNIRECON_MIN_CLIENT_PING_SECONDS / --min-client-ping-seconds", self.min_client_ping_seconds,
+             self.min_client_ping_seconds >= 0, ">= 0"),
+            ("DNIRECON_MAX_CONNECTION_AGE_SECONDS / --max-connection-age-seconds", self.max_connection_age_seconds,
+             self.max_connection_age_seconds >= 0, ">= 0"),
+            ("DNIRECON_MAX_CONNECTION_AGE_GRACE_SECONDS / --max-connection-age-grace-seconds",
+             self.max_connection_age_grace_seconds, self.max_connection_age_grace_seconds >= 0, ">= 0"),
         ]:
             if not ok:
                 raise ConfigError(f"{opt} is {value}, expected a number {expected}")
@@ -159,6 +174,16 @@ _OPTIONS = [
     ("--batch-wait-ms", "DNIRECON_BATCH_WAIT_MS", "batch_wait_ms", float, "wait this long for slices to batch with"),
     ("--stream-inflight", "DNIRECON_STREAM_INFLIGHT", "stream_inflight", int, "slices of one stream in compute at once"),
     ("--max-workers", "DNIRECON_MAX_WORKERS", "max_workers", int, "gRPC worker threads"),
+    ("--keepalive-seconds", "DNIRECON_KEEPALIVE_SECONDS", "keepalive_seconds", float,
+     "ping a connection after this long without traffic (0: gRPC's 2 h)"),
+    ("--keepalive-timeout-seconds", "DNIRECON_KEEPALIVE_TIMEOUT_SECONDS", "keepalive_timeout_seconds", float,
+     "a ping unanswered this long closes the connection and cancels its streams"),
+    ("--min-client-ping-seconds", "DNIRECON_MIN_CLIENT_PING_SECONDS", "min_client_ping_seconds", float,
+     "shortest interval of client keepalive pings accepted (more often: GOAWAY too_many_pings)"),
+    ("--max-connection-age-seconds", "DNIRECON_MAX_CONNECTION_AGE_SECONDS", "max_connection_age_seconds", float,
+     "send GOAWAY to connections this old, so clients reconnect and spread over replicas (0: never)"),
+    ("--max-connection-age-grace-seconds", "DNIRECON_MAX_CONNECTION_AGE_GRACE_SECONDS", "max_connection_age_grace_seconds",
+     float, "after that GOAWAY, how long open calls may still run (0: to their end)"),
     ("--alias-poll-seconds", "DNIRECON_ALIAS_POLL_SECONDS", "alias_poll_seconds", float, "how often the alias is checked"),
     ("--drain-seconds", "DNIRECON_DRAIN_SECONDS", "drain_seconds", float, "after SIGTERM, time for in-flight work"),
     ("--auth-token-file", "DNIRECON_AUTH_TOKEN_FILE", "auth_token_file", Path, "require 'authorization: Bearer <token>'"),

@@ -267,34 +267,41 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
     # ---- RPCs ----------------------------------------------------------------------------------
     def ReconstructStream(self, request_iterator, context):
         self._admit(context, "ReconstructStream")
-        served = self.holder.get()  # every slice of this stream uses this set, even if another is swapped in
-        out: queue.Queue = queue.Queue()
-        cancelled = threading.Event()
-        context.add_callback(cancelled.set)
-        reader = threading.Thread(
-            target=self._read_stream, args=(request_iterator, context, out, cancelled, served), name="stream-reader", daemon=True
-        )
-        reader.start()
-        while True:
-            try:
-                item = out.get(timeout=POLL_S)
-            except queue.Empty:
-                if not context.is_active():  # cancelled, past its deadline, or cut at the end of a drain
-                    cancelled.set()
+        self.metrics.streams_active.inc()
+        try:
+            served = self.holder.get()  # every slice of this stream uses this set, even if another is swapped in
+            out: queue.Queue = queue.Queue()
+            cancelled = threading.Event()
+            context.add_callback(cancelled.set)
+            reader = threading.Thread(
+                target=self._read_stream, args=(request_iterator, context, out, cancelled, served), name="stream-reader", daemon=True
+            )
+            reader.start()
+            while True:
+                try:
+                    item = out.get(timeout=POLL_S)
+                except queue.Empty:
+                    if not context.is_active():  # cancelled, past its deadline, or cut at the end of a drain
+                        # or its connection was lost (a keepalive ping unanswered: --keepalive-seconds)
+                        log.info("stream from %s ended before its last result: cancelled, past its deadline, "
+                                 "connection lost or drained", context.peer())
+                        cancelled.set()
+                        return
+                    continue
+                if isinstance(item, _End):
                     return
-                continue
-            if isinstance(item, _End):
-                return
-            if isinstance(item, StreamFault):
-                self._abort(context, item.code, item.reason)
-            if isinstance(item, Pending):
-                pending, item = item, self.finish(item)
+                if isinstance(item, StreamFault):
+                    self._abort(context, item.code, item.reason)
+                if isinstance(item, Pending):
+                    pending, item = item, self.finish(item)
+                    yield item
+                    # gRPC asks for the next result once this one is written: only then is the slot free, so a
+                    # client that does not read its results stops the server reading, computing and holding more
+                    pending.release()
+                    continue
                 yield item
-                # gRPC asks for the next result once this one is written: only then is the slot free, so a
-                # client that does not read its results stops the server reading, computing and holding more
-                pending.release()
-                continue
-            yield item
+        finally:
+            self.metrics.streams_active.dec()
 
     def _read_stream(self, request_iterator, context, out: queue.Queue, cancelled: threading.Event, served: Served | None) -> None:
         inflight = threading.Semaphore(self.settings.stream_inflight)
@@ -493,7 +500,12 @@ class ServiceProcess:
                  settings.malloc_arena_max if applied["arena_max"] else "default")
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="grpc"),
-            options=[*wire.CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)],  # a port in use is an error, not shared
+            options=[*wire.CHANNEL_OPTIONS, ("grpc.so_reuseport", 0),  # a port in use is an error, not shared
+                     *wire.server_connection_options(
+                         keepalive_s=settings.keepalive_seconds, keepalive_timeout_s=settings.keepalive_timeout_seconds,
+                         min_client_ping_s=settings.min_client_ping_seconds,
+                         max_connection_age_s=settings.max_connection_age_seconds,
+                         max_connection_age_grace_s=settings.max_connection_age_grace_seconds)],
         )
         self.port = self._bind()
         self.metrics = Metrics()

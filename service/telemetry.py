@@ -37,6 +37,7 @@ class Metrics:
         self.compute_time = Histogram("dnirecon_compute_seconds", "onnxruntime run per batch", registry=r, buckets=_LATENCY_BUCKETS)
         self.batch_size = Histogram("dnirecon_batch_size", "Slices per onnxruntime run", registry=r, buckets=(1, 2, 4, 8, 16, 32))
         self.queue_depth = Gauge("dnirecon_queue_depth", "Slices waiting for compute", registry=r)
+        self.streams_active = Gauge("dnirecon_streams_active", "ReconstructStream calls open", registry=r)
         self.model_served = Gauge("dnirecon_model_served", "1 for the served model set", ["name", "version"], registry=r)
         self.alpha_served = Counter("dnirecon_alpha_served", "Slices answered per alpha used", ["alpha"], registry=r)
         self.providers = Gauge("dnirecon_providers", "1 per onnxruntime provider the sessions really got", ["provider"], registry=r)

@@ -25,6 +25,51 @@ CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
 
+# The client's keepalive: a ping after this many seconds without traffic, the connection given up (its
+# calls fail UNAVAILABLE) when no answer comes within the timeout. A scanner waiting on a slow slice then
+# learns of a dead server or network path in about 40 s, not after the kernel's TCP timeouts (minutes to
+# hours). The server must allow pings this often (`dnirecon serve --min-client-ping-seconds`, default 10).
+CLIENT_KEEPALIVE_S = 30.0
+CLIENT_KEEPALIVE_TIMEOUT_S = 10.0
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(1000 * seconds))
+
+
+def _ping_timeout(seconds: float) -> list[tuple[str, int]]:
+    # gRPC 1.85 times an unanswered ping out after grpc.http2.ping_timeout_ms (default 60 s), not after
+    # grpc.keepalive_timeout_ms alone (measured: 60.0 s with only the latter set to 1 s); set both
+    return [("grpc.keepalive_timeout_ms", _ms(seconds)), ("grpc.http2.ping_timeout_ms", _ms(seconds))]
+
+
+def client_keepalive_options(keepalive_s: float, timeout_s: float = CLIENT_KEEPALIVE_TIMEOUT_S) -> list[tuple[str, int]]:
+    """Channel arguments of the client's keepalive; keepalive_s = 0 leaves gRPC's default (no pings)."""
+    if not keepalive_s > 0:
+        return []
+    return [("grpc.keepalive_time_ms", _ms(keepalive_s)), *_ping_timeout(timeout_s),
+            ("grpc.keepalive_permit_without_calls", 1),
+            # gRPC stops pinging after 2 pings without a data frame; a client waiting minutes for a slice sends none
+            ("grpc.http2.max_pings_without_data", 0)]
+
+
+def server_connection_options(*, keepalive_s: float, keepalive_timeout_s: float, min_client_ping_s: float,
+                              max_connection_age_s: float, max_connection_age_grace_s: float) -> list[tuple[str, int]]:
+    """Channel arguments of the server's connection management (service.config.Settings says what each does);
+    0 for keepalive_s, max_connection_age_s or max_connection_age_grace_s leaves gRPC's default
+    (pings after 2 h, connections of any age, in-flight calls never cut)."""
+    options = [("grpc.keepalive_permit_without_calls", 1),  # a client may ping a connection with no call on it
+               ("grpc.http2.min_ping_interval_without_data_ms", _ms(min_client_ping_s)),
+               ("grpc.http2.max_ping_strikes", 2),
+               ("grpc.http2.max_pings_without_data", 0)]  # keep pinging a scanner that sends nothing for minutes
+    if keepalive_s > 0:
+        options += [("grpc.keepalive_time_ms", _ms(keepalive_s)), *_ping_timeout(keepalive_timeout_s)]
+    if max_connection_age_s > 0:
+        options.append(("grpc.max_connection_age_ms", _ms(max_connection_age_s)))
+        if max_connection_age_grace_s > 0:
+            options.append(("grpc.max_connection_age_grace_ms", _ms(max_connection_age_grace_s)))
+    return options
+
 
 def crc32(data: bytes) -> int:
     """zlib's CRC-32 (IEEE 802.3), the checksum named in recon.proto."""

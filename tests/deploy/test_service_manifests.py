@@ -159,3 +159,20 @@ def test_configmap_settings_are_accepted_by_the_service(rendered, overlay):
     if known:  # the TLS health check's server name is read by the probe, not the server
         unknown = {k for k in env if k.startswith("DNIRECON_")} - known - {"DNIRECON_TLS_SERVER_NAME"}
         assert not unknown, f"settings the service does not read: {sorted(unknown)}"
+
+
+@pytest.mark.parametrize("overlay", SERVICE_OVERLAYS)
+def test_connections_age_out_so_replicas_the_hpa_adds_get_traffic(rendered, overlay):
+    """A Service balances connections; gRPC keeps one per client. Without a maximum age, scanners
+    connected before a scale-out never reach the new replicas (docs/deploy.md)."""
+    config = pytest.importorskip("service.config")
+    objs = rendered[overlay]
+    _, c = service_container(objs)
+    assert any(o["kind"] == "HorizontalPodAutoscaler" for o in objs)
+    s = config.settings_from(None, environ=configmap_env(objs, c))
+    assert 0 < s.max_connection_age_seconds <= 900
+    assert s.max_connection_age_grace_seconds == 0  # a volume's stream is never cut by the rebalancing
+    assert 0 < s.keepalive_seconds and s.keepalive_seconds + s.keepalive_timeout_seconds <= 120
+    from service import wire
+
+    assert s.min_client_ping_seconds <= wire.CLIENT_KEEPALIVE_S  # the client's default pings are accepted

@@ -241,6 +241,14 @@ def test_full_queue_pushes_back_instead_of_growing():
     ({"DNIRECON_METRICS_PORT": "70000"}, r"DNIRECON_METRICS_PORT / --metrics-port is 70000, expected a port in 0\.\.65535"),
     ({"DNIRECON_DRAIN_SECONDS": "-2"}, "DNIRECON_DRAIN_SECONDS / --drain-seconds is -2.0, expected a number >= 0"),
     ({"DNIRECON_ALIAS_POLL_SECONDS": "0"}, "DNIRECON_ALIAS_POLL_SECONDS / --alias-poll-seconds is 0.0, expected a number > 0"),
+    ({"DNIRECON_KEEPALIVE_SECONDS": "-1"}, "DNIRECON_KEEPALIVE_SECONDS / --keepalive-seconds is -1.0, expected a number >= 0"),
+    ({"DNIRECON_KEEPALIVE_TIMEOUT_SECONDS": "0"},
+     "DNIRECON_KEEPALIVE_TIMEOUT_SECONDS / --keepalive-timeout-seconds is 0.0, expected a number > 0"),
+    ({"DNIRECON_MIN_CLIENT_PING_SECONDS": "nan"}, "DNIRECON_MIN_CLIENT_PING_SECONDS / --min-client-ping-seconds is nan"),
+    ({"DNIRECON_MAX_CONNECTION_AGE_SECONDS": "-5"},
+     "DNIRECON_MAX_CONNECTION_AGE_SECONDS / --max-connection-age-seconds is -5.0, expected a number >= 0"),
+    ({"DNIRECON_MAX_CONNECTION_AGE_GRACE_SECONDS": "-1"},
+     "DNIRECON_MAX_CONNECTION_AGE_GRACE_SECONDS / --max-connection-age-grace-seconds is -1.0, expected a number >= 0"),
 ])
 def test_out_of_range_settings_name_flag_and_variable(env, needle):
     with pytest.raises(ConfigError, match=needle):
