@@ -274,8 +274,8 @@ def register_baked_set(directory: Path, manifest: Mapping, name: str = INTERPSN)
                 pass
         mv = c.create_model_version(name, source=source, run_id=run_id, tags=tags)
         c.set_terminated(run_id)
-    except Exception:
-        c.set_terminated(run_id, status="FAILED")
+    except BaseException as exc:  # Ctrl-C during the upload too: no run left RUNNING for ever
+        c.set_terminated(run_id, status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     return str(mv.version), run_id
 

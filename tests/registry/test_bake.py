@@ -351,3 +351,24 @@ def test_cli_describe_and_promote_reserved_alias(baked, capsys):
     assert main(["registry", "describe", "interpsn"]) == 0
     described = json.loads(capsys.readouterr().out)
     assert described["version"] == baked.version and "canary" in described["aliases"]
+
+
+@pytest.mark.parametrize("interrupt, status", [(KeyboardInterrupt, "KILLED"), (OSError, "FAILED")])
+def test_an_upload_cut_short_ends_its_run_and_registers_nothing(baked, client, monkeypatch, interrupt, status):
+    """Ctrl-C during `registry bake`'s upload left the run RUNNING for ever in MLflow's UI."""
+    from mlflow.tracking import MlflowClient
+
+    from registry.bake import register_baked_set
+
+    def cut(*args, **kwargs):
+        raise interrupt("cut during the upload")
+
+    monkeypatch.setattr(MlflowClient, "log_artifacts", cut)
+    before = len(client.search_model_versions("name='interpsn'"))
+    runs_before = {r.info.run_id for r in client.search_runs([e.experiment_id for e in client.search_experiments()])}
+    with pytest.raises(interrupt):
+        register_baked_set(baked.directory, baked.manifest)
+    new = [r for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
+           if r.info.run_id not in runs_before]
+    assert [(r.info.run_name, r.info.status) for r in new] == [("bake-interpsn", status)]
+    assert len(client.search_model_versions("name='interpsn'")) == before
