@@ -3,12 +3,14 @@ cache and an alias follower. Knows MLflow and files; nothing of onnxruntime or g
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
 import threading
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -125,6 +127,53 @@ def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
     raise ConfigError(f"DNIRECON_MODEL_URI {uri!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
 
 
+TMP_PREFIX = ".tmp-"
+
+
+def claim_download_dir(parent: Path, version: str) -> tuple[Path, int]:
+    """A new `.tmp-` directory under parent for one download, with an exclusive flock on it held through the
+    returned descriptor. The lock goes with the process however it ends (SIGKILL, os._exit), which is how
+    sweep_abandoned tells an abandoned directory from one still being written, on a cache shared by
+    processes, pods or container restarts alike (a pid would not: a restarted container is pid 1 again)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = parent / f".new-{uuid.uuid4().hex}"  # locked before it gets a name the sweep looks at
+    staging.mkdir()
+    fd = os.open(staging, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        tmp = parent / f"{TMP_PREFIX}{version}-{uuid.uuid4().hex[:12]}"
+        os.rename(staging, tmp)
+    except BaseException:
+        os.close(fd)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return tmp, fd
+
+
+def sweep_abandoned(parent: Path) -> list[Path]:
+    """Removes the `.tmp-` download directories under parent whose lock is free (their process is gone);
+    returns them. Directories still locked are another download in progress, and are left."""
+    removed = []
+    for d in sorted(parent.glob(f"{TMP_PREFIX}*")) if parent.is_dir() else []:
+        try:
+            fd = os.open(d, os.O_RDONLY)
+        except OSError:  # removed meanwhile, or not a directory we can open
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # a live download
+        else:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+        finally:
+            os.close(fd)
+    if removed:
+        log.info("removed %d abandoned download director%s under %s: %s", len(removed),
+                 "y" if len(removed) == 1 else "ies", parent, ", ".join(d.name for d in removed))
+    return removed
+
+
 class MlflowStore:
     """Resolves registered versions and downloads their artifacts into cache_dir/NAME/VERSION."""
 
@@ -157,9 +206,8 @@ class MlflowStore:
                 shutil.rmtree(target, ignore_errors=True)
         import mlflow.artifacts
 
-        tmp = self.cache_dir / name / f".tmp-{version}-{os.getpid()}-{threading.get_ident()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        sweep_abandoned(self.cache_dir / name)  # left by a download its process never finished (killed)
+        tmp, lock = claim_download_dir(self.cache_dir / name, version)
         try:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp), tracking_uri=self.tracking_uri))
             if not (local / MANIFEST).is_file():  # a source pointing at the run root holding one folder
@@ -176,6 +224,7 @@ class MlflowStore:
             raise ModelError(f"MLflow {name}/{version}: cannot download {source} ({exc})") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+            os.close(lock)
         return read_baked_set(target, name=name, version=version, uri=uri)
 
     def load(self, uri: str) -> BakedSet:
