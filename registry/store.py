@@ -68,7 +68,9 @@ def manifest_tags(manifest: dict) -> dict[str, str]:
         "preset": str(manifest.get("preset", "")),
         "alphas": ",".join(f"{a['alpha']:g}" for a in alphas),
         "parity_max_err": f"{worst_error(a['parity_max_err'] for a in alphas):.3e}",
-        "parity_tolerance": f"{PARITY_TOLERANCE:g}",
+        # the tolerance the bake checked against (its manifest), not the constant: they differ for a set baked
+        # with another tolerance (registry.bake.bake(tolerance=))
+        "parity_tolerance": f"{float(manifest.get('parity_tolerance', PARITY_TOLERANCE)):g}",
     }
     held_out = manifest.get("held_out") or {}
     if held_out.get("fingerprint"):

@@ -52,6 +52,8 @@ def test_manifest_tags_make_each_alpha_traceable():
     assert json.loads(tags["metrics.alpha_1.00"])["psnr"] == pytest.approx(29.0)
     summary = json.loads(tags["metrics_summary"])
     assert summary["psnr_mean"] == pytest.approx(29.5) and summary["psnr_alpha0"] == pytest.approx(30.0)
+    assert tags["parity_tolerance"] == "0.0001"  # a manifest without one: the default
+    assert store.manifest_tags({**_manifest(30.0, 0.9), "parity_tolerance": 1e-3})["parity_tolerance"] == "0.001"
 
 
 def test_first_promotion_records_who_when_why(client, model_name, monkeypatch):
