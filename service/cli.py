@@ -55,6 +55,9 @@ def register_client(subparsers) -> None:
     r.add_argument("--accel", type=int, default=4, choices=(4, 8), help="retrospective acceleration (fully sampled files)")
     r.add_argument("--model", default="", help="model name or alias the server must be serving")
     r.add_argument("--out", type=Path, default=Path("recon"), help="output folder (HDF5 and PNGs)")
+    r.add_argument("--resumes", type=int, default=2,
+                   help="a stream ended UNAVAILABLE (server drained, connection lost) is resumed this often with "
+                        "the slices not yet answered, on the same model version (default 2; 0: never)")
     r.set_defaults(func=_reconstruct)
     i = sub.add_parser("info", help="served models, alphas and the providers really in use")
     _add_connection(i)
@@ -112,7 +115,7 @@ def _reconstruct(args) -> int:
 
     with _client(args) as client:
         result = reconstruct_file(client, args.file, accel=args.accel, alpha=args.alpha, model=args.model,
-                                  timeout=args.timeout, progress=True)
+                                  timeout=args.timeout, progress=True, resumes=args.resumes)
     h5, pngs = write_outputs(result, args.file, args.out)
     print(f"{h5} ({len(pngs)} PNGs in {pngs[0].parent if pngs else args.out}); model {result.model}, alpha {result.alpha}, "
           f"{result.bytes_sent} k-space bytes sent")

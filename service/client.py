@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -155,47 +156,83 @@ def volume_mask(kspace0: np.ndarray, padding: tuple[int, int], accel: int, seed:
     return acquired.astype(np.float32), False
 
 
+class VolumeCollector:
+    """Places each result at its slice index over one or more streams. A slice answered twice in one stream,
+    or one that was not asked for, is a DataError; a per-slice UNAVAILABLE (a draining server) stays open
+    for the next stream, any other per-slice error is final."""
+
+    def __init__(self, indices: list[int], recon_size: tuple[int, int], progress=None):
+        self.pos = {i: k for k, i in enumerate(indices)}
+        self.out = VolumeResult(np.zeros((len(indices), *recon_size), np.float32), np.full(len(indices), np.nan, np.float32))
+        self.final: set[int] = set()
+        self.progress = progress
+
+    def open(self) -> list[int]:
+        """Slices without a final answer, in order: what the next stream sends."""
+        return [i for i in self.pos if i not in self.final]
+
+    def add_stream(self, results: Iterable[recon_pb2.SliceResult], asked: list[int]) -> None:
+        asked_set, seen = set(asked), set()
+        for r in results:
+            if r.slice_index not in asked_set or r.slice_index in seen:
+                raise DataError(f"server answered slice {r.slice_index} {'twice' if r.slice_index in seen else 'which was not sent'}")
+            seen.add(r.slice_index)
+            if r.HasField("error"):
+                self.out.errors[r.slice_index] = f"{r.error.code_name}: {r.error.reason}"
+                if r.error.code_name == grpc.StatusCode.UNAVAILABLE.name:
+                    continue  # e.g. "server shutting down": another stream may get it
+            else:
+                self.out.errors.pop(r.slice_index, None)
+                self.out.images[self.pos[r.slice_index]] = wire.image_from_result(r)
+                self.out.dc_residual[self.pos[r.slice_index]] = r.dc_residual
+                self.out.alpha, self.out.model = r.alpha, f"{r.model_name}/{r.model_version}"
+            self.final.add(r.slice_index)
+            if self.progress is not None:
+                self.progress.update(1)
+
+    def result(self) -> VolumeResult:
+        missing = [i for i in self.open() if i not in self.out.errors]
+        if missing:
+            raise DataError(f"server never answered slices {missing}")
+        return self.out
+
+
 def collect(results: Iterable[recon_pb2.SliceResult], indices: list[int], recon_size: tuple[int, int], progress=None) -> VolumeResult:
-    """Places each result at its slice index; a slice answered twice or never is a DataError."""
-    pos = {i: k for k, i in enumerate(indices)}
-    images = np.zeros((len(indices), *recon_size), np.float32)
-    dc = np.full(len(indices), np.nan, np.float32)
-    seen: set[int] = set()
-    out = VolumeResult(images, dc)
-    for r in results:
-        if r.slice_index not in pos or r.slice_index in seen:
-            raise DataError(f"server answered slice {r.slice_index} {'twice' if r.slice_index in seen else 'which was not sent'}")
-        seen.add(r.slice_index)
-        if r.HasField("error"):
-            out.errors[r.slice_index] = f"{r.error.code_name}: {r.error.reason}"
-        else:
-            images[pos[r.slice_index]] = wire.image_from_result(r)
-            dc[pos[r.slice_index]] = r.dc_residual
-            out.alpha, out.model = r.alpha, f"{r.model_name}/{r.model_version}"
-        if progress is not None:
-            progress.update(1)
-    missing = sorted(set(indices) - seen)
-    if missing:
-        raise DataError(f"server never answered slices {missing}")
-    return out
+    """The results of one stream by slice index; a slice answered twice or never is a DataError."""
+    c = VolumeCollector(indices, recon_size, progress)
+    c.add_stream(results, indices)
+    return c.result()
+
+
+RESUME_BACKOFF_S = 1.0
 
 
 def reconstruct_file(client: ReconClient, path: str | os.PathLike, *, accel: int = 4, alpha: float | None = None,
-                     model: str = "", timeout: float | None = None, progress: bool = False) -> VolumeResult:
-    """Streams every slice of a fastMRI-layout file (retrospectively undersampled when fully sampled)."""
+                     model: str = "", timeout: float | None = None, progress: bool = False,
+                     resumes: int = 2) -> VolumeResult:
+    """Streams every slice of a fastMRI-layout file (retrospectively undersampled when fully sampled).
+
+    A stream that ends UNAVAILABLE (the server drained in a rolling update, a connection lost) and slices
+    answered UNAVAILABLE are sent again on a new stream, up to `resumes` times (1 s, 2 s, ... apart);
+    slices already answered are not. The new stream asks for the model version that answered the first
+    slices (NAME/VERSION), so one volume never mixes versions: a server now serving another refuses them
+    (NOT_FOUND). `timeout` is the deadline of each stream."""
     from dnirecon.fastmri_io import FastMRIVolume
 
+    if not (isinstance(resumes, int) and resumes >= 0):
+        raise ConfigError(f"--resumes must be an integer >= 0, got {resumes!r}")
     path = Path(path)
     with FastMRIVolume(path) as vol:
         hdr = vol.header
         n = vol.num_slices
+        recon_size = tuple(hdr.recon_size)
         mask, retro = volume_mask(vol.kspace(0), (hdr.padding_left, hdr.padding_right), accel, path.name)
         log.info("%s: %d slices, %s mask with %d of %d columns", path.name, n,
                  "retrospective" if retro else "acquired", int(mask.sum()), mask.size)
         sent = [0]
 
-        def slices():
-            for i in range(n):
+        def slices(indices: list[int]):
+            for i in indices:
                 try:
                     k = vol.kspace(i)
                 except (OSError, ValueError, KeyError) as exc:  # h5py's errors for a damaged dataset
@@ -208,12 +245,28 @@ def reconstruct_file(client: ReconClient, path: str | os.PathLike, *, accel: int
             from tqdm import tqdm
 
             bar = tqdm(total=n, unit="slice", desc=path.name)
+        volume = VolumeCollector(list(range(n)), recon_size, bar)
         try:
-            result = collect(client.stream(slices(), tuple(hdr.recon_size), alpha=alpha, model=model, timeout=timeout),
-                             list(range(n)), tuple(hdr.recon_size), bar)
+            for attempt in range(resumes + 1):
+                todo = volume.open()
+                if not todo:
+                    break
+                if attempt:
+                    log.warning("%s: %d slices not answered (%s); resuming on a new stream in %.0f s (%d of %d)",
+                                path.name, len(todo), why, RESUME_BACKOFF_S * attempt, attempt, resumes)
+                    time.sleep(RESUME_BACKOFF_S * attempt)
+                ask = volume.out.model or model  # pinned to the version that answered the first slices
+                try:
+                    volume.add_stream(client.stream(slices(todo), recon_size, alpha=alpha, model=ask, timeout=timeout), todo)
+                    why = "answered UNAVAILABLE"
+                except grpc.RpcError as exc:
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == resumes:
+                        raise
+                    why = f"stream ended UNAVAILABLE: {exc.details()}"
         finally:
             if bar is not None:
                 bar.close()
+    result = volume.result()
     result.bytes_sent = sent[0]
     return result
 

@@ -38,7 +38,7 @@ class SilenceableProxy:
                 down, _ = self.listener.accept()
             except OSError:
                 return
-            up = socket.create_connection(("127.0.0.1", self.target_port))
+            up = socket.create_connection(("127.0.0.1", self.target_port))  # read per connection: switchable
             self.connections += 1
             self.sockets += [down, up]
             for src, dst in ((down, up), (up, down)):
@@ -181,3 +181,83 @@ def test_client_keepalive_settings_are_checked():
     for bad in (dict(keepalive_s=-1.0), dict(keepalive_s=float("nan")), dict(keepalive_timeout_s=0.0)):
         with pytest.raises(ConfigError, match="keepalive"):
             ReconClient("127.0.0.1:1", **bad)
+
+
+def six_slice_file(tmp_path):
+    """A fully sampled fastMRI-layout volume of 6 slices (3 coils, 32x24) and its k-space."""
+    import h5py
+    import numpy as np
+
+    from .test_e2e import HEADER_XML
+
+    path = tmp_path / "file_synth_006.h5"
+    k = synthetic_kspace(6, 3, 32, 24, seed=31)
+    k[..., 0] = 0
+    k[..., 23] = 0
+    with h5py.File(path, "w") as f:
+        f.create_dataset("kspace", data=k)
+        f.create_dataset("ismrmrd_header", data=np.bytes_(HEADER_XML))
+        f.attrs["acquisition"] = "CORPD_FBK"
+    return path, k
+
+
+def drain_midway(old, proxy, new_port: int) -> None:
+    """Each result of `old` takes 0.3 s; 0.2 s into its first one it drains (a rolling update) and the proxy
+    sends new connections to new_port."""
+    finish = old.servicer.finish
+    started = threading.Event()
+
+    def switch():
+        proxy.target_port = new_port
+        old.drain()
+
+    def slow(item):
+        if not started.is_set():
+            started.set()
+            threading.Timer(0.2, switch).start()
+        time.sleep(0.3)
+        return finish(item)
+
+    old.servicer.finish = slow
+
+
+def test_a_volume_cut_by_a_rolling_update_is_resumed_on_the_next_replica(serving, baked_dir, tmp_path):
+    import numpy as np
+
+    from dnirecon.fastmri_io import center_crop
+    from dnirecon.subsample import mask_for
+    from service.client import reconstruct_file
+
+    from .conftest import ort_reference
+
+    old, new = serving(drain_seconds=0.5), serving()
+    path, k = six_slice_file(tmp_path)
+    with SilenceableProxy(old.port) as proxy, ReconClient(f"127.0.0.1:{proxy.port}") as client:
+        drain_midway(old, proxy, new.port)
+        result = reconstruct_file(client, path, accel=4, timeout=60)
+    answered = {proc: proc.metrics.registry.get_sample_value("dnirecon_slices_total", {"outcome": "ok"})
+                for proc in (old, new)}
+    assert result.errors == {}
+    assert 0 < answered[old] < 6 and answered[old] + answered[new] >= 6, answered  # both replicas answered
+    assert proxy.connections == 2
+    mask = mask_for(4, seed=path.name, width=24, padding=(1, 23)).astype(np.float32)
+    ref, ref_dc = ort_reference(baked_dir / "alpha_0.00.onnx", k, mask)
+    np.testing.assert_allclose(result.images, center_crop(ref, (16, 16)), atol=1e-5, rtol=0)
+
+
+def test_a_resumed_volume_never_mixes_model_versions(serving, baked_dir, tmp_path):
+    import numpy as np
+
+    from service.client import reconstruct_file
+    from service.model_store import read_baked_set
+
+    old, new = serving(drain_seconds=0.5), serving()
+    new.install(read_baked_set(baked_dir, version="2"))  # the next replica serves another version
+    path, _ = six_slice_file(tmp_path)
+    with SilenceableProxy(old.port) as proxy, ReconClient(f"127.0.0.1:{proxy.port}") as client:
+        drain_midway(old, proxy, new.port)
+        result = reconstruct_file(client, path, accel=4, timeout=60)
+    assert result.model.endswith("/local")
+    assert result.errors and all(e.startswith("NOT_FOUND") and "version 2" in e for e in result.errors.values())
+    answered = set(range(6)) - set(result.errors)
+    assert answered and all(np.isfinite(result.dc_residual[i]) for i in answered)
