@@ -190,18 +190,15 @@ class VolumeCollector:
             if self.progress is not None:
                 self.progress.update(1)
 
+    def answered(self) -> int:
+        """Slices with an image."""
+        return len(self.final - set(self.out.errors))
+
     def result(self) -> VolumeResult:
         missing = [i for i in self.open() if i not in self.out.errors]
         if missing:
             raise DataError(f"server never answered slices {missing}")
         return self.out
-
-
-def collect(results: Iterable[recon_pb2.SliceResult], indices: list[int], recon_size: tuple[int, int], progress=None) -> VolumeResult:
-    """The results of one stream by slice index; a slice answered twice or never is a DataError."""
-    c = VolumeCollector(indices, recon_size, progress)
-    c.add_stream(results, indices)
-    return c.result()
 
 
 RESUME_BACKOFF_S = 1.0
@@ -214,7 +211,8 @@ def reconstruct_file(client: ReconClient, path: str | os.PathLike, *, accel: int
 
     A stream that ends UNAVAILABLE (the server drained in a rolling update, a connection lost) and slices
     answered UNAVAILABLE are sent again on a new stream, up to `resumes` times (1 s, 2 s, ... apart);
-    slices already answered are not. The new stream asks for the model version that answered the first
+    slices already answered are not. Out of resumes, the slices answered are returned and the rest are
+    UNAVAILABLE in `errors`; with none answered, the RpcError is raised. The new stream asks for the model version that answered the first
     slices (NAME/VERSION), so one volume never mixes versions: a server now serving another refuses them
     (NOT_FOUND). `timeout` is the deadline of each stream."""
     from dnirecon.fastmri_io import FastMRIVolume
@@ -260,9 +258,12 @@ def reconstruct_file(client: ReconClient, path: str | os.PathLike, *, accel: int
                     volume.add_stream(client.stream(slices(todo), recon_size, alpha=alpha, model=ask, timeout=timeout), todo)
                     why = "answered UNAVAILABLE"
                 except grpc.RpcError as exc:
-                    if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == resumes:
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE or not (attempt < resumes or volume.answered()):
                         raise
                     why = f"stream ended UNAVAILABLE: {exc.details()}"
+                    if attempt == resumes:  # out of resumes: the slices answered are kept, the rest fail
+                        for i in volume.open():
+                            volume.out.errors.setdefault(i, f"UNAVAILABLE: {exc.details()}")
         finally:
             if bar is not None:
                 bar.close()

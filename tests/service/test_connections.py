@@ -261,3 +261,16 @@ def test_a_resumed_volume_never_mixes_model_versions(serving, baked_dir, tmp_pat
     assert result.errors and all(e.startswith("NOT_FOUND") and "version 2" in e for e in result.errors.values())
     answered = set(range(6)) - set(result.errors)
     assert answered and all(np.isfinite(result.dc_residual[i]) for i in answered)
+
+
+def test_out_of_resumes_the_answered_slices_are_kept_and_the_rest_fail_unavailable(serving, tmp_path):
+    from service.client import reconstruct_file
+
+    old, new = serving(drain_seconds=0.5), serving()
+    path, _ = six_slice_file(tmp_path)
+    with SilenceableProxy(old.port) as proxy, ReconClient(f"127.0.0.1:{proxy.port}") as client:
+        drain_midway(old, proxy, new.port)
+        result = reconstruct_file(client, path, accel=4, timeout=60, resumes=0)
+    answered = set(range(6)) - set(result.errors)
+    assert 0 < len(answered) < 6 and all(e.startswith("UNAVAILABLE") for e in result.errors.values())
+    assert proxy.connections == 1
