@@ -244,6 +244,7 @@ def reconstruct_file(client: ReconClient, path: str | os.PathLike, *, accel: int
 
             bar = tqdm(total=n, unit="slice", desc=path.name)
         volume = VolumeCollector(list(range(n)), recon_size, bar)
+        why = ""  # what ended the previous attempt
         try:
             for attempt in range(resumes + 1):
                 todo = volume.open()

@@ -501,11 +501,7 @@ class ServiceProcess:
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="grpc"),
             options=[*wire.CHANNEL_OPTIONS, ("grpc.so_reuseport", 0),  # a port in use is an error, not shared
-                     *wire.server_connection_options(
-                         keepalive_s=settings.keepalive_seconds, keepalive_timeout_s=settings.keepalive_timeout_seconds,
-                         min_client_ping_s=settings.min_client_ping_seconds,
-                         max_connection_age_s=settings.max_connection_age_seconds,
-                         max_connection_age_grace_s=settings.max_connection_age_grace_seconds)],
+                     *wire.server_connection_options(settings)],
         )
         self.port = self._bind()
         self.metrics = Metrics()

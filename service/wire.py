@@ -53,21 +53,20 @@ def client_keepalive_options(keepalive_s: float, timeout_s: float = CLIENT_KEEPA
             ("grpc.http2.max_pings_without_data", 0)]
 
 
-def server_connection_options(*, keepalive_s: float, keepalive_timeout_s: float, min_client_ping_s: float,
-                              max_connection_age_s: float, max_connection_age_grace_s: float) -> list[tuple[str, int]]:
-    """Channel arguments of the server's connection management (service.config.Settings says what each does);
-    0 for keepalive_s, max_connection_age_s or max_connection_age_grace_s leaves gRPC's default
-    (pings after 2 h, connections of any age, in-flight calls never cut)."""
+def server_connection_options(s) -> list[tuple[str, int]]:
+    """Channel arguments of the server's connection management, from service.config.Settings (which says
+    what each does); 0 for its keepalive, maximum age or grace leaves gRPC's default (pings after 2 h,
+    connections of any age, in-flight calls never cut)."""
     options = [("grpc.keepalive_permit_without_calls", 1),  # a client may ping a connection with no call on it
-               ("grpc.http2.min_ping_interval_without_data_ms", _ms(min_client_ping_s)),
+               ("grpc.http2.min_ping_interval_without_data_ms", _ms(s.min_client_ping_seconds)),
                ("grpc.http2.max_ping_strikes", 2),
                ("grpc.http2.max_pings_without_data", 0)]  # keep pinging a scanner that sends nothing for minutes
-    if keepalive_s > 0:
-        options += [("grpc.keepalive_time_ms", _ms(keepalive_s)), *_ping_timeout(keepalive_timeout_s)]
-    if max_connection_age_s > 0:
-        options.append(("grpc.max_connection_age_ms", _ms(max_connection_age_s)))
-        if max_connection_age_grace_s > 0:
-            options.append(("grpc.max_connection_age_grace_ms", _ms(max_connection_age_grace_s)))
+    if s.keepalive_seconds > 0:
+        options += [("grpc.keepalive_time_ms", _ms(s.keepalive_seconds)), *_ping_timeout(s.keepalive_timeout_seconds)]
+    if s.max_connection_age_seconds > 0:
+        options.append(("grpc.max_connection_age_ms", _ms(s.max_connection_age_seconds)))
+        if s.max_connection_age_grace_seconds > 0:
+            options.append(("grpc.max_connection_age_grace_ms", _ms(s.max_connection_age_grace_seconds)))
     return options
 
 

@@ -265,3 +265,36 @@ def ort_reference(path: Path, kspace: np.ndarray, mask: np.ndarray, alpha: float
         feeds["alpha"] = np.array([alpha], np.float32)
     image, dc = sess.run(["image", "dc_residual"], feeds)
     return image, dc
+
+
+HEADER_XML = """<?xml version="1.0" encoding="utf-8"?>
+<ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD"><encoding>
+<encodedSpace><matrixSize><x>32</x><y>24</y><z>1</z></matrixSize></encodedSpace>
+<reconSpace><matrixSize><x>16</x><y>16</y><z>1</z></matrixSize></reconSpace>
+<encodingLimits><kspace_encoding_step_1><minimum>0</minimum><maximum>21</maximum><center>11</center></kspace_encoding_step_1></encodingLimits>
+</encoding></ismrmrdHeader>"""
+
+
+def write_volume_file(path: Path, slices: int, seed: int) -> tuple[Path, np.ndarray]:
+    """A fully sampled fastMRI-layout volume (3 coils, 32x24, phase columns [1, 23) acquired, recon 16x16)
+    at path; -> (path, its k-space)."""
+    import h5py
+
+    k = synthetic_kspace(slices, 3, 32, 24, seed=seed)
+    k[..., 0] = 0
+    k[..., 23] = 0
+    with h5py.File(path, "w") as f:
+        f.create_dataset("kspace", data=k)
+        f.create_dataset("ismrmrd_header", data=np.bytes_(HEADER_XML))
+        f.create_dataset("reconstruction_rss", data=np.zeros((slices, 16, 16), np.float32))
+        f.attrs["acquisition"] = "CORPD_FBK"
+    return path, k
+
+
+def register(client, exp_id: str, directory) -> str:
+    """One interpsn version: the baked set logged as run artifacts, registered from the run's artifact URI."""
+    run = client.create_run(exp_id)
+    client.log_artifacts(run.info.run_id, str(directory), artifact_path="baked")
+    client.set_terminated(run.info.run_id)
+    mv = client.create_model_version("interpsn", source=f"{run.info.artifact_uri}/baked", run_id=run.info.run_id)
+    return str(mv.version)

@@ -11,16 +11,7 @@ import urllib.request
 
 from service.client import ReconClient
 
-from .conftest import synthetic_kspace, test_mask, write_baked_set
-
-def register(client, exp_id: str, directory) -> str:
-    """One interpsn version: the baked set logged as run artifacts, registered from the run's artifact URI."""
-    run = client.create_run(exp_id)
-    client.log_artifacts(run.info.run_id, str(directory), artifact_path="baked")
-    client.set_terminated(run.info.run_id)
-    mv = client.create_model_version("interpsn", source=f"{run.info.artifact_uri}/baked", run_id=run.info.run_id)
-    return str(mv.version)
-
+from .conftest import register, synthetic_kspace, test_mask, write_baked_set
 
 def metric(server, name: str) -> str:
     text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()

@@ -13,7 +13,7 @@ import pytest
 
 from service.client import ReconClient
 
-from .conftest import synthetic_kspace, test_mask
+from .conftest import synthetic_kspace, test_mask, write_volume_file
 
 SIZE = (32, 24)
 
@@ -184,21 +184,7 @@ def test_client_keepalive_settings_are_checked():
 
 
 def six_slice_file(tmp_path):
-    """A fully sampled fastMRI-layout volume of 6 slices (3 coils, 32x24) and its k-space."""
-    import h5py
-    import numpy as np
-
-    from .test_e2e import HEADER_XML
-
-    path = tmp_path / "file_synth_006.h5"
-    k = synthetic_kspace(6, 3, 32, 24, seed=31)
-    k[..., 0] = 0
-    k[..., 23] = 0
-    with h5py.File(path, "w") as f:
-        f.create_dataset("kspace", data=k)
-        f.create_dataset("ismrmrd_header", data=np.bytes_(HEADER_XML))
-        f.attrs["acquisition"] = "CORPD_FBK"
-    return path, k
+    return write_volume_file(tmp_path / "file_synth_006.h5", 6, seed=31)
 
 
 def drain_midway(old, proxy, new_port: int) -> None:

@@ -17,29 +17,14 @@ from dnirecon.subsample import mask_for
 from service import wire
 from service.client import ReconClient, reconstruct_file, write_outputs
 
-from .conftest import ROOT, ort_reference, synthetic_kspace, test_mask
+from .conftest import ROOT, ort_reference, synthetic_kspace, test_mask, write_volume_file
 
-HEADER_XML = """<?xml version="1.0" encoding="utf-8"?>
-<ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD"><encoding>
-<encodedSpace><matrixSize><x>32</x><y>24</y><z>1</z></matrixSize></encodedSpace>
-<reconSpace><matrixSize><x>16</x><y>16</y><z>1</z></matrixSize></reconSpace>
-<encodingLimits><kspace_encoding_step_1><minimum>0</minimum><maximum>21</maximum><center>11</center></kspace_encoding_step_1></encodingLimits>
-</encoding></ismrmrdHeader>"""
 
 
 @pytest.fixture(scope="module")
 def volume_file(tmp_path_factory):
     """A fully sampled fastMRI-layout volume: 3 slices, 3 coils, 32x24, phase columns [1, 23) acquired."""
-    path = tmp_path_factory.mktemp("vol") / "file_synth_001.h5"
-    k = synthetic_kspace(3, 3, 32, 24, seed=1)
-    k[..., 0] = 0
-    k[..., 23] = 0
-    with h5py.File(path, "w") as f:
-        f.create_dataset("kspace", data=k)
-        f.create_dataset("ismrmrd_header", data=np.bytes_(HEADER_XML))
-        f.create_dataset("reconstruction_rss", data=np.zeros((3, 16, 16), np.float32))
-        f.attrs["acquisition"] = "CORPD_FBK"
-    return path, k
+    return write_volume_file(tmp_path_factory.mktemp("vol") / "file_synth_001.h5", 3, seed=1)
 
 
 def test_file_streamed_equals_in_process_onnxruntime(server, baked_dir, volume_file, tmp_path):

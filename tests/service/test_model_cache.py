@@ -10,8 +10,7 @@ from pathlib import Path
 
 from service.model_store import MlflowStore, claim_download_dir, sweep_abandoned
 
-from .conftest import ROOT, write_baked_set
-from .test_alias import register
+from .conftest import ROOT, register, write_baked_set
 
 DOWNLOADER = ("import sys, time; from pathlib import Path; from service.model_store import claim_download_dir; "
               "tmp, fd = claim_download_dir(Path(sys.argv[1]), sys.argv[2]); (tmp / 'alpha_0.00.onnx').write_bytes(b'x' * 1000); "
