@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from dnirecon.errors import DniReconError
+from dnirecon.errors import DniReconError, Interrupted
 
 # (subcommand, module, function that adds the subcommand's parser to the subparsers)
 _COMMANDS = [
@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     except DniReconError as exc:
         print(f"dnirecon {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:  # stopped cleanly on a signal, with what it had done saved
+        print(f"dnirecon {args.command}: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         return 130
 

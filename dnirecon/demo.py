@@ -108,8 +108,10 @@ def run_demo(preset: str = "cpu", data_root: Path = Path("data/demo"), work: Pat
 
     baselines_step(steps, state, work, val_dir)
     _save_state(work, state)
-    train_step(steps, state, work, preset, train_dir, val_dir, sizes.epochs)
-    _save_state(work, state)
+    try:
+        train_step(steps, state, work, preset, train_dir, val_dir, sizes.epochs)
+    finally:  # a signal mid-training leaves a checkpoint; the state says where, for the next run
+        _save_state(work, state)
     bake_step(steps, state, work, preset, val_dir, ALPHAS)
     _save_state(work, state)
     promote_step(steps, state, work)

@@ -9,7 +9,7 @@ import platform
 import time
 from pathlib import Path
 
-from dnirecon.errors import ModelError
+from dnirecon.errors import Interrupted, ModelError
 from dnirecon.fastmri_io import list_volumes
 
 
@@ -125,12 +125,24 @@ def train_step(steps, state: dict, work: Path, preset: str, train_dir: Path, val
             steps.done(t, f"reused {kind} version {versions[key]}")
             continue
         t0 = time.perf_counter()
-        result = train_model(kind, train_dir, preset=preset, accels=(4.0, 8.0),
-                             epochs=epochs.get(key) if base is None else None,
-                             val_dir=val_dir, out_dir=work / "checkpoints", register=True, seed=0,
-                             init_from=base)
+        # a signal stopped this model's training on an earlier run: continue from its checkpoint
+        stopped = state.setdefault("interrupted", {}).pop(key, None)
+        if stopped and (stopped["base"] != base or not Path(stopped["checkpoint"]).is_file()):
+            stopped = None
+        if stopped:
+            print(f"  continuing from {stopped['checkpoint']}, where a signal stopped it", flush=True)
+        earlier = stopped["seconds"] if stopped else 0.0
+        try:
+            result = train_model(kind, train_dir, preset=preset, accels=(4.0, 8.0),
+                                 epochs=epochs.get(key) if base is None else None,
+                                 val_dir=val_dir, out_dir=work / "checkpoints", register=True, seed=0,
+                                 init_from=base, resume=stopped["checkpoint"] if stopped else None)
+        except Interrupted as exc:
+            state["interrupted"][key] = {"checkpoint": str(exc.saved), "base": base,
+                                         "seconds": round(earlier + time.perf_counter() - t0, 1)}
+            raise Interrupted(exc.what, exc.signum, exc.saved, hint="Run the demo again to continue from it") from None
         versions[key] = result.version
-        timings[key] = round(time.perf_counter() - t0, 1)
+        timings[key] = round(earlier + time.perf_counter() - t0, 1)  # training time, both runs together
         state.setdefault("finetuned_from", {})[key] = base
         state.pop("bake", None)  # new weights: what follows must be redone
         steps.done(t, f"registered {kind} version {result.version}"

@@ -15,3 +15,14 @@ class ConfigError(DniReconError, ValueError):
 
 class ModelError(DniReconError):
     """A model, checkpoint or registry entry is missing or does not match."""
+
+
+class Interrupted(Exception):
+    """A long job stopped on SIGINT or SIGTERM after saving what it had done; the CLI exits 128 + signum."""
+
+    def __init__(self, what: str, signum: int, saved=None, hint: str = ""):
+        super().__init__(f"{what}. {hint}" if hint else what)
+        self.what = what  # where it stopped and what it kept
+        self.signum = signum
+        self.saved = saved  # what it saved to continue from (a checkpoint path), if anything
+        self.hint = hint  # how to continue

@@ -246,14 +246,14 @@ def register_baked_set(directory: Path, manifest: Mapping, name: str = INTERPSN)
     """
     from mlflow.exceptions import MlflowException
 
-    from training.tracking import client, experiment_id
+    from training.tracking import client, experiment_id, run_ends_on_error
 
     c = client()
     tags = manifest_tags(dict(manifest))
     run = c.create_run(experiment_id(EXPERIMENT), run_name=f"bake-{name}",
                        tags={"dnirecon.kind": "interpsn-bake", "alphas": tags["alphas"]})
     run_id = run.info.run_id
-    try:
+    with run_ends_on_error(c, run_id):  # Ctrl-C during the upload too
         for role, src in manifest["sources"].items():
             c.log_param(run_id, f"source.{role}", f"{src['name']}/{src['version']}")
         c.log_param(run_id, "alphas", tags["alphas"])
@@ -274,9 +274,6 @@ def register_baked_set(directory: Path, manifest: Mapping, name: str = INTERPSN)
                 pass
         mv = c.create_model_version(name, source=source, run_id=run_id, tags=tags)
         c.set_terminated(run_id)
-    except BaseException as exc:  # Ctrl-C during the upload too: no run left RUNNING for ever
-        c.set_terminated(run_id, status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-        raise
     return str(mv.version), run_id
 
 

@@ -27,8 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--batch-size", type=positive_int, default=None, help="override the preset's batch")
         p.add_argument("--lr", type=positive_float, default=None, help="override the preset's learning rate")
         p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-        p.add_argument("--resume", type=Path, default=None,
-                       help="continue from this checkpoint (last.pt); --seed, --preset and --accel must match it")
+        p.add_argument("--resume", type=Path, default=None, metavar="LAST_PT|auto",
+                       help="continue from this checkpoint (last.pt); --seed, --preset and --accel must match it. "
+                            "auto: the newest unfinished, unregistered checkpoint under --out with the same "
+                            "model, --seed, --preset, --accel and parent sn, or a new run if there is none "
+                            "(for a Job that restarts after an eviction)")
         p.add_argument("--out", type=Path, default=Path("checkpoints"), help="checkpoint directory")
         p.add_argument("--max-steps", type=positive_int, default=None,
                        help="stop after N optimiser steps; a run stopped before its schedule ends is registered "

@@ -10,13 +10,17 @@ truncated=true and leaves `champion` where it was).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Iterator, Mapping, NamedTuple
 from urllib.parse import urlparse
 
-from dnirecon.errors import ConfigError, ModelError
+from dnirecon.errors import ConfigError, Interrupted, ModelError
+
+log = logging.getLogger(__name__)
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -68,6 +72,21 @@ def client():
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+@contextmanager
+def run_ends_on_error(c, run_id: str | None) -> Iterator[None]:
+    """An error inside ends the run FAILED, Ctrl-C or a signal KILLED: no run left RUNNING for ever in the UI."""
+    try:
+        yield
+    except BaseException as exc:
+        if run_id:
+            status = "KILLED" if isinstance(exc, (KeyboardInterrupt, Interrupted)) else "FAILED"
+            try:
+                c.set_terminated(run_id, status=status)
+            except Exception as mark_exc:  # the store itself may be what failed: keep the first error
+                log.warning("could not mark MLflow run %s %s: %s", run_id, status, mark_exc)
+        raise
 
 
 def experiment_id(name: str | None = None) -> str:

@@ -22,12 +22,14 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from dnirecon.errors import ConfigError, ModelError
+from dnirecon.errors import ConfigError, Interrupted, ModelError
 from training import losses, tracking
 from training.data import Sample, SliceDataset, collate, describe_dataset, split_dirs
+from training.stopping import StopOnSignal
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "dnirecon.checkpoint/1"
+AUTO_RESUME = "auto"  # --resume auto: find_unfinished() under --out
 
 
 class TrainResult(NamedTuple):
@@ -218,6 +220,45 @@ def _load_training_checkpoint(path: Path, kind: str) -> dict:
     return dict(ckpt)
 
 
+def find_unfinished(out_dir: str | Path, kind: str, seed: int, preset: str, accels: Sequence[float],
+                    parent: str | None) -> Path | None:
+    """`--resume auto`: the newest checkpoint under `out_dir` of a run that neither finished its schedule
+    nor was registered, with this kind, seed, preset, accelerations and parent sn version. A Job whose
+    pod was evicted runs the same command again and continues where it stopped; None: start afresh."""
+    want = (kind, int(seed), str(preset), [float(a) for a in accels], parent)
+    found = []
+    for path in Path(out_dir).glob("*/last.pt"):
+        try:
+            ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            sn_version = json.loads(ck["config"]).get("sn_version")
+            have = (ck["kind"], ck["seed"], ck["preset"], [float(a) for a in ck["accels"]],
+                    str(sn_version) if sn_version else None)
+            unfinished = ck["epoch"] < ck["epochs_planned"] and not ck.get("registered_version")
+        except Exception as exc:  # not ours, or an older format without epochs_planned
+            log.debug("--resume auto: skipping %s (%s)", path, exc)
+            continue
+        if unfinished and have == want:
+            found.append((path.stat().st_mtime, path))
+        elif unfinished:
+            log.info("--resume auto: %s is unfinished but was %s seed %s preset %s accel %s from sn %s; skipped",
+                     path, *have)
+    return max(found)[1] if found else None
+
+
+def _resume_auto(out_dir, kind, seed, preset, accels, init_from, finetune: bool, ddp: Dist) -> Path | None:
+    parent = None
+    if finetune and not Path(_sn_ref(init_from)).exists():
+        parent = str(tracking.resolve_version("sn", _sn_ref(init_from)).version)
+    chosen = [find_unfinished(out_dir, kind, seed, preset, accels, parent) if ddp.main else None]
+    if ddp.world > 1:  # every rank continues the same file
+        dist.broadcast_object_list(chosen, src=0)
+    if chosen[0] is None:
+        log.info("--resume auto: no unfinished %s checkpoint under %s; starting a new run", kind, out_dir)
+    else:
+        log.info("--resume auto: continuing %s", chosen[0])
+    return chosen[0]
+
+
 def _check_resume_matches(path: Path, ckpt: Mapping, seed: int, preset: str, accels: Sequence[float]) -> None:
     """A resumed run continues the same data order, masks and schedule: refuse other seed/preset/accels."""
     given = {"--seed": (ckpt.get("seed"), int(seed)),
@@ -231,14 +272,20 @@ def _check_resume_matches(path: Path, ckpt: Mapping, seed: int, preset: str, acc
                               f"{show(now)} was given; resume with the checkpoint's value (or start a new run)")
 
 
+def _sn_ref(init_from: str | Path | None) -> str:
+    """--init-from as given: a local path, or an `sn` version/alias with any `sn@` / `sn:` prefix removed."""
+    ref = "champion" if init_from is None else str(init_from)
+    return ref if Path(ref).exists() else ref.removeprefix("sn@").removeprefix("sn:")
+
+
 def _init_from_sn(init_from: str | Path | None, kind: str) -> tuple[torch.nn.Module, dict, str | None]:
     """A fine-tuning run (SN-GAN, or SN with --init-from) starts from trained SN weights: a local
     checkpoint/model dir, or an `sn` version/alias."""
-    ref = "champion" if init_from is None else str(init_from)
+    ref = _sn_ref(init_from)
     if Path(ref).exists():
         loaded = tracking.load_checkpoint(ref)
     else:
-        loaded = tracking.load_registered_model("sn", ref.removeprefix("sn@").removeprefix("sn:"))
+        loaded = tracking.load_registered_model("sn", ref)
     if loaded.config.get("kind") != "sn":
         raise ModelError(f"--init-from {ref} is a {loaded.config.get('kind')} model; {kind} fine-tunes an sn model")
     return loaded.model, loaded.config, loaded.version
@@ -401,7 +448,8 @@ def train_model(kind: str, data_dir: str | Path, preset: str = "cpu", accels: Se
     `init_from`: the trained SN to fine-tune, an sn version/alias ("3", "champion") or a local
     checkpoint. SN-GAN always starts from one (default champion); SN starts from scratch unless given
     one, and is then fine-tuned with L_SN alone on the fine-tuning schedule, the paper's twin of SN-GAN.
-    `resume`: a checkpoint of this kind to continue (step, epoch, optimiser state). `max_steps` stops
+    `resume`: a checkpoint of this kind to continue (step, epoch, optimiser state), or "auto" for the
+    newest unfinished one under `out_dir` that matches (`find_unfinished`). `max_steps` stops
     early (tests).
     """
     if kind not in tracking.KINDS:
@@ -422,6 +470,8 @@ def train_model(kind: str, data_dir: str | Path, preset: str = "cpu", accels: Se
     sched = schedule_for(preset_obj, kind, finetune=finetune, epochs=epochs, batch_size=batch_size, lr=lr,
                          **dict(schedule_overrides or {}))
 
+    if resume is not None and str(resume) == AUTO_RESUME:
+        resume = _resume_auto(out_dir, kind, seed, preset, accels, init_from, finetune, ddp)
     ckpt = _load_training_checkpoint(Path(resume), kind) if resume else None
     if ckpt is not None:
         _check_resume_matches(Path(resume), ckpt, seed, preset, accels)
@@ -471,109 +521,141 @@ def train_model(kind: str, data_dir: str | Path, preset: str = "cpu", accels: Se
     if logged:
         run_id = _start_run(run_id, kind, preset, preset_obj, sched, config, accels, seed, train_files,
                             val_files, run_name)
-    ckpt_dir = Path(out_dir) / f"{kind}-{run_id or time.strftime('%Y%m%d-%H%M%S')}"
-    ckpt_path = ckpt_dir / "last.pt"
+    # A signal stops the loop after its current step, with a checkpoint there (training.stopping);
+    # any error ends the MLflow run FAILED rather than leaving it RUNNING.
+    with tracking.run_ends_on_error(tracking.client() if logged else None, run_id if logged else None), \
+            StopOnSignal() as stop:
+        # a resumed run goes on writing the checkpoint it continues; a new one gets <kind>-<MLflow run id>,
+        # or without MLflow a time stamp and a random tail (two runs started in one second never share it)
+        ckpt_dir = Path(resume).parent if resume else \
+            Path(out_dir) / f"{kind}-{run_id or time.strftime('%Y%m%d-%H%M%S-') + os.urandom(3).hex()}"
+        ckpt_path = ckpt_dir / "last.pt"
 
-    def checkpoint(epoch: int, batch_in_epoch: int) -> None:
-        if not ddp.main:
-            return
-        state = {"format": CHECKPOINT_FORMAT, "kind": kind, "config": json.dumps(config),
-                 "model": trainer.bare.state_dict(), "optimizer": optimizer.state_dict(),
-                 "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step, "seed": seed,
-                 "preset": preset, "accels": [float(a) for a in accels], "run_id": run_id or "",
-                 "history": json.dumps(trainer.history)}
-        if kind == "sn-gan":
-            state["discriminator"] = _bare(trainer.discriminator).state_dict()
-            state["disc_optimizer"] = trainer.disc_optimizer.state_dict()
-        save_checkpoint(ckpt_path, state)
-
-    bs = sched.batch_size
-    steps_per_epoch = math.ceil(len(sampler) / bs)
-    total_steps = steps_per_epoch * sched.epochs
-    stopped = False
-    epochs_done = start_epoch
-    last_metrics: dict = trainer.history[-1] if trainer.history else {}
-    for epoch in range(start_epoch, sched.epochs):
-        sampler.set_epoch(epoch)
-        train_ds.set_epoch(epoch)
-        skip = skip_batches if epoch == start_epoch else 0
-        loader = DataLoader(train_ds, batch_size=bs, sampler=_ResumeSampler(sampler, skip * bs),
-                            collate_fn=collate, num_workers=0)
-        trainer.model.train()
-        bar = _progress(progress and ddp.main, total=steps_per_epoch, initial=skip,
-                        desc=f"{kind} epoch {epoch + 1}/{sched.epochs}")
-        t0, seen, running = time.perf_counter(), 0, []
-        batch_in_epoch = skip
-        for batch in loader:
-            factor = lr_at(sched, step, total_steps) / sched.lr
-            for opt in (optimizer, trainer.disc_optimizer):
-                for group in (opt.param_groups if opt is not None else []):
-                    group["lr"] = group.setdefault("base_lr", group["lr"]) * factor
-            out = trainer.step(_to(batch, dev))
-            step += 1
-            batch_in_epoch += 1
-            seen += batch.kspace.shape[0]
-            running.append(out["loss"])
-            rate = seen / max(time.perf_counter() - t0, 1e-9)
-            if bar is not None:
-                bar.set_postfix(loss=f"{out['loss']:.4f}", slices_s=f"{rate:.2f}")
-                bar.update(1)
-            if logged:
-                tracking.client().log_metric(run_id, "train_loss_step", out["loss"], step=step)
-            if max_steps is not None and step >= max_steps:
-                stopped = True
-                break
-        if bar is not None:
-            bar.close()
-        epoch_done = not stopped or batch_in_epoch >= steps_per_epoch
-        if stopped and not epoch_done:
-            checkpoint(epoch, batch_in_epoch)
-            break
-        epochs_done = epoch + 1
-        metrics = {"epoch": epoch + 1, "train_loss": float(np.mean(running)) if running else float("nan"),
-                   "slices_per_s": seen / max(time.perf_counter() - t0, 1e-9)}
-        if ddp.main:
-            val, _rows, examples = validate(kind, trainer.bare, val_ds, dev)
-            metrics.update(val)
-            trainer.history.append(metrics)
-            last_metrics = metrics
-            log.info("%s epoch %d: %s", kind, epoch + 1,
-                     ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch"))
-            if logged:
-                c = tracking.client()
-                for k, v in metrics.items():
-                    if k != "epoch" and math.isfinite(v):
-                        c.log_metric(run_id, k, float(v), step=epoch + 1)
-                if epoch + 1 == sched.epochs or stopped:
-                    tracking.log_figure(run_id, validation_figure(kind, examples, epoch + 1),
-                                        f"figures/validation_epoch{epoch + 1:03d}.png")
-        checkpoint(epoch + 1, 0)
-        if ddp.world > 1:
-            dist.barrier()
-        if stopped:
-            break
-
-    if not ckpt_path.exists() and ddp.main:  # resumed a finished run, or zero epochs
-        checkpoint(max(start_epoch, sched.epochs), 0)
-    # A run stopped before the schedule's last step (--max-steps, mid-epoch or between epochs) is
-    # still logged and registered, tagged truncated, but never becomes the champion.
-    truncated = step < total_steps
-    progress_done = {"truncated": "true" if truncated else "false", "steps_done": step,
-                     "steps_planned": total_steps, "epochs_done": epochs_done, "epochs_planned": sched.epochs}
-    version = None
-    if logged:
-        version = _finish_run(run_id, kind, trainer.bare, config, accels, train_files, register, progress_done)
-        if version is not None:
-            state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-            state["registered_version"] = version
+        def checkpoint(epoch: int, batch_in_epoch: int) -> None:
+            if not ddp.main:
+                return
+            state = {"format": CHECKPOINT_FORMAT, "kind": kind, "config": json.dumps(config),
+                     "model": trainer.bare.state_dict(), "optimizer": optimizer.state_dict(),
+                     "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step, "seed": seed,
+                     "preset": preset, "accels": [float(a) for a in accels], "run_id": run_id or "",
+                     "epochs_planned": sched.epochs,
+                     "history": json.dumps(trainer.history)}
+            if kind == "sn-gan":
+                state["discriminator"] = _bare(trainer.discriminator).state_dict()
+                state["disc_optimizer"] = trainer.disc_optimizer.state_dict()
             save_checkpoint(ckpt_path, state)
-            if truncated:
-                log.warning("registered %s version %s as truncated (step %d of %d, %d of %d epochs done); "
-                            "alias %s not moved", kind, version, step, total_steps, epochs_done, sched.epochs,
-                            tracking.CHAMPION)
-            else:
-                log.info("registered %s version %s; alias %s moved to it", kind, version, tracking.CHAMPION)
-    return TrainResult(run_id, version, ckpt_path, last_metrics, truncated)
+
+        bs = sched.batch_size
+        steps_per_epoch = math.ceil(len(sampler) / bs)
+        total_steps = steps_per_epoch * sched.epochs
+        stopped = False
+        interrupted_by = None
+        epochs_done = start_epoch
+        last_metrics: dict = trainer.history[-1] if trainer.history else {}
+        for epoch in range(start_epoch, sched.epochs):
+            sampler.set_epoch(epoch)
+            train_ds.set_epoch(epoch)
+            skip = skip_batches if epoch == start_epoch else 0
+            loader = DataLoader(train_ds, batch_size=bs, sampler=_ResumeSampler(sampler, skip * bs),
+                                collate_fn=collate, num_workers=0)
+            trainer.model.train()
+            bar = _progress(progress and ddp.main, total=steps_per_epoch, initial=skip,
+                            desc=f"{kind} epoch {epoch + 1}/{sched.epochs}")
+            t0, seen, running = time.perf_counter(), 0, []
+            batch_in_epoch = skip
+            for batch in loader:
+                factor = lr_at(sched, step, total_steps) / sched.lr
+                for opt in (optimizer, trainer.disc_optimizer):
+                    for group in (opt.param_groups if opt is not None else []):
+                        group["lr"] = group.setdefault("base_lr", group["lr"]) * factor
+                out = trainer.step(_to(batch, dev))
+                step += 1
+                batch_in_epoch += 1
+                seen += batch.kspace.shape[0]
+                running.append(out["loss"])
+                rate = seen / max(time.perf_counter() - t0, 1e-9)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{out['loss']:.4f}", slices_s=f"{rate:.2f}")
+                    bar.update(1)
+                if logged:
+                    tracking.client().log_metric(run_id, "train_loss_step", out["loss"], step=step)
+                if max_steps is not None and step >= max_steps:
+                    stopped = True
+                    break
+                interrupted_by = stop.requested(ddp.world, dev)
+                if interrupted_by:
+                    stopped = True
+                    break
+            if bar is not None:
+                bar.close()
+            epoch_done = not stopped or batch_in_epoch >= steps_per_epoch
+            if stopped and not epoch_done:
+                checkpoint(epoch, batch_in_epoch)
+                break
+            epochs_done = epoch + 1
+            metrics = {"epoch": epoch + 1, "train_loss": float(np.mean(running)) if running else float("nan"),
+                       "slices_per_s": seen / max(time.perf_counter() - t0, 1e-9)}
+            if ddp.main:
+                val, _rows, examples = validate(kind, trainer.bare, val_ds, dev)
+                metrics.update(val)
+                trainer.history.append(metrics)
+                last_metrics = metrics
+                log.info("%s epoch %d: %s", kind, epoch + 1,
+                         ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch"))
+                if logged:
+                    c = tracking.client()
+                    for k, v in metrics.items():
+                        if k != "epoch" and math.isfinite(v):
+                            c.log_metric(run_id, k, float(v), step=epoch + 1)
+                    if epoch + 1 == sched.epochs or stopped:
+                        tracking.log_figure(run_id, validation_figure(kind, examples, epoch + 1),
+                                            f"figures/validation_epoch{epoch + 1:03d}.png")
+            checkpoint(epoch + 1, 0)
+            if ddp.world > 1:
+                dist.barrier()
+            interrupted_by = interrupted_by or stop.requested(ddp.world, dev)  # a signal during validation
+            if stopped or interrupted_by:
+                break
+
+        if not ckpt_path.exists() and ddp.main:  # resumed a finished run, or zero epochs
+            checkpoint(max(start_epoch, sched.epochs), 0)
+        # A run stopped before the schedule's last step (--max-steps, mid-epoch or between epochs) is
+        # still logged and registered, tagged truncated, but never becomes the champion.
+        truncated = step < total_steps
+        if interrupted_by and truncated:
+            _interrupted(interrupted_by, kind, step, total_steps, epochs_done, ckpt_path, run_id if logged else None)
+        progress_done = {"truncated": "true" if truncated else "false", "steps_done": step,
+                         "steps_planned": total_steps, "epochs_done": epochs_done, "epochs_planned": sched.epochs}
+        version = None
+        if logged:
+            version = _finish_run(run_id, kind, trainer.bare, config, accels, train_files, register, progress_done)
+            if version is not None:
+                state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+                state["registered_version"] = version
+                save_checkpoint(ckpt_path, state)
+                if truncated:
+                    log.warning("registered %s version %s as truncated (step %d of %d, %d of %d epochs done); "
+                                "alias %s not moved", kind, version, step, total_steps, epochs_done, sched.epochs,
+                                tracking.CHAMPION)
+                else:
+                    log.info("registered %s version %s; alias %s moved to it", kind, version, tracking.CHAMPION)
+        return TrainResult(run_id, version, ckpt_path, last_metrics, truncated)
+
+
+def _interrupted(signum: int, kind: str, step: int, total_steps: int, epochs_done: int, ckpt_path: Path,
+                 run_id: str | None) -> None:
+    """Tag the run with where a signal stopped it and raise Interrupted (the run then ends KILLED)."""
+    import signal
+
+    name = signal.Signals(signum).name
+    if run_id:
+        c = tracking.client()
+        c.set_tag(run_id, "interrupted_by", name)
+        c.set_tag(run_id, "interrupted_at_step", str(step))
+    where = f"at step {step} of {total_steps} ({epochs_done} epochs done)"
+    run = f"; MLflow run {run_id} ended KILLED, nothing registered" if run_id else ""
+    raise Interrupted(f"{kind} stopped by {name} {where}; checkpoint {ckpt_path}{run}", signum, ckpt_path,
+                      hint=f"To continue, run the same command with --resume {ckpt_path}")
 
 
 def _bare(m: torch.nn.Module) -> torch.nn.Module:

@@ -122,6 +122,32 @@ def test_training_pods_mount_data_read_only_and_a_large_shm(rendered):
             assert volumes[mounts["/dev/shm"]["name"]]["emptyDir"]["medium"] == "Memory"
 
 
+def test_training_keeps_checkpoints_on_a_claim_and_an_evicted_job_continues_from_them(rendered):
+    """SIGTERM saves last.pt at the step (training/stopping.py): it must land on storage that outlives the
+    pod, in time, and the restarted pods must look for it (--resume auto under the same --out)."""
+    for name, kind in (("training/job", "Job"), ("training/pytorchjob", "PyTorchJob")):
+        objs = rendered[name]
+        claim = only(objs, "PersistentVolumeClaim", "dnirecon-checkpoints")
+        assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # rank 0 writes, every node reads
+        for template in pod_templates(only(objs, kind, "dnirecon-train-sn")):
+            spec = template["spec"]
+            args = spec["containers"][0]["args"]
+            out = args[args.index("--out") + 1]
+            assert args[args.index("--resume") + 1] == "auto"
+            mounts = spec["containers"][0]["volumeMounts"]
+            mount = max((m for m in mounts if out.startswith(m["mountPath"].rstrip("/") + "/")),
+                        key=lambda m: len(m["mountPath"]))
+            assert not mount.get("readOnly")
+            volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+            assert volume["persistentVolumeClaim"]["claimName"] == "dnirecon-checkpoints", f"{name}: {out}"
+            # a step and a checkpoint write, after torchrun's own 30 s for its workers
+            assert spec["terminationGracePeriodSeconds"] >= 60
+    job = only(rendered["training/job"], "Job", "dnirecon-train-sn")
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]} in rules
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"  # what podFailurePolicy requires
+
+
 def test_pytorchjob_leaves_rendezvous_to_the_operator(rendered):
     job = only(rendered["training/pytorchjob"], "PyTorchJob", "dnirecon-train-sn")
     replicas = job["spec"]["pytorchReplicaSpecs"]

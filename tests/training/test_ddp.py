@@ -39,3 +39,56 @@ def test_two_gloo_ranks_shard_the_epoch_and_stay_in_sync(tiny_data, tmp_path):
     assert ck["step"] == 2  # 4 training slices, 2 ranks, batch 1: 2 steps each
     # only rank 0 validates: it returns the epoch's metrics, rank 1 none
     assert torch.load(tmp_path / "rank0.pt")["has_metrics"] and not torch.load(tmp_path / "rank1.pt")["has_metrics"]
+
+
+def _stopping_worker(rank, world, port, data, out, resume):
+    """Rank 1 alone gets SIGTERM after the first epoch's checkpoint, as one evicted node's workers would."""
+    import signal
+    import threading
+    import time
+    from pathlib import Path
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+    from dnirecon.errors import Interrupted
+    from training.train import train_model
+
+    def sigterm_after_the_first_checkpoint():
+        while not list(Path(out).glob("unet-*/last.pt")):
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    if rank == 1 and resume is None:
+        threading.Thread(target=sigterm_after_the_first_checkpoint, daemon=True).start()
+    try:
+        train_model("unet", data, preset="cpu", epochs=STOP_EPOCHS, batch_size=1, log_mlflow=False,
+                    progress=False, out_dir=out, device="cpu", resume=resume)
+        outcome = {"signum": None}
+    except Interrupted as exc:
+        outcome = {"signum": exc.signum}
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    torch.save(outcome, os.path.join(out, f"rank{rank}.pt"))
+
+
+STOP_EPOCHS = 6
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step_and_auto_resume_finishes(tiny_data, tmp_path):
+    import signal
+
+    mp.spawn(_stopping_worker, args=(2, _free_port(), str(tiny_data), str(tmp_path), None), nprocs=2, join=True)
+    # both ranks left the loop (neither waits for ever in an all-reduce) and say why
+    assert [torch.load(tmp_path / f"rank{r}.pt")["signum"] for r in (0, 1)] == [signal.SIGTERM] * 2
+    (ckpt,) = tmp_path.glob("unet-*/last.pt")
+    step = torch.load(ckpt, weights_only=True)["step"]
+    assert 2 <= step < STOP_EPOCHS * 2  # rank 0 saved where the ranks stopped, after the first epoch
+
+    mp.spawn(_stopping_worker, args=(2, _free_port(), str(tiny_data), str(tmp_path), "auto"), nprocs=2, join=True)
+    assert [torch.load(tmp_path / f"rank{r}.pt")["signum"] for r in (0, 1)] == [None, None]
+    assert list(tmp_path.glob("unet-*/last.pt")) == [ckpt]  # the same checkpoint, continued
+    assert torch.load(ckpt, weights_only=True)["step"] == STOP_EPOCHS * 2
