@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +129,10 @@ def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
 
 
 TMP_PREFIX = ".tmp-"
+STAGING_PREFIX = ".new-"
+# A staging directory exists unlocked only between its mkdir and its flock (microseconds): one unlocked
+# for this long belongs to a process killed in between.
+STAGING_GRACE_S = 60.0
 
 
 def claim_download_dir(parent: Path, version: str) -> tuple[Path, int]:
@@ -136,7 +141,7 @@ def claim_download_dir(parent: Path, version: str) -> tuple[Path, int]:
     sweep_abandoned tells an abandoned directory from one still being written, on a cache shared by
     processes, pods or container restarts alike (a pid would not: a restarted container is pid 1 again)."""
     parent.mkdir(parents=True, exist_ok=True)
-    staging = parent / f".new-{uuid.uuid4().hex}"  # locked before it gets a name the sweep looks at
+    staging = parent / f"{STAGING_PREFIX}{uuid.uuid4().hex}"  # locked before it is renamed to .tmp-
     staging.mkdir()
     fd = os.open(staging, os.O_RDONLY)
     try:
@@ -151,12 +156,17 @@ def claim_download_dir(parent: Path, version: str) -> tuple[Path, int]:
 
 
 def sweep_abandoned(parent: Path) -> list[Path]:
-    """Removes the `.tmp-` download directories under parent whose lock is free (their process is gone);
-    returns them. Directories still locked are another download in progress, and are left."""
+    """Removes the `.tmp-` download directories under parent whose lock is free (their process is gone),
+    and `.new-` staging directories unlocked for over STAGING_GRACE_S; returns them. Directories still
+    locked are another download in progress, and are left."""
     removed = []
-    for d in sorted(parent.glob(f"{TMP_PREFIX}*")) if parent.is_dir() else []:
+    prefixes = (TMP_PREFIX, STAGING_PREFIX) if parent.is_dir() else ()
+    for d in [d for prefix in prefixes for d in sorted(parent.glob(f"{prefix}*"))]:
         try:
             fd = os.open(d, os.O_RDONLY)
+            if d.name.startswith(STAGING_PREFIX) and time.time() - os.fstat(fd).st_mtime < STAGING_GRACE_S:
+                os.close(fd)
+                continue  # may be between its mkdir and its flock
         except OSError:  # removed meanwhile, or not a directory we can open
             continue
         try:

@@ -46,6 +46,29 @@ def test_sweep_removes_the_directories_of_dead_downloads_only(tmp_path):
     assert sorted(p.name for p in parent.iterdir()) == []
 
 
+def test_sweep_removes_staging_directories_left_unlocked_past_the_grace_only(tmp_path):
+    """A process killed between a staging directory's mkdir and its flock leaves an empty `.new-` directory."""
+    import fcntl
+
+    from service.model_store import STAGING_GRACE_S, STAGING_PREFIX
+
+    parent = tmp_path / "interpsn"
+    parent.mkdir()
+    old, young, held = (parent / f"{STAGING_PREFIX}{n}" for n in ("old", "young", "held"))
+    for d in (old, young, held):
+        d.mkdir()
+    past = os.stat(old).st_mtime - STAGING_GRACE_S - 5
+    for d in (old, held):
+        os.utime(d, (past, past))
+    fd = os.open(held, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a staging directory in use, however old
+    try:
+        assert sweep_abandoned(parent) == [old]
+        assert young.is_dir() and held.is_dir()  # young: maybe between its mkdir and its flock
+    finally:
+        os.close(fd)
+
+
 def test_a_fetch_removes_what_a_killed_download_left_and_leaves_only_the_version(tmp_path, onnx_models):
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
     from mlflow.tracking import MlflowClient
