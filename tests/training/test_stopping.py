@@ -147,6 +147,7 @@ def test_resume_auto_continues_the_newest_unfinished_run_with_the_same_settings(
     assert find_unfinished(out, "unet", 2, "cpu", (4.0,), None) is None  # no run with seed 2
     assert find_unfinished(out, "unet", 0, "cpu", (4.0, 8.0), None) is None  # other accelerations
     assert find_unfinished(out, "sn", 0, "cpu", (4.0,), None) is None  # other model
+    assert find_unfinished(out, "unet", 0, "cpu", (4.0,), "3") is None  # not fine-tuned from sn version 3
 
     resumed = train_model("unet", tiny_data, seed=0, resume="auto", max_steps=3, **kw)
     assert resumed.checkpoint_path == stopped and torch.load(stopped, weights_only=True)["step"] == 3
