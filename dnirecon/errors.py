@@ -20,7 +20,7 @@ class ModelError(DniReconError):
 class Interrupted(Exception):
     """A long job stopped on SIGINT or SIGTERM after saving what it had done; the CLI exits 128 + signum."""
 
-    def __init__(self, what: str, signum: int, saved=None, hint: str = ""):
+    def __init__(self, what: str, signum: int, saved: object = None, hint: str = ""):
         super().__init__(f"{what}. {hint}" if hint else what)
         self.what = what  # where it stopped and what it kept
         self.signum = signum

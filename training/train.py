@@ -246,10 +246,12 @@ def find_unfinished(out_dir: str | Path, kind: str, seed: int, preset: str, acce
 
 
 def _resume_auto(out_dir, kind, seed, preset, accels, init_from, finetune: bool, ddp: Dist) -> Path | None:
-    parent = None
-    if finetune and not Path(_sn_ref(init_from)).exists():
-        parent = str(tracking.resolve_version("sn", _sn_ref(init_from)).version)
-    chosen = [find_unfinished(out_dir, kind, seed, preset, accels, parent) if ddp.main else None]
+    chosen: list[Path | None] = [None]
+    if ddp.main:
+        parent = None
+        if finetune and not Path(_sn_ref(init_from)).exists():
+            parent = str(tracking.resolve_version("sn", _sn_ref(init_from)).version)
+        chosen = [find_unfinished(out_dir, kind, seed, preset, accels, parent)]
     if ddp.world > 1:  # every rank continues the same file
         dist.broadcast_object_list(chosen, src=0)
     if chosen[0] is None:
