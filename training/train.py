@@ -531,6 +531,10 @@ def train_model(kind: str, data_dir: str | Path, preset: str = "cpu", accels: Se
         # or without MLflow a time stamp and a random tail (two runs started in one second never share it)
         ckpt_dir = Path(resume).parent if resume else \
             Path(out_dir) / f"{kind}-{run_id or time.strftime('%Y%m%d-%H%M%S-') + os.urandom(3).hex()}"
+        if ddp.world > 1:  # rank 0 alone writes it (and alone knows the run id): every rank names its file
+            shared = [str(ckpt_dir)]
+            dist.broadcast_object_list(shared, src=0)
+            ckpt_dir = Path(shared[0])
         ckpt_path = ckpt_dir / "last.pt"
 
         def checkpoint(epoch: int, batch_in_epoch: int) -> None:

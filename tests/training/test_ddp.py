@@ -67,7 +67,7 @@ def _stopping_worker(rank, world, port, data, out, resume):
                     progress=False, out_dir=out, device="cpu", resume=resume)
         outcome = {"signum": None}
     except Interrupted as exc:
-        outcome = {"signum": exc.signum}
+        outcome = {"signum": exc.signum, "saved": str(exc.saved)}
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -85,6 +85,7 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step_and_auto_resume_
     # both ranks left the loop (neither waits for ever in an all-reduce) and say why
     assert [torch.load(tmp_path / f"rank{r}.pt")["signum"] for r in (0, 1)] == [signal.SIGTERM] * 2
     (ckpt,) = tmp_path.glob("unet-*/last.pt")
+    assert [torch.load(tmp_path / f"rank{r}.pt")["saved"] for r in (0, 1)] == [str(ckpt)] * 2  # both name it
     step = torch.load(ckpt, weights_only=True)["step"]
     assert 2 <= step < STOP_EPOCHS * 2  # rank 0 saved where the ranks stopped, after the first epoch
 
