@@ -18,11 +18,11 @@ class ModelError(DniReconError):
 
 
 class Interrupted(Exception):
-    """A long job stopped on SIGINT or SIGTERM after saving what it had done; the CLI exits 128 + signum."""
+    """A long job stopped on SIGINT or SIGTERM after saving what it had done; the CLI exits 128 + signum.
+    The message is `what`, then `hint` (how to continue), which a caller may replace (the demo does)."""
 
     def __init__(self, what: str, signum: int, saved: object = None, hint: str = ""):
         super().__init__(f"{what}. {hint}" if hint else what)
         self.what = what  # where it stopped and what it kept
         self.signum = signum
         self.saved = saved  # what it saved to continue from (a checkpoint path), if anything
-        self.hint = hint  # how to continue

@@ -253,7 +253,7 @@ def register_baked_set(directory: Path, manifest: Mapping, name: str = INTERPSN)
     run = c.create_run(experiment_id(EXPERIMENT), run_name=f"bake-{name}",
                        tags={"dnirecon.kind": "interpsn-bake", "alphas": tags["alphas"]})
     run_id = run.info.run_id
-    with run_ends_on_error(c, run_id):  # Ctrl-C during the upload too
+    with run_ends_on_error(run_id, c):  # Ctrl-C during the upload too
         for role, src in manifest["sources"].items():
             c.log_param(run_id, f"source.{role}", f"{src['name']}/{src['version']}")
         c.log_param(run_id, "alphas", tags["alphas"])

@@ -163,10 +163,9 @@ def sweep_abandoned(parent: Path) -> list[Path]:
     prefixes = (TMP_PREFIX, STAGING_PREFIX) if parent.is_dir() else ()
     for d in [d for prefix in prefixes for d in sorted(parent.glob(f"{prefix}*"))]:
         try:
-            fd = os.open(d, os.O_RDONLY)
-            if d.name.startswith(STAGING_PREFIX) and time.time() - os.fstat(fd).st_mtime < STAGING_GRACE_S:
-                os.close(fd)
+            if d.name.startswith(STAGING_PREFIX) and time.time() - d.stat().st_mtime < STAGING_GRACE_S:
                 continue  # may be between its mkdir and its flock
+            fd = os.open(d, os.O_RDONLY)
         except OSError:  # removed meanwhile, or not a directory we can open
             continue
         try:

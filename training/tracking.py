@@ -75,15 +75,16 @@ def client():
 
 
 @contextmanager
-def run_ends_on_error(c, run_id: str | None) -> Iterator[None]:
-    """An error inside ends the run FAILED, Ctrl-C or a signal KILLED: no run left RUNNING for ever in the UI."""
+def run_ends_on_error(run_id: str | None, c=None) -> Iterator[None]:
+    """An error inside ends the run FAILED, Ctrl-C or a signal KILLED: no run left RUNNING for ever in the UI.
+    run_id None: nothing to end. c: the MlflowClient to use (default client())."""
     try:
         yield
     except BaseException as exc:
         if run_id:
             status = "KILLED" if isinstance(exc, (KeyboardInterrupt, Interrupted)) else "FAILED"
             try:
-                c.set_terminated(run_id, status=status)
+                (c or client()).set_terminated(run_id, status=status)
             except Exception as mark_exc:  # the store itself may be what failed: keep the first error
                 log.warning("could not mark MLflow run %s %s: %s", run_id, status, mark_exc)
         raise

@@ -525,8 +525,7 @@ def train_model(kind: str, data_dir: str | Path, preset: str = "cpu", accels: Se
                             val_files, run_name)
     # A signal stops the loop after its current step, with a checkpoint there (training.stopping);
     # any error ends the MLflow run FAILED rather than leaving it RUNNING.
-    with tracking.run_ends_on_error(tracking.client() if logged else None, run_id if logged else None), \
-            StopOnSignal() as stop:
+    with tracking.run_ends_on_error(run_id if logged else None), StopOnSignal() as stop:
         # a resumed run goes on writing the checkpoint it continues; a new one gets <kind>-<MLflow run id>,
         # or without MLflow a time stamp and a random tail (two runs started in one second never share it)
         ckpt_dir = Path(resume).parent if resume else \
