@@ -51,8 +51,6 @@ class TrainSchedule:
     lr: float
     batch: int = 1
     optimiser: str = "rmsprop"
-    # lambda of L_SN = 1 - SSIM + lambda * L1 (training.losses, scale-free units); None: the paper's 1e-3
-    l1_weight: float | None = None
 
 
 @dataclass(frozen=True)
@@ -85,11 +83,8 @@ PRESETS: dict[str, Preset] = {
         discriminator=DiscriminatorConfig(chans=16, num_layers=3),
         # batch 1 (twice the updates per CPU second); SN 12 epochs from scratch, then SN and SN-GAN both
         # fine-tuned 2 epochs from it (the paper's schedule); all four runs ~23 min on 2 idle cores
-        # lambda 5: an L1 term as strong as the SSIM term, so that SN is smooth at 4x as the method
-        # assumes (with 1e-3 the SSIM term keeps its HF ratio near 1; docs/training.md, chosen on a
-        # tuning set apart from the report's held-out volumes)
-        sn_schedule=TrainSchedule(epochs=12, lr=5e-4, batch=1, optimiser="rmsprop", l1_weight=5.0),
-        finetune_schedule=TrainSchedule(epochs=2, lr=1e-4, batch=1, optimiser="rmsprop", l1_weight=5.0),
+        sn_schedule=TrainSchedule(epochs=12, lr=5e-4, batch=1, optimiser="rmsprop"),
+        finetune_schedule=TrainSchedule(epochs=2, lr=1e-4, batch=1, optimiser="rmsprop"),
         unet_schedule=TrainSchedule(epochs=10, lr=1e-3, batch=1, optimiser="rmsprop"),
     ),
 }

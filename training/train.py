@@ -90,7 +90,7 @@ def _as_dict(obj: Any) -> dict:
 
 
 def schedule_for(preset: Any, kind: str, finetune: bool = False, **overrides: Any) -> Schedule:
-    """The preset's schedule for `kind` (epochs, lr, batch, lambda) with non-None overrides applied.
+    """The preset's schedule for `kind` (epochs, lr, batch) with non-None overrides applied.
 
     SN-GAN always fine-tunes; an SN fine-tuned from a trained SN (`finetune`) gets the same schedule, as
     in the paper ("both models were further finetuned based on the pretrained SN model").
@@ -100,8 +100,6 @@ def schedule_for(preset: Any, kind: str, finetune: bool = False, **overrides: An
         key = "finetune_schedule"
     values = _as_dict(_get(preset, key))
     sched = Schedule(epochs=int(values["epochs"]), lr=float(values["lr"]), batch_size=int(values.get("batch", 1)))
-    if values.get("l1_weight") is not None:
-        sched = replace(sched, l1_weight=float(values["l1_weight"]))
     optimiser = values.get("optimiser", "rmsprop")
     if optimiser != "rmsprop":
         raise ConfigError(f"preset {key}.optimiser is {optimiser!r}; the training loop implements 'rmsprop'")

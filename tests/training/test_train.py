@@ -51,19 +51,6 @@ def test_two_sn_steps_decrease_the_loss(tiny_data):
     assert second < first and third < second
 
 
-def test_presets_carry_their_l1_weight_and_the_option_overrides_it():
-    """cpu: lambda 5 for SN and both fine-tunings (docs/training.md); paper: Eq. (1)'s 1e-3; U-Net: L1."""
-    from training.losses import L1_WEIGHT
-
-    cpu, paper = get_preset("cpu"), get_preset("paper")
-    assert schedule_for(cpu, "sn").l1_weight == 5.0
-    assert schedule_for(cpu, "sn", finetune=True).l1_weight == 5.0
-    assert schedule_for(cpu, "sn-gan").l1_weight == 5.0
-    assert schedule_for(paper, "sn").l1_weight == schedule_for(paper, "sn-gan").l1_weight == L1_WEIGHT == 1e-3
-    assert schedule_for(cpu, "unet").unet_loss == "l1"
-    assert schedule_for(cpu, "sn", l1_weight=0.2).l1_weight == 0.2
-
-
 def test_resume_continues_from_the_saved_step(tiny_data, tmp_path):
     kw = dict(preset="cpu", accels=(4.0, 8.0), epochs=2, seed=5, log_mlflow=False, progress=False,
               batch_size=1)
