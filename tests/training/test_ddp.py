@@ -1,22 +1,36 @@
 """DistributedDataParallel on CPU (gloo, world size 2): the sampler shards the data, rank 0 checkpoints."""
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _spawn(worker, *args) -> None:
+    """Two ranks started as torchrun starts them: the launcher (this process) hosts the rendezvous store
+    and every rank is a client of it, rank 0 too (TORCHELASTIC_USE_AGENT_STORE); a new store per launch.
+
+    With rank 0 hosting the store instead (MASTER_PORT alone), one CI run in about 25 saw rank 0 abort
+    with SIGABRT ("terminate called without an active exception"). 16 reruns did not repeat it, so the
+    store is a suspect, not a proven cause; torchrun never runs that way in any case.
+    """
+    from torch.distributed import TCPStore
+
+    store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    try:
+        mp.spawn(worker, args=(2, store.port, *args), nprocs=2, join=True)
+    finally:
+        del store
+
+
+def _rank_env(rank: int, world: int, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank), TORCHELASTIC_USE_AGENT_STORE="True")
 
 
 def _worker(rank, world, port, data, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-                      LOCAL_RANK=str(rank))
+    _rank_env(rank, world, port)
     torch.set_num_threads(1)
     import torch.distributed as dist
     from training.train import train_model
@@ -32,7 +46,7 @@ def _worker(rank, world, port, data, out):
 
 @pytest.mark.slow
 def test_two_gloo_ranks_shard_the_epoch_and_stay_in_sync(tiny_data, tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tiny_data), str(tmp_path)), nprocs=2, join=True)
+    _spawn(_worker, str(tiny_data), str(tmp_path))
     ckpts = list(tmp_path.glob("unet-*/last.pt"))
     assert len(ckpts) == 1  # only rank 0 writes
     ck = torch.load(ckpts[0], weights_only=True)
@@ -48,8 +62,7 @@ def _stopping_worker(rank, world, port, data, out, resume):
     import time
     from pathlib import Path
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-                      LOCAL_RANK=str(rank))
+    _rank_env(rank, world, port)
     torch.set_num_threads(1)
     import torch.distributed as dist
     from dnirecon.errors import Interrupted
@@ -81,7 +94,7 @@ STOP_EPOCHS = 6
 def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step_and_auto_resume_finishes(tiny_data, tmp_path):
     import signal
 
-    mp.spawn(_stopping_worker, args=(2, _free_port(), str(tiny_data), str(tmp_path), None), nprocs=2, join=True)
+    _spawn(_stopping_worker, str(tiny_data), str(tmp_path), None)
     # both ranks left the loop (neither waits for ever in an all-reduce) and say why
     assert [torch.load(tmp_path / f"rank{r}.pt")["signum"] for r in (0, 1)] == [signal.SIGTERM] * 2
     (ckpt,) = tmp_path.glob("unet-*/last.pt")
@@ -89,7 +102,7 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step_and_auto_resume_
     step = torch.load(ckpt, weights_only=True)["step"]
     assert 2 <= step < STOP_EPOCHS * 2  # rank 0 saved where the ranks stopped, after the first epoch
 
-    mp.spawn(_stopping_worker, args=(2, _free_port(), str(tiny_data), str(tmp_path), "auto"), nprocs=2, join=True)
+    _spawn(_stopping_worker, str(tiny_data), str(tmp_path), "auto")
     assert [torch.load(tmp_path / f"rank{r}.pt")["signum"] for r in (0, 1)] == [None, None]
     assert list(tmp_path.glob("unet-*/last.pt")) == [ckpt]  # the same checkpoint, continued
     assert torch.load(ckpt, weights_only=True)["step"] == STOP_EPOCHS * 2
