@@ -13,6 +13,7 @@ from service.client import ReconClient
 
 from .conftest import register, synthetic_kspace, test_mask, write_baked_set
 
+
 def metric(server, name: str) -> str:
     text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
     return "\n".join(line for line in text.splitlines() if line.startswith(name))

@@ -20,7 +20,6 @@ from service.client import ReconClient, reconstruct_file, write_outputs
 from .conftest import ROOT, ort_reference, synthetic_kspace, test_mask, write_volume_file
 
 
-
 @pytest.fixture(scope="module")
 def volume_file(tmp_path_factory):
     """A fully sampled fastMRI-layout volume: 3 slices, 3 coils, 32x24, phase columns [1, 23) acquired."""
