@@ -71,12 +71,19 @@ def _run(args: argparse.Namespace) -> int:
     overrides = {"slices_per_volume": args.slices_per_volume}
     for name in ("critic_steps", "gamma", "adv_weight", "disc_lr", "l1_weight"):
         overrides[name] = getattr(args, name, None)
-    result = train_model(
-        args.kind, args.data, preset=args.preset, accels=args.accel, epochs=args.epochs, seed=args.seed,
-        resume=args.resume, register=not args.no_register, val_dir=args.val_data,
-        init_from=getattr(args, "init_from", None), out_dir=args.out, batch_size=args.batch_size, lr=args.lr,
-        max_steps=args.max_steps, device=args.device, amp=not args.no_amp, progress=not args.no_progress,
-        log_mlflow=not args.no_mlflow, schedule_overrides=overrides, mask_kind=args.mask)
+    try:
+        result = train_model(
+            args.kind, args.data, preset=args.preset, accels=args.accel, epochs=args.epochs, seed=args.seed,
+            resume=args.resume, register=not args.no_register, val_dir=args.val_data,
+            init_from=getattr(args, "init_from", None), out_dir=args.out, batch_size=args.batch_size,
+            lr=args.lr, max_steps=args.max_steps, device=args.device, amp=not args.no_amp,
+            progress=not args.no_progress, log_mlflow=not args.no_mlflow, schedule_overrides=overrides,
+            mask_kind=args.mask)
+    finally:  # under torchrun: leave the process group train_model joined, whatever the outcome
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     shown = {k: v for k, v in result.metrics.items() if k.startswith("val_") and k.count("_") == 1}
     print(f"{args.kind}: checkpoint {result.checkpoint_path}")
     if result.run_id:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
+import time
 
 import torch
 import torch.distributed as dist
@@ -53,5 +55,30 @@ class StopOnSignal:
         if world <= 1:
             return self.signum
         flag = torch.tensor([self.signum or 0], dtype=torch.int64, device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        all_reduce_released(flag, dist.ReduceOp.MAX)
         return int(flag.item()) or None
+
+
+def all_reduce_released(tensor: torch.Tensor, op=dist.ReduceOp.SUM, timeout_s: float = 10.0) -> torch.Tensor:
+    """`dist.all_reduce(tensor, op)` that returns only once the gloo backend has let go of `tensor`.
+
+    ProcessGroupGloo runs a collective on a worker thread, and that thread drops its reference to the
+    tensor after the caller already has the result. In torch 2.13, releasing a tensor that has a Python
+    object takes the GIL. If the rank reaches interpreter shutdown first, the worker thread cannot take
+    the GIL and exits inside a C++ destructor: std::terminate, SIGABRT ("terminate called without an
+    active exception"), after training finished and its checkpoint was written. A core from one such
+    abort showed exactly this. `requested()` is the last collective on every path out of the training
+    loop, so it waits here.
+
+    While the backend holds the tensor, the tensor holds its Python object, so the reference count shows
+    when the backend lets go. This waits, sleeping so that the GIL is free, until the count is back to
+    what it was, for at most `timeout_s`. The wait is for gloo only: NCCL keeps tensors for its own
+    watchdog and releases them on another schedule.
+    """
+    held = sys.getrefcount(tensor)
+    dist.all_reduce(tensor, op=op)
+    if dist.get_backend() == "gloo":
+        deadline = time.monotonic() + timeout_s
+        while sys.getrefcount(tensor) > held and time.monotonic() < deadline:
+            time.sleep(0.0005)
+    return tensor

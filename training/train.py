@@ -621,6 +621,10 @@ def train_model(kind: str, data_dir: str | Path, preset: str = "cpu", accels: Se
             interrupted_by = interrupted_by or stop.requested(ddp.world, dev)  # a signal during validation
             if stopped or interrupted_by:
                 break
+        # every path out of the loop ends on this agreement (a no-op after one that found a signal): it is
+        # the ranks' last collective, and it returns only once gloo has let go of its tensor (see
+        # training.stopping.all_reduce_released)
+        interrupted_by = interrupted_by or stop.requested(ddp.world, dev)
 
         if not ckpt_path.exists() and ddp.main:  # resumed a finished run, or zero epochs
             checkpoint(max(start_epoch, sched.epochs), 0)

@@ -9,12 +9,7 @@ import torch.multiprocessing as mp
 
 def _spawn(worker, *args) -> None:
     """Two ranks started as torchrun starts them: the launcher (this process) hosts the rendezvous store
-    and every rank is a client of it, rank 0 too (TORCHELASTIC_USE_AGENT_STORE); a new store per launch.
-
-    With rank 0 hosting the store instead (MASTER_PORT alone), one CI run in about 25 saw rank 0 abort
-    with SIGABRT ("terminate called without an active exception"). 16 reruns did not repeat it, so the
-    store is a suspect, not a proven cause; torchrun never runs that way in any case.
-    """
+    and every rank is a client of it, rank 0 too (TORCHELASTIC_USE_AGENT_STORE); a new store per launch."""
     from torch.distributed import TCPStore
 
     store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
@@ -42,6 +37,41 @@ def _worker(rank, world, port, data, out):
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _release_worker(rank, world, port, out):
+    _rank_env(rank, world, port)
+    import sys
+
+    import torch.distributed as dist
+    from training.stopping import all_reduce_released
+
+    dist.init_process_group("gloo")
+    try:
+        held, values = [], []
+        for i in range(RELEASE_CALLS):
+            t = torch.tensor([rank + i], dtype=torch.int64)
+            before = sys.getrefcount(t)
+            all_reduce_released(t, dist.ReduceOp.MAX)
+            held.append(sys.getrefcount(t) - before)
+            values.append(int(t.item()))
+        torch.save({"held": held, "values": values}, os.path.join(out, f"release{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+RELEASE_CALLS = 300
+
+
+def test_the_stop_agreement_returns_only_after_gloo_lets_go_of_its_tensor(tmp_path):
+    """A gloo worker thread that still holds a tensor when its rank shuts the interpreter down aborts the
+    rank (SIGABRT after a finished run, seen in CI). Without the wait, 30 of 300 calls returned while the
+    backend still held the tensor in one run; with it, none may."""
+    _spawn(_release_worker, str(tmp_path))
+    for r in (0, 1):
+        got = torch.load(tmp_path / f"release{r}.pt")
+        assert got["values"] == [i + 1 for i in range(RELEASE_CALLS)]  # the max over the two ranks
+        assert sum(got["held"]) == 0, f"rank {r}: backend still held the tensor after {sum(got['held'])} calls"
 
 
 @pytest.mark.slow
