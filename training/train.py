@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from dnirecon.errors import ConfigError, Interrupted, ModelError
 from training import losses, tracking
 from training.data import Sample, SliceDataset, collate, describe_dataset, split_dirs
+from training.models.signature import arch_signature, weights_digest
 from training.stopping import StopOnSignal
 
 log = logging.getLogger(__name__)
@@ -195,8 +196,6 @@ def new_discriminator(preset: Any) -> torch.nn.Module:
 
 def config_document(kind: str, preset_name: str, model_config: Mapping, model: torch.nn.Module,
                     extra: Mapping | None = None) -> dict:
-    from training.models.signature import arch_signature
-
     return tracking.model_config_document(kind, preset_name, model_config, arch_signature(model.state_dict()),
                                           extra)
 
@@ -223,16 +222,20 @@ def _load_training_checkpoint(path: Path, kind: str) -> dict:
 def find_unfinished(out_dir: str | Path, kind: str, seed: int, preset: str, accels: Sequence[float],
                     parent: str | None) -> Path | None:
     """`--resume auto`: the newest checkpoint under `out_dir` of a run that neither finished its schedule
-    nor was registered, with this kind, seed, preset, accelerations and parent sn version. A Job whose
-    pod was evicted runs the same command again and continues where it stopped; None: start afresh."""
+    nor was registered, with this kind, seed, preset, accelerations and parent: the weights digest of the
+    sn it fine-tunes (`weights_digest`, whether it came from the registry or a local path), None for a
+    run from scratch. A Job whose pod was evicted runs the same command again and continues where it
+    stopped; None: start afresh. A fine-tuning checkpoint written before the digest was recorded matches
+    nothing."""
     want = (kind, int(seed), str(preset), [float(a) for a in accels], parent)
     found = []
     for path in Path(out_dir).glob("*/last.pt"):
         try:
             ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            sn_version = json.loads(ck["config"]).get("sn_version")
-            have = (ck["kind"], ck["seed"], ck["preset"], [float(a) for a in ck["accels"]],
-                    str(sn_version) if sn_version else None)
+            config = json.loads(ck["config"])
+            # a fine-tuning run's config names its sn (sn_preset; sn_weights from 2026-11-22 on)
+            from_sn = (config.get("sn_weights") or "unrecorded") if "sn_preset" in config else None
+            have = (ck["kind"], ck["seed"], ck["preset"], [float(a) for a in ck["accels"]], from_sn)
             unfinished = ck["epoch"] < ck["epochs_planned"] and not ck.get("registered_version")
         except Exception as exc:  # not ours, or an older format without epochs_planned
             log.debug("--resume auto: skipping %s (%s)", path, exc)
@@ -240,17 +243,14 @@ def find_unfinished(out_dir: str | Path, kind: str, seed: int, preset: str, acce
         if unfinished and have == want:
             found.append((path.stat().st_mtime, path))
         elif unfinished:
-            log.info("--resume auto: %s is unfinished but was %s seed %s preset %s accel %s from sn %s; skipped",
-                     path, *have)
+            log.info("--resume auto: %s is unfinished but was %s seed %s preset %s accel %s from sn weights %s; "
+                     "skipped", path, *have)
     return max(found)[1] if found else None
 
 
-def _resume_auto(out_dir, kind, seed, preset, accels, init_from, finetune: bool, ddp: Dist) -> Path | None:
+def _resume_auto(out_dir, kind, seed, preset, accels, parent: str | None, ddp: Dist) -> Path | None:
     chosen: list[Path | None] = [None]
     if ddp.main:
-        parent = None
-        if finetune and not Path(_sn_ref(init_from)).exists():
-            parent = str(tracking.resolve_version("sn", _sn_ref(init_from)).version)
         chosen = [find_unfinished(out_dir, kind, seed, preset, accels, parent)]
     if ddp.world > 1:  # every rank continues the same file
         dist.broadcast_object_list(chosen, src=0)
@@ -472,8 +472,12 @@ def train_model(kind: str, data_dir: str | Path, preset: str = "cpu", accels: Se
     sched = schedule_for(preset_obj, kind, finetune=finetune, epochs=epochs, batch_size=batch_size, lr=lr,
                          **dict(schedule_overrides or {}))
 
-    if resume is not None and str(resume) == AUTO_RESUME:
-        resume = _resume_auto(out_dir, kind, seed, preset, accels, init_from, finetune, ddp)
+    auto = resume is not None and str(resume) == AUTO_RESUME
+    # a fine-tuning run loads its sn first: --resume auto tells runs apart by the sn's weights
+    parent = _init_from_sn(init_from, kind) if finetune and (resume is None or auto) else None
+    parent_weights = weights_digest(parent[0].state_dict()) if parent else None
+    if auto:
+        resume = _resume_auto(out_dir, kind, seed, preset, accels, parent_weights, ddp)
     ckpt = _load_training_checkpoint(Path(resume), kind) if resume else None
     if ckpt is not None:
         _check_resume_matches(Path(resume), ckpt, seed, preset, accels)
@@ -484,9 +488,10 @@ def train_model(kind: str, data_dir: str | Path, preset: str = "cpu", accels: Se
                                               str(resume))
         sn_version = config.get("sn_version")
     elif finetune:
-        model, sn_config, sn_version = _init_from_sn(init_from, kind)
+        model, sn_config, sn_version = parent
         config = config_document(kind, preset, sn_config["model_config"], model,
-                                 {"sn_version": sn_version, "sn_preset": sn_config.get("preset")})
+                                 {"sn_version": sn_version, "sn_preset": sn_config.get("preset"),
+                                  "sn_weights": parent_weights})
     else:
         model = new_model(kind, model_config_for(preset_obj, kind))
         config = config_document(kind, preset, model_config_for(preset_obj, kind), model)

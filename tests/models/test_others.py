@@ -8,7 +8,7 @@ from physics_helpers import random_kspace, random_mask, rel_err
 from training.baselines import zero_filled_rss
 from training.models.discriminator import PatchDiscriminator
 from training.models.downup import DownUpNetwork
-from training.models.signature import arch_signature, check_signature
+from training.models.signature import arch_signature, check_signature, weights_digest
 from training.models.sn import SensitivityNetwork
 from training.models.unet import UNet
 from training.presets import (PRESETS, DiscriminatorConfig, SNConfig, UNetConfig, config_from_dict,
@@ -65,6 +65,17 @@ def test_arch_signature_depends_on_names_and_shapes_not_values():
     assert arch_signature(a) == arch_signature(b)
     assert len(arch_signature(a)) == 16 and int(arch_signature(a), 16) >= 0
     assert len({arch_signature(a), arch_signature(wider), arch_signature(deeper)}) == 3
+
+
+def test_weights_digest_follows_the_values_not_the_storage():
+    torch.manual_seed(0)
+    a = SensitivityNetwork(SNConfig(cascades=2, width=4, blocks=1)).state_dict()
+    copy = {k: v.clone() for k, v in reversed(list(a.items()))}  # other storage, other key order
+    assert weights_digest(copy) == weights_digest(a) and len(weights_digest(a)) == 16
+    key = next(k for k, v in a.items() if v.is_floating_point() and v.abs().max() > 0)
+    nudged = {**copy, key: copy[key] + torch.finfo(torch.float32).eps * copy[key].abs().max()}
+    assert weights_digest(nudged) != weights_digest(a)  # one value moved by about an ulp
+    assert weights_digest({**copy, key: copy[key].double()}) != weights_digest(a)  # the dtype counts
 
 
 def test_check_signature_refuses_a_mismatch_naming_the_source():

@@ -153,3 +153,24 @@ def test_resume_auto_continues_the_newest_unfinished_run_with_the_same_settings(
     assert resumed.checkpoint_path == stopped and torch.load(stopped, weights_only=True)["step"] == 3
     fresh = train_model("unet", tiny_data, seed=2, resume="auto", max_steps=1, **kw)  # none to continue
     assert fresh.checkpoint_path != stopped and torch.load(fresh.checkpoint_path, weights_only=True)["step"] == 1
+
+
+def test_resume_auto_tells_fine_tuning_runs_apart_by_the_weights_of_their_sn(tiny_data, tmp_path):
+    """Runs that share an --out continue their own checkpoint: two sn-gan runs fine-tuned from different
+    local sn checkpoints, and an sn run from scratch beside an sn fine-tuned from a local checkpoint."""
+    kw = dict(preset="cpu", accels=(4.0,), epochs=2, batch_size=1, log_mlflow=False, progress=False, device="cpu")
+    sn_a = train_model("sn", tiny_data, seed=0, max_steps=1, out_dir=tmp_path / "a", **kw).checkpoint_path
+    sn_b = train_model("sn", tiny_data, seed=1, max_steps=1, out_dir=tmp_path / "b", **kw).checkpoint_path
+    out = tmp_path / "ck"
+    gan_a = train_model("sn-gan", tiny_data, init_from=sn_a, max_steps=1, out_dir=out, **kw).checkpoint_path
+    gan_b = train_model("sn-gan", tiny_data, init_from=sn_b, max_steps=1, out_dir=out, **kw).checkpoint_path
+    os.utime(gan_b, (time.time() + 5, time.time() + 5))  # the newest unfinished sn-gan run is b's
+
+    resumed = train_model("sn-gan", tiny_data, init_from=sn_a, resume="auto", max_steps=2, out_dir=out, **kw)
+    assert resumed.checkpoint_path == gan_a
+    assert [torch.load(p, weights_only=True)["step"] for p in (gan_a, gan_b)] == [2, 1]
+
+    tuned = train_model("sn", tiny_data, init_from=sn_b, max_steps=1, out_dir=out, **kw).checkpoint_path
+    scratch = train_model("sn", tiny_data, resume="auto", max_steps=1, out_dir=out, **kw).checkpoint_path
+    assert scratch != tuned  # a run from scratch does not continue a fine-tuning run
+    assert torch.load(tuned, weights_only=True)["step"] == 1
