@@ -19,6 +19,27 @@ import json
 from pathlib import Path
 
 
+def variant_preset(name: str, disc_chans: int | None = None, disc_layers: int | None = None,
+                   sampling_input: bool = False) -> str:
+    """The name of `name` with another discriminator or an SN that sees the sampled fraction, added to
+    PRESETS for this process (the same schedules; `name` itself when nothing changes)."""
+    import dataclasses
+
+    from training.presets import PRESETS, DiscriminatorConfig
+
+    base = PRESETS[name]
+    if disc_chans is not None or disc_layers is not None:
+        disc = DiscriminatorConfig(chans=disc_chans or base.discriminator.chans,
+                                   num_layers=disc_layers or base.discriminator.num_layers)
+        name = f"{name}-disc{disc.chans}x{disc.num_layers}"
+        base = dataclasses.replace(base, name=name, discriminator=disc)
+    if sampling_input:
+        name = f"{name}-sampling"
+        base = dataclasses.replace(base, name=name, sn=dataclasses.replace(base.sn, sampling_input=True))
+    PRESETS[name] = base
+    return name
+
+
 def main() -> int:
     from registry.export import run_torch
     from registry.interpolate import interpolate_pair
@@ -31,15 +52,21 @@ def main() -> int:
     p.add_argument("--val-data", type=Path, required=True, help="held-out volumes to score")
     p.add_argument("--parent", required=True, help="the trained SN both runs start from (checkpoint or model dir)")
     p.add_argument("--sn", default=None, help="an SN already fine-tuned from --parent (skips that run)")
+    p.add_argument("--gan", default=None, help="an SN-GAN already fine-tuned from --parent (skips that run)")
     p.add_argument("--out", type=Path, required=True, help="checkpoints and results.json")
     p.add_argument("--preset", default="cpu")
     p.add_argument("--critic-steps", type=int, default=None)
     p.add_argument("--disc-lr", type=float, default=None)
     p.add_argument("--adv-weight", type=float, default=None)
     p.add_argument("--gamma", type=float, default=None, help="weight of L_SN in the SN-GAN loss")
+    p.add_argument("--disc-chans", type=int, default=None, help="PatchGAN features in its first layer")
+    p.add_argument("--disc-layers", type=int, default=None, help="PatchGAN strided layers")
+    p.add_argument("--sampling-input", action="store_true",
+                   help="SN whose Down-Up networks see the sampled fraction (the parent must be one too)")
     p.add_argument("--l1-weight", type=float, default=None, help="lambda of L_SN, for both fine-tunings")
     p.add_argument("--alphas", type=float, nargs="*", default=[0.25, 0.5, 0.75])
-    p.add_argument("--accel", type=float, nargs="+", default=[4.0, 8.0])
+    p.add_argument("--accel", type=float, nargs="+", default=[4.0, 8.0],
+                   help="accelerations to fine-tune on and score (a parent trained on others still loads)")
     a = p.parse_args()
 
     sn_overrides = {} if a.l1_weight is None else {"l1_weight": a.l1_weight}
@@ -47,18 +74,22 @@ def main() -> int:
                                                              adv_weight=a.adv_weight, gamma=a.gamma).items()
                                        if v is not None})
     a.out.mkdir(parents=True, exist_ok=True)
+    base_preset, a.preset = a.preset, variant_preset(a.preset, a.disc_chans, a.disc_layers, a.sampling_input)
+    if a.preset != base_preset:
+        overrides["preset"] = a.preset
 
     def fine_tune(kind: str, extra: dict) -> Path:
         done = a.out / f"{kind}.checkpoint"
         if done.exists():
             return Path(done.read_text())
-        r = train_model(kind, a.data, preset=a.preset, val_dir=a.val_data, init_from=a.parent, register=False,
-                        log_mlflow=False, out_dir=a.out / "checkpoints", schedule_overrides=extra)
+        r = train_model(kind, a.data, preset=a.preset, accels=a.accel, val_dir=a.val_data, init_from=a.parent,
+                        register=False, log_mlflow=False, out_dir=a.out / "checkpoints", schedule_overrides=extra)
         done.write_text(str(r.checkpoint_path))
         return r.checkpoint_path
 
     sn = tracking.load_checkpoint(a.sn if a.sn else fine_tune("sn", sn_overrides)).model
-    gan = tracking.load_checkpoint(fine_tune("sn-gan", overrides)).model
+    gan = tracking.load_checkpoint(a.gan if a.gan else fine_tune("sn-gan", {k: v for k, v in overrides.items()
+                                                                         if k != "preset"})).model
     models = {"SN": sn}
     for alpha in a.alphas:
         m = copy.deepcopy(sn)

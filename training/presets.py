@@ -20,12 +20,16 @@ class SNConfig:
     # f > 1: the model works on the central H // f readout rows (the field of view the images are cropped
     # to), e.g. 2 for fastMRI knee k-space (640 readout samples for a 320-pixel image). 1: the full grid.
     readout_oversampling: int = 1
+    # True: each Down-Up network also sees the fraction of k-space columns sampled (a constant channel)
+    sampling_input: bool = False
 
     def __post_init__(self):
         for name in ("cascades", "width", "blocks", "readout_oversampling"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"SNConfig.{name}: expected a positive integer, got {value!r}")
+        if not isinstance(self.sampling_input, bool):
+            raise ConfigError(f"SNConfig.sampling_input: expected true or false, got {self.sampling_input!r}")
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,8 @@ PRESETS: dict[str, Preset] = {
     # 2-core CPU: SN trains in ~17 minutes on the demo's small synthetic volumes (docs/training.md).
     "cpu": Preset(
         name="cpu",
-        sn=SNConfig(cascades=6, width=16, blocks=1, readout_oversampling=2),
+        # sampling_input: one network for 4x and 8x acts differently at each (docs/training.md, 8th try)
+        sn=SNConfig(cascades=6, width=16, blocks=1, readout_oversampling=2, sampling_input=True),
         unet=UNetConfig(chans=16, num_pool_layers=3),
         discriminator=DiscriminatorConfig(chans=16, num_layers=3),
         # batch 1 (twice the updates per CPU second); SN 12 epochs from scratch, then SN and SN-GAN both

@@ -25,6 +25,16 @@ def test_downup_keeps_any_size_and_starts_near_identity_when_tail_is_zero(h, w):
     assert torch.equal(net(x), x)
 
 
+def test_downup_with_a_conditioning_channel_refuses_a_call_without_it():
+    net = DownUpNetwork(in_chans=2, width=4, blocks=1, cond_chans=1)
+    x = torch.randn(2, 2, 9, 7)
+    assert net(x, torch.tensor([[0.25], [0.125]])).shape == x.shape
+    with pytest.raises(ValueError, match="expected 1 conditioning value"):
+        net(x)
+    with pytest.raises(ValueError, match="expected 0 conditioning value"):
+        DownUpNetwork(in_chans=2, width=4, blocks=1)(x, torch.zeros(2, 1))
+
+
 @pytest.mark.parametrize("b,c,h,w", [(1, 1, 9, 7), (2, 4, 16, 12)])
 def test_unet_maps_kspace_to_magnitude_of_input_size(b, c, h, w):
     torch.manual_seed(0)

@@ -112,3 +112,43 @@ def test_tiny_sn_exports_to_onnx_without_dft_and_matches_torch(tmp_path):
             want = wrapper(k, mask).numpy()
         assert got.shape == (b, h, w)
         assert np.abs(got - want).max() / np.abs(want).max() < 1e-5
+
+
+SAMPLING = SNConfig(cascades=2, width=4, blocks=1, sampling_input=True)
+
+
+def test_the_sampling_input_is_the_sampled_fraction_seen_by_every_cascade():
+    model = _model(SAMPLING).eval()
+    assert all(c.head[0].in_channels == 3 for c in model.cascades)
+    mask = torch.zeros(2, 16)
+    mask[0, ::4], mask[1, ::8] = 1, 1
+    assert model._sampling(mask).flatten().tolist() == [0.25, 0.125]
+    # with its weights for that channel at zero it is the plain SN with the same other weights
+    plain = _model(TINY).eval()
+    plain.load_state_dict({n: (p[:, :2] if n.endswith("head.0.weight") else p)
+                           for n, p in model.state_dict().items()})
+    k = random_kspace(2, 3, 12, 16)
+    with torch.no_grad():
+        for c in model.cascades:
+            c.head[0].weight[:, 2:] = 0
+        assert rel_err(model(k, mask), plain(k, mask)) < 1e-6
+        for c in model.cascades:
+            c.head[0].weight[:, 2:] = 1
+        assert rel_err(model(k, mask), plain(k, mask)) > 1e-3
+
+
+def test_the_sampling_input_survives_export_and_is_refused_by_a_plain_sn(tmp_path):
+    model = _model(SNConfig(cascades=1, width=2, blocks=1, sampling_input=True), fourier=MATMUL_FFT).eval()
+    wrapper = _RealBoundary(model)
+    k0 = torch.view_as_real(random_kspace(2, 3, 10, 8)).contiguous()
+    session, _ = export_onnx(wrapper, k0, random_mask(2, 8), tmp_path / "sn.onnx")
+    k = torch.view_as_real(random_kspace(2, 4, 13, 12, seed=3)).contiguous()
+    for every in (2, 4):  # two sampled fractions through one graph
+        mask = torch.zeros(2, 12)
+        mask[:, ::every], mask[:, 5:8] = 1, 1  # with the ACS lines the maps come from
+        got = session.run(None, {"kspace": k.numpy(), "mask": mask.numpy()})[0]
+        with torch.no_grad():
+            want = wrapper(k, mask).numpy()
+        assert np.abs(got - want).max() / np.abs(want).max() < 1e-5
+    with pytest.raises(RuntimeError, match="head.0.weight"):
+        SensitivityNetwork(SNConfig(cascades=1, width=2, blocks=1)).load_state_dict(model.state_dict())

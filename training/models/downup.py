@@ -62,18 +62,24 @@ class DownUpBlock(nn.Module):
 
 
 class DownUpNetwork(nn.Module):
-    """(B, in_chans, H, W) -> (B, out_chans, H, W), any H and W (padded to a multiple of 4 inside).
+    """(B, in_chans, H, W) -> (B, in_chans, H, W), any H and W (padded to a multiple of 4 inside).
 
-    The output is the input plus a learned correction (residual), so out_chans must equal in_chans.
+    The output is the input plus a learned correction (residual). With `cond_chans` = k, forward also
+    takes k per-sample scalars (B, k), seen by the head as k constant channels beside the input.
     """
 
-    def __init__(self, in_chans: int = 2, width: int = 32, blocks: int = 2):
+    def __init__(self, in_chans: int = 2, width: int = 32, blocks: int = 2, cond_chans: int = 0):
         super().__init__()
-        self.head = _ConvAct(in_chans, width)
+        self.cond_chans = cond_chans
+        self.head = _ConvAct(in_chans + cond_chans, width)
         self.blocks = nn.Sequential(*[DownUpBlock(width) for _ in range(blocks)])
         self.tail = _conv(width, in_chans)
 
-    def forward(self, x: Tensor) -> Tensor:
-        padded, h, w = pad_to_multiple(x, 4)
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        if (cond is None) != (self.cond_chans == 0) or (cond is not None and cond.shape[-1] != self.cond_chans):
+            raise ValueError(f"DownUpNetwork: expected {self.cond_chans} conditioning value(s) a sample, got "
+                             f"{None if cond is None else tuple(cond.shape)}")
+        inp = x if cond is None else torch.cat([x, torch.ones_like(x[:, :1]) * cond[:, :, None, None]], dim=1)
+        padded, h, w = pad_to_multiple(inp, 4)
         feats = self.blocks(self.head(padded))
         return x + self.tail(feats)[..., :h, :w]

@@ -44,8 +44,10 @@ class SensitivityNetwork(nn.Module):
         super().__init__()
         self.config = config
         self.fourier = fourier
+        cond = 1 if config.sampling_input else 0
         self.cascades = nn.ModuleList(
-            DownUpNetwork(in_chans=2, width=config.width, blocks=config.blocks) for _ in range(config.cascades)
+            DownUpNetwork(in_chans=2, width=config.width, blocks=config.blocks, cond_chans=cond)
+            for _ in range(config.cascades)
         )
         self.dc = nn.ModuleList(DataConsistency(config.dc_weight_init) for _ in range(config.cascades))
 
@@ -105,11 +107,18 @@ class SensitivityNetwork(nn.Module):
         measured = mul_real(kspace, expand_mask(mask))
         maps = acs_maps(measured, mask, self.fourier)
         x, measured, scale = _normalised(coil_combine(ifft(measured), maps), measured)
+        cond = self._sampling(mask)
         for denoise, dc in zip(self.cascades, self.dc):
-            x = channels_to_complex(denoise(complex_to_channels(x)))
+            x = channels_to_complex(denoise(complex_to_channels(x), cond))
             k = dc(fft(coil_expand(x, maps)), measured, mask)
             x = coil_combine(ifft(k), maps)
         return mul_real(x, scale), maps
+
+    def _sampling(self, mask: Tensor) -> Tensor | None:
+        """With `sampling_input`: the fraction of k-space columns sampled, (B, 1) (0.25 at 4x), which
+        every Down-Up network sees as a constant channel, so one set of weights can act differently at
+        each acceleration (docs/training.md); else None."""
+        return mask.mean(dim=-1, keepdim=True) if self.config.sampling_input else None
 
     def _reconstruct_columns(self, kspace: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, ColumnDomain]:
         """reconstruct() with the 2-D transforms rewritten as W x W products (training.physics.columns):
@@ -121,8 +130,9 @@ class SensitivityNetwork(nn.Module):
         # the binary masks the service admits; kept apart so a float mask means what it means there.
         measured = domain.images(m * m)
         x, measured, scale = _normalised(coil_combine(domain.zero_filled, maps), measured)
+        cond = self._sampling(m)
         for denoise, dc in zip(self.cascades, self.dc):
-            x = channels_to_complex(denoise(complex_to_channels(x)))
+            x = channels_to_complex(denoise(complex_to_channels(x), cond))
             c = coil_expand(x, maps)
             x = coil_combine(dc.on_coil_images(c, measured, project(c, domain.projector)), maps)
         return mul_real(x, scale), maps, domain
