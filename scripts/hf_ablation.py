@@ -75,8 +75,7 @@ def main() -> int:
                                        if v is not None})
     a.out.mkdir(parents=True, exist_ok=True)
     base_preset, a.preset = a.preset, variant_preset(a.preset, a.disc_chans, a.disc_layers, a.sampling_input)
-    if a.preset != base_preset:
-        overrides["preset"] = a.preset
+    settings = overrides if a.preset == base_preset else dict(overrides, preset=a.preset)
 
     def fine_tune(kind: str, extra: dict) -> Path:
         done = a.out / f"{kind}.checkpoint"
@@ -88,8 +87,7 @@ def main() -> int:
         return r.checkpoint_path
 
     sn = tracking.load_checkpoint(a.sn if a.sn else fine_tune("sn", sn_overrides)).model
-    gan = tracking.load_checkpoint(a.gan if a.gan else fine_tune("sn-gan", {k: v for k, v in overrides.items()
-                                                                         if k != "preset"})).model
+    gan = tracking.load_checkpoint(a.gan if a.gan else fine_tune("sn-gan", overrides)).model
     models = {"SN": sn}
     for alpha in a.alphas:
         m = copy.deepcopy(sn)
@@ -103,13 +101,13 @@ def main() -> int:
     means = {(r["accel"], r["method"]): r["metrics"] for r in data.rows if r["data"] == "ALL"}
     table = [dict(row, psnr=means[(row["accel"], row["method"])]["psnr"][0],
                   ssim=means[(row["accel"], row["method"])]["ssim"][0]) for row in hf_split_rows(data)]
-    print(f"\nsettings: {overrides or 'preset defaults'}\n")
+    print(f"\nsettings: {settings or 'preset defaults'}\n")
     print("| AF | method | PSNR | SSIM | detail | excess | HF ratio |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for row in table:
         print(f"| {row['accel']:g}x | {row['method']} | {row['psnr']:.3f} | {row['ssim']:.4f} | {row['detail']:.3f} "
               f"| {row['excess']:.3f} | {row['hf_ratio']:.3f} |")
-    (a.out / "results.json").write_text(json.dumps(dict(settings=overrides, parent=str(a.parent), rows=table),
+    (a.out / "results.json").write_text(json.dumps(dict(settings=settings, parent=str(a.parent), rows=table),
                                                    indent=1))
     return 0
 
