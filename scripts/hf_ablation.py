@@ -20,7 +20,7 @@ from pathlib import Path
 
 
 def variant_preset(name: str, disc_chans: int | None = None, disc_layers: int | None = None,
-                   sampling_input: bool = False) -> str:
+                   sampling_input: bool = False, disc_sampling: bool | None = None, film: bool = False) -> str:
     """The name of `name` with another discriminator or an SN that sees the sampled fraction, added to
     PRESETS for this process (the same schedules; `name` itself when nothing changes)."""
     import dataclasses
@@ -28,14 +28,19 @@ def variant_preset(name: str, disc_chans: int | None = None, disc_layers: int | 
     from training.presets import PRESETS, DiscriminatorConfig
 
     base = PRESETS[name]
-    if disc_chans is not None or disc_layers is not None:
+    if disc_chans is not None or disc_layers is not None or disc_sampling is not None:
+        cond = base.discriminator.sampling_input if disc_sampling is None else disc_sampling
         disc = DiscriminatorConfig(chans=disc_chans or base.discriminator.chans,
-                                   num_layers=disc_layers or base.discriminator.num_layers)
-        name = f"{name}-disc{disc.chans}x{disc.num_layers}"
+                                   num_layers=disc_layers or base.discriminator.num_layers, sampling_input=cond)
+        name = f"{name}-disc{disc.chans}x{disc.num_layers}{'c' if cond else ''}"
         base = dataclasses.replace(base, name=name, discriminator=disc)
     if sampling_input:
         name = f"{name}-sampling"
         base = dataclasses.replace(base, name=name, sn=dataclasses.replace(base.sn, sampling_input=True))
+    if film:
+        name = f"{name}-film"
+        base = dataclasses.replace(base, name=name, sn=dataclasses.replace(base.sn, sampling_input=True,
+                                                                         sampling_film=True))
     PRESETS[name] = base
     return name
 
@@ -63,6 +68,10 @@ def main() -> int:
     p.add_argument("--disc-layers", type=int, default=None, help="PatchGAN strided layers")
     p.add_argument("--sampling-input", action="store_true",
                    help="SN whose Down-Up networks see the sampled fraction (the parent must be one too)")
+    p.add_argument("--disc-sampling", choices=["yes", "no"], default=None,
+                   help="a critic that sees the sampled fraction (a conditional GAN), or not; default: the preset's")
+    p.add_argument("--film", action="store_true",
+                   help="SN whose Down-Up features are also scaled and shifted by the sampled fraction (FiLM)")
     p.add_argument("--l1-weight", type=float, default=None, help="lambda of L_SN, for both fine-tunings")
     p.add_argument("--alphas", type=float, nargs="*", default=[0.25, 0.5, 0.75])
     p.add_argument("--accel", type=float, nargs="+", default=[4.0, 8.0],
@@ -74,7 +83,9 @@ def main() -> int:
                                                              adv_weight=a.adv_weight, gamma=a.gamma).items()
                                        if v is not None})
     a.out.mkdir(parents=True, exist_ok=True)
-    base_preset, a.preset = a.preset, variant_preset(a.preset, a.disc_chans, a.disc_layers, a.sampling_input)
+    base_preset, a.preset = a.preset, variant_preset(
+        a.preset, a.disc_chans, a.disc_layers, a.sampling_input,
+        None if a.disc_sampling is None else a.disc_sampling == "yes", a.film)
     settings = overrides if a.preset == base_preset else dict(overrides, preset=a.preset)
 
     def fine_tune(kind: str, extra: dict) -> Path:

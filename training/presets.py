@@ -22,14 +22,20 @@ class SNConfig:
     readout_oversampling: int = 1
     # True: each Down-Up network also sees the fraction of k-space columns sampled (a constant channel)
     sampling_input: bool = False
+    # True (with sampling_input): that fraction also scales and shifts the features at every scale (FiLM)
+    sampling_film: bool = False
 
     def __post_init__(self):
         for name in ("cascades", "width", "blocks", "readout_oversampling"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"SNConfig.{name}: expected a positive integer, got {value!r}")
-        if not isinstance(self.sampling_input, bool):
-            raise ConfigError(f"SNConfig.sampling_input: expected true or false, got {self.sampling_input!r}")
+        for name in ("sampling_input", "sampling_film"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"SNConfig.{name}: expected true or false, got {getattr(self, name)!r}")
+        if self.sampling_film and not self.sampling_input:
+            raise ConfigError("SNConfig.sampling_film needs sampling_input: the features are modulated by the "
+                              "sampled fraction the Down-Up networks are given")
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,17 @@ class DiscriminatorConfig:
 
     chans: int = 64
     num_layers: int = 3
+    # True: the critic also sees the fraction of k-space columns sampled (a constant channel), so it can
+    # judge a 4x and an 8x reconstruction by different standards (a conditional GAN)
+    sampling_input: bool = False
+
+    def __post_init__(self):
+        for name in ("chans", "num_layers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"DiscriminatorConfig.{name}: expected a positive integer, got {value!r}")
+        if not isinstance(self.sampling_input, bool):
+            raise ConfigError(f"DiscriminatorConfig.sampling_input: expected true or false, got {self.sampling_input!r}")
 
 
 @dataclass(frozen=True)
@@ -82,8 +99,10 @@ PRESETS: dict[str, Preset] = {
     # 2-core CPU: SN trains in ~17 minutes on the demo's small synthetic volumes (docs/training.md).
     "cpu": Preset(
         name="cpu",
-        # sampling_input: one network for 4x and 8x acts differently at each (docs/training.md, 8th try)
-        sn=SNConfig(cascades=6, width=16, blocks=1, readout_oversampling=2, sampling_input=True),
+        # sampling_input, sampling_film: one network for 4x and 8x acts differently at each, told the
+        # sampled fraction by a channel and by per-feature scales and shifts (docs/training.md, tries 8, 10)
+        sn=SNConfig(cascades=6, width=16, blocks=1, readout_oversampling=2, sampling_input=True,
+                    sampling_film=True),
         unet=UNetConfig(chans=16, num_pool_layers=3),
         discriminator=DiscriminatorConfig(chans=16, num_layers=3),
         # batch 1 (twice the updates per CPU second); SN 12 epochs from scratch, then SN and SN-GAN both

@@ -346,15 +346,17 @@ class Trainer:
         dr = losses.data_range_of(batch.target)
         real = losses.normalize_for_discriminator(batch.target, batch.foreground, dr)
         fake = losses.normalize_for_discriminator(pred, batch.foreground, dr)
+        # the sampled fraction, for a critic that sees it (a conditional GAN); None for a plain one
+        cond = batch.mask.reshape(batch.mask.shape[0], -1).mean(-1) if _bare(disc).cond else None
         d_loss = torch.zeros(())
         for _ in range(max(1, s.critic_steps)):
-            d_loss = losses.lsgan_discriminator_loss(disc(real), disc(fake.detach()))
+            d_loss = losses.lsgan_discriminator_loss(disc(real, cond), disc(fake.detach(), cond))
             self._apply(d_loss, self.disc_optimizer, disc.parameters())
         for p in disc.parameters():  # D's gradients are not needed for the generator update
             p.requires_grad_(False)
         try:
             sn_term = losses.sn_loss(pred, batch.target, batch.foreground, s.l1_weight)
-            adv = losses.lsgan_generator_loss(disc(fake))
+            adv = losses.lsgan_generator_loss(disc(fake, cond))
             g_loss = s.gamma * sn_term + s.adv_weight * adv
             self._apply(g_loss, self.optimizer, self.model.parameters())
         finally:

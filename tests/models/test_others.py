@@ -67,6 +67,21 @@ def test_patch_discriminator_scores_patches_of_magnitude_images():
     assert disc(torch.rand(2, 1, 64, 48)).shape == scores.shape
 
 
+def test_a_conditional_critic_scores_by_the_sampled_fraction_and_refuses_a_call_without_it():
+    torch.manual_seed(0)
+    disc = PatchDiscriminator(DiscriminatorConfig(chans=8, num_layers=3, sampling_input=True))
+    image = torch.rand(1, 64, 48).expand(2, -1, -1)  # the same image twice
+    scores = disc(image, torch.tensor([0.25, 0.125]))
+    assert scores.shape == (2, 1, 6, 4)
+    assert (scores[0] - scores[1]).abs().max() > 1e-4  # the fraction changes the verdict
+    with pytest.raises(ValueError, match="expected cond of 2 value"):
+        disc(image)
+    with pytest.raises(ValueError, match="does not take the sampled fraction"):
+        PatchDiscriminator(DiscriminatorConfig(chans=8, num_layers=3))(image, torch.tensor([0.25, 0.125]))
+    with pytest.raises(ConfigError, match="DiscriminatorConfig.sampling_input"):
+        DiscriminatorConfig(sampling_input=1)
+
+
 def test_arch_signature_depends_on_names_and_shapes_not_values():
     a = SensitivityNetwork(SNConfig(cascades=2, width=4, blocks=1)).state_dict()
     b = SensitivityNetwork(SNConfig(cascades=2, width=4, blocks=1)).state_dict()

@@ -8,6 +8,7 @@ from physics_helpers import export_onnx, random_kspace, random_mask, rel_err
 from training.models.sn import SensitivityNetwork
 from training.physics.fft import MATMUL_FFT, TORCH_FFT
 from training.physics.sense import data_residual
+from dnirecon.errors import ConfigError
 from training.presets import PRESETS, SNConfig
 
 TINY = SNConfig(cascades=2, width=4, blocks=1)
@@ -152,3 +153,35 @@ def test_the_sampling_input_survives_export_and_is_refused_by_a_plain_sn(tmp_pat
         assert np.abs(got - want).max() / np.abs(want).max() < 1e-5
     with pytest.raises(RuntimeError, match="head.0.weight"):
         SensitivityNetwork(SNConfig(cascades=1, width=2, blocks=1)).load_state_dict(model.state_dict())
+
+
+def test_film_starts_as_the_channel_only_sn_and_then_acts_on_the_sampled_fraction(tmp_path):
+    film = _model(SNConfig(cascades=2, width=4, blocks=2, sampling_input=True, sampling_film=True)).eval()
+    channel = _model(SNConfig(cascades=2, width=4, blocks=2, sampling_input=True)).eval()
+    extra = set(film.state_dict()) - set(channel.state_dict())
+    assert all(".film." in n for n in extra)
+    assert len(extra) == 2 * 2 * 3 * 2  # 2 cascades x 2 blocks x 3 scales, a weight and a bias each
+    channel.load_state_dict({n: p for n, p in film.state_dict().items() if n not in extra})
+    k, mask = random_kspace(2, 3, 12, 16), torch.zeros(2, 16)
+    mask[0, ::4], mask[1, ::8], mask[:, 6:10] = 1, 1, 1
+    with torch.no_grad():
+        assert rel_err(film(k, mask), channel(k, mask)) < 1e-6  # zero-initialised: the identity
+        for n, p in film.named_parameters():
+            if ".film." in n:
+                p.normal_(0, 0.5)
+        assert rel_err(film(k, mask), channel(k, mask)) > 1e-3
+    small = _model(SNConfig(cascades=1, width=2, blocks=1, sampling_input=True, sampling_film=True),
+                   fourier=MATMUL_FFT).eval()
+    with torch.no_grad():
+        for n, p in small.named_parameters():
+            if ".film." in n:
+                p.normal_(0, 0.5)
+    wrapper = _RealBoundary(small)
+    k0 = torch.view_as_real(k).contiguous()
+    session, _ = export_onnx(wrapper, k0, mask, tmp_path / "film.onnx")
+    got = session.run(None, {"kspace": k0.numpy(), "mask": mask.numpy()})[0]
+    with torch.no_grad():
+        want = wrapper(k0, mask).numpy()
+    assert np.abs(got - want).max() / np.abs(want).max() < 1e-5
+    with pytest.raises(ConfigError, match="sampling_film needs sampling_input"):
+        SNConfig(sampling_film=True)

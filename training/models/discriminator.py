@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from training.presets import DiscriminatorConfig
@@ -13,13 +14,15 @@ class PatchDiscriminator(nn.Module):
     4x4 convolutions: the first without normalisation, then `num_layers - 1` more strided ones with
     instance norm (features doubling up to 8x), one stride-1 layer, and a 1-channel stride-1 output (no
     sigmoid: LSGAN regresses the raw score to 1 for real, 0 for fake). Scale the real and fake images the
-    same way before calling it.
+    same way before calling it. With `config.sampling_input` the first layer also sees `cond`, the
+    sampled fraction of k-space columns per image (B,), as a constant channel.
     """
 
     def __init__(self, config: DiscriminatorConfig):
         super().__init__()
         c = config.chans
-        layers: list[nn.Module] = [nn.Conv2d(1, c, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+        self.cond = config.sampling_input
+        layers: list[nn.Module] = [nn.Conv2d(2 if self.cond else 1, c, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
         cin = c
         for i in range(1, config.num_layers + 1):
             cout = c * min(2**i, 8)
@@ -30,7 +33,17 @@ class PatchDiscriminator(nn.Module):
         layers.append(nn.Conv2d(cin, 1, 4, stride=1, padding=1))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, image: Tensor) -> Tensor:
+    def forward(self, image: Tensor, cond: Tensor | None = None) -> Tensor:
         if image.dim() == 3:
             image = image[:, None]
+        if self.cond:
+            if cond is None or cond.numel() != image.shape[0]:
+                got = None if cond is None else tuple(cond.shape)
+                raise ValueError(f"this critic sees the sampled fraction: expected cond of {image.shape[0]} "
+                                 f"value(s), one per image, got {got}")
+            plane = cond.reshape(-1, 1, 1, 1).to(image.dtype).expand(-1, 1, *image.shape[-2:])
+            image = torch.cat([image, plane], dim=1)
+        elif cond is not None:
+            raise ValueError("this critic does not take the sampled fraction (DiscriminatorConfig.sampling_input "
+                             "is false)")
         return self.net(image)

@@ -46,7 +46,8 @@ class SensitivityNetwork(nn.Module):
         self.fourier = fourier
         cond = 1 if config.sampling_input else 0
         self.cascades = nn.ModuleList(
-            DownUpNetwork(in_chans=2, width=config.width, blocks=config.blocks, cond_chans=cond)
+            DownUpNetwork(in_chans=2, width=config.width, blocks=config.blocks, cond_chans=cond,
+                          film=config.sampling_film)
             for _ in range(config.cascades)
         )
         self.dc = nn.ModuleList(DataConsistency(config.dc_weight_init) for _ in range(config.cascades))
