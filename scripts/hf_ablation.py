@@ -96,7 +96,8 @@ def main() -> int:
         if done.exists():
             return Path(done.read_text())
         r = train_model(kind, a.data, preset=a.preset, accels=a.accel, epochs=a.epochs, val_dir=a.val_data,
-                        init_from=a.parent, register=False, log_mlflow=False, out_dir=a.out / "checkpoints", schedule_overrides=extra)
+                        init_from=a.parent, register=False, log_mlflow=False, out_dir=a.out / "checkpoints",
+                        schedule_overrides=extra)
         done.write_text(str(r.checkpoint_path))
         return r.checkpoint_path
 

@@ -9,6 +9,17 @@ from typing import Any
 from dnirecon.errors import ConfigError
 
 
+def _check_fields(config: Any, positive_ints: tuple[str, ...], flags: tuple[str, ...]) -> None:
+    """ConfigError naming `Class.field` for a field that is not a positive integer / not a bool."""
+    for name in positive_ints:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{type(config).__name__}.{name}: expected a positive integer, got {value!r}")
+    for name in flags:
+        if not isinstance(getattr(config, name), bool):
+            raise ConfigError(f"{type(config).__name__}.{name}: expected true or false, got {getattr(config, name)!r}")
+
+
 @dataclass(frozen=True)
 class SNConfig:
     """Sensitivity network: `cascades` x (Down-Up network of `blocks` blocks, `width` features; DC)."""
@@ -26,13 +37,8 @@ class SNConfig:
     sampling_film: bool = False
 
     def __post_init__(self):
-        for name in ("cascades", "width", "blocks", "readout_oversampling"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"SNConfig.{name}: expected a positive integer, got {value!r}")
-        for name in ("sampling_input", "sampling_film"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"SNConfig.{name}: expected true or false, got {getattr(self, name)!r}")
+        _check_fields(self, ("cascades", "width", "blocks", "readout_oversampling"),
+                      ("sampling_input", "sampling_film"))
         if self.sampling_film and not self.sampling_input:
             raise ConfigError("SNConfig.sampling_film needs sampling_input: the features are modulated by the "
                               "sampled fraction the Down-Up networks are given")
@@ -58,12 +64,7 @@ class DiscriminatorConfig:
     sampling_input: bool = False
 
     def __post_init__(self):
-        for name in ("chans", "num_layers"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"DiscriminatorConfig.{name}: expected a positive integer, got {value!r}")
-        if not isinstance(self.sampling_input, bool):
-            raise ConfigError(f"DiscriminatorConfig.sampling_input: expected true or false, got {self.sampling_input!r}")
+        _check_fields(self, ("chans", "num_layers"), ("sampling_input",))
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from dnirecon.errors import ConfigError, Interrupted, ModelError
 from training import losses, tracking
 from training.data import Sample, SliceDataset, collate, describe_dataset, split_dirs
+from training.models.downup import sampled_fraction
 from training.models.signature import arch_signature, weights_digest
 from training.stopping import StopOnSignal
 
@@ -347,7 +348,7 @@ class Trainer:
         real = losses.normalize_for_discriminator(batch.target, batch.foreground, dr)
         fake = losses.normalize_for_discriminator(pred, batch.foreground, dr)
         # the sampled fraction, for a critic that sees it (a conditional GAN); None for a plain one
-        cond = batch.mask.reshape(batch.mask.shape[0], -1).mean(-1) if _bare(disc).cond else None
+        cond = sampled_fraction(batch.mask) if _bare(disc).sampling_input else None
         d_loss = torch.zeros(())
         for _ in range(max(1, s.critic_steps)):
             d_loss = losses.lsgan_discriminator_loss(disc(real, cond), disc(fake.detach(), cond))

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
+from training.models.downup import with_constant_channels
 from training.presets import DiscriminatorConfig
 
 
@@ -21,8 +21,9 @@ class PatchDiscriminator(nn.Module):
     def __init__(self, config: DiscriminatorConfig):
         super().__init__()
         c = config.chans
-        self.cond = config.sampling_input
-        layers: list[nn.Module] = [nn.Conv2d(2 if self.cond else 1, c, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+        self.sampling_input = config.sampling_input
+        layers: list[nn.Module] = [nn.Conv2d(1 + self.sampling_input, c, 4, stride=2, padding=1),
+                                   nn.LeakyReLU(0.2)]
         cin = c
         for i in range(1, config.num_layers + 1):
             cout = c * min(2**i, 8)
@@ -36,13 +37,12 @@ class PatchDiscriminator(nn.Module):
     def forward(self, image: Tensor, cond: Tensor | None = None) -> Tensor:
         if image.dim() == 3:
             image = image[:, None]
-        if self.cond:
+        if self.sampling_input:
             if cond is None or cond.numel() != image.shape[0]:
                 got = None if cond is None else tuple(cond.shape)
                 raise ValueError(f"this critic sees the sampled fraction: expected cond of {image.shape[0]} "
                                  f"value(s), one per image, got {got}")
-            plane = cond.reshape(-1, 1, 1, 1).to(image.dtype).expand(-1, 1, *image.shape[-2:])
-            image = torch.cat([image, plane], dim=1)
+            image = with_constant_channels(image, cond.reshape(-1, 1))
         elif cond is not None:
             raise ValueError("this critic does not take the sampled fraction (DiscriminatorConfig.sampling_input "
                              "is false)")

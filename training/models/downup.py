@@ -18,6 +18,18 @@ def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, int, int]:
     return F.pad(x, (0, (-w) % multiple, 0, (-h) % multiple)), h, w
 
 
+def sampled_fraction(mask: Tensor) -> Tensor:
+    """The fraction of k-space columns sampled, (B, 1), from a (B, W) mask (0.25 at 4x): what a network
+    conditioned on the acceleration is told (SNConfig.sampling_input, DiscriminatorConfig.sampling_input)."""
+    return mask.mean(dim=-1, keepdim=True)
+
+
+def with_constant_channels(x: Tensor, values: Tensor) -> Tensor:
+    """`x` (B, C, H, W) with k per-sample scalars `values` (B, k) appended as k constant channels."""
+    planes = values.to(x.dtype)[:, :, None, None].expand(-1, -1, *x.shape[-2:])
+    return torch.cat([x, planes], dim=1)
+
+
 def _conv(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2)
 
@@ -104,7 +116,7 @@ class DownUpNetwork(nn.Module):
         if (cond is None) != (self.cond_chans == 0) or (cond is not None and cond.shape[-1] != self.cond_chans):
             raise ValueError(f"DownUpNetwork: expected {self.cond_chans} conditioning value(s) a sample, got "
                              f"{None if cond is None else tuple(cond.shape)}")
-        inp = x if cond is None else torch.cat([x, torch.ones_like(x[:, :1]) * cond[:, :, None, None]], dim=1)
+        inp = x if cond is None else with_constant_channels(x, cond)
         padded, h, w = pad_to_multiple(inp, 4)
         feats = self.head(padded)
         for block in self.blocks:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from training.models.downup import DownUpNetwork
+from training.models.downup import DownUpNetwork, sampled_fraction
 from training.physics.columns import ColumnDomain, project
 from training.physics.complex_ops import mul_real
 from training.physics.dc import DataConsistency
@@ -119,7 +119,7 @@ class SensitivityNetwork(nn.Module):
         """With `sampling_input`: the fraction of k-space columns sampled, (B, 1) (0.25 at 4x), which
         every Down-Up network sees as a constant channel, so one set of weights can act differently at
         each acceleration (docs/training.md); else None."""
-        return mask.mean(dim=-1, keepdim=True) if self.config.sampling_input else None
+        return sampled_fraction(mask) if self.config.sampling_input else None
 
     def _reconstruct_columns(self, kspace: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, ColumnDomain]:
         """reconstruct() with the 2-D transforms rewritten as W x W products (training.physics.columns):
