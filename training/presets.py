@@ -35,10 +35,21 @@ class SNConfig:
     sampling_input: bool = False
     # True (with sampling_input): that fraction also scales and shifts the features at every scale (FiLM)
     sampling_film: bool = False
+    # (a1, a2, ...): one set of cascades (Down-Up networks and DC weights) per acceleration; a slice runs
+    # the set whose acceleration is nearest, on a log scale, to 1 / its sampled fraction. (): one set.
+    accel_branches: tuple[float, ...] = ()
 
     def __post_init__(self):
         _check_fields(self, ("cascades", "width", "blocks", "readout_oversampling"),
                       ("sampling_input", "sampling_film"))
+        branches = self.accel_branches
+        if not isinstance(branches, (list, tuple)) or any(
+                isinstance(a, bool) or not isinstance(a, (int, float)) or not a >= 1 for a in branches):
+            raise ConfigError(f"SNConfig.accel_branches: expected a list of accelerations >= 1, got {branches!r}")
+        if len(branches) == 1 or list(branches) != sorted(set(branches)):
+            raise ConfigError(f"SNConfig.accel_branches: expected none, or two or more accelerations in increasing "
+                              f"order without repeats, got {list(branches)}")
+        object.__setattr__(self, "accel_branches", tuple(float(a) for a in branches))  # JSON gives a list
         if self.sampling_film and not self.sampling_input:
             raise ConfigError("SNConfig.sampling_film needs sampling_input: the features are modulated by the "
                               "sampled fraction the Down-Up networks are given")
@@ -100,10 +111,11 @@ PRESETS: dict[str, Preset] = {
     # 2-core CPU: SN trains in ~17 minutes on the demo's small synthetic volumes (docs/training.md).
     "cpu": Preset(
         name="cpu",
-        # sampling_input, sampling_film: one network for 4x and 8x acts differently at each, told the
-        # sampled fraction by a channel and by per-feature scales and shifts (docs/training.md, tries 8, 10)
+        # accel_branches: cascades of their own for 4x and for 8x, the 8x ones trained from the 4x ones
+        # (training.branches; docs/training.md, the eleventh try). sampling_input: each also sees the
+        # sampled fraction as a channel (the eighth try), as in the runs that chose the branches.
         sn=SNConfig(cascades=6, width=16, blocks=1, readout_oversampling=2, sampling_input=True,
-                    sampling_film=True),
+                    accel_branches=(4.0, 8.0)),
         unet=UNetConfig(chans=16, num_pool_layers=3),
         discriminator=DiscriminatorConfig(chans=16, num_layers=3),
         # batch 1 (twice the updates per CPU second); SN 12 epochs from scratch, then SN and SN-GAN both

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from dnirecon.errors import ConfigError, Interrupted, ModelError
 from training import losses, tracking
+from training.branches import branch_stages, stage_at, start_branch
 from training.data import Sample, SliceDataset, collate, describe_dataset, split_dirs
 from training.models.downup import sampled_fraction
 from training.models.signature import arch_signature, weights_digest
@@ -503,6 +504,15 @@ def train_model(kind: str, data_dir: str | Path, preset: str = "cpu", accels: Se
     train_files, val_files = split_dirs(Path(data_dir), Path(val_dir) if val_dir else None)
     train_ds = SliceDataset(train_files, accels, train=True, seed=seed, mask_kind=mask_kind,
                             slices_per_volume=sched.slices_per_volume)
+    # an SN with a branch per acceleration, from scratch: one stage per branch (training.branches)
+    stages = branch_stages(config["model_config"], accels, sched.epochs) if kind == "sn" and not finetune else None
+    stage_data = {st.branch: SliceDataset(train_files, st.accels, train=True, seed=seed, mask_kind=mask_kind,
+                                          slices_per_volume=sched.slices_per_volume) for st in stages or ()}
+    if stages:
+        branches = config["model_config"]["accel_branches"]
+        config["training_stages"] = [st.describe(branches) for st in stages]
+        if ddp.main:
+            log.info("sn stages: %s", "; ".join(config["training_stages"]))
     val_ds = SliceDataset(val_files, accels, train=False, seed=seed, mask_kind=mask_kind,
                           slices_per_volume=sched.val_slices_per_volume)
     sampler = DistributedSampler(train_ds, num_replicas=ddp.world, rank=ddp.rank, shuffle=True, seed=seed)
@@ -567,9 +577,15 @@ def train_model(kind: str, data_dir: str | Path, preset: str = "cpu", accels: Se
         last_metrics: dict = trainer.history[-1] if trainer.history else {}
         for epoch in range(start_epoch, sched.epochs):
             sampler.set_epoch(epoch)
-            train_ds.set_epoch(epoch)
             skip = skip_batches if epoch == start_epoch else 0
-            loader = DataLoader(train_ds, batch_size=bs, sampler=_ResumeSampler(sampler, skip * bs),
+            stage = stage_at(stages, epoch) if stages else None
+            epoch_ds = stage_data[stage.branch] if stage else train_ds
+            epoch_ds.set_epoch(epoch)
+            # the learning rate decays over each stage (all of them: the whole run)
+            lr_span = (stage.first_epoch, stage.end_epoch) if stage else (0, sched.epochs)
+            if stage and stage.source is not None and epoch == stage.first_epoch and skip == 0:
+                start_branch(trainer.bare, optimizer, stage)  # a checkpoint at this epoch's start predates it
+            loader = DataLoader(epoch_ds, batch_size=bs, sampler=_ResumeSampler(sampler, skip * bs),
                                 collate_fn=collate, num_workers=0)
             trainer.model.train()
             bar = _progress(progress and ddp.main, total=steps_per_epoch, initial=skip,
@@ -577,7 +593,8 @@ def train_model(kind: str, data_dir: str | Path, preset: str = "cpu", accels: Se
             t0, seen, running = time.perf_counter(), 0, []
             batch_in_epoch = skip
             for batch in loader:
-                factor = lr_at(sched, step, total_steps) / sched.lr
+                factor = lr_at(sched, step - lr_span[0] * steps_per_epoch,
+                               (lr_span[1] - lr_span[0]) * steps_per_epoch) / sched.lr
                 for opt in (optimizer, trainer.disc_optimizer):
                     for group in (opt.param_groups if opt is not None else []):
                         group["lr"] = group.setdefault("base_lr", group["lr"]) * factor

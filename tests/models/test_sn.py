@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from physics_helpers import export_onnx, random_kspace, random_mask, rel_err
-from training.models.sn import SensitivityNetwork
+from training.models.sn import SensitivityNetwork, routed_state_dict
 from training.physics.fft import MATMUL_FFT, TORCH_FFT
 from training.physics.sense import data_residual
 from dnirecon.errors import ConfigError
@@ -185,3 +185,42 @@ def test_film_starts_as_the_channel_only_sn_and_then_acts_on_the_sampled_fractio
     assert np.abs(got - want).max() / np.abs(want).max() < 1e-5
     with pytest.raises(ConfigError, match="sampling_film needs sampling_input"):
         SNConfig(sampling_film=True)
+
+
+def test_accel_branches_route_each_slice_by_its_sampled_fraction_in_torch_and_in_onnx(tmp_path):
+    routed = _model(SNConfig(cascades=2, width=4, blocks=1, accel_branches=(4, 8))).eval()
+    one = _model(SNConfig(cascades=2, width=4, blocks=1)).eval()
+    keys = list(one.state_dict())
+    assert set(keys) < set(routed.state_dict())  # branch 0 keeps a one-branch SN's keys
+    assert len(routed.state_dict()) == 2 * len(keys)
+    k, mask = random_kspace(3, 3, 12, 16), torch.zeros(3, 16)
+    mask[0, ::4], mask[1, ::8], mask[2, ::4] = 1, 1, 1  # fractions 0.25, 0.125, 0.25
+    assert routed.branch_of(mask).tolist() == [0, 1, 0]
+    four, eight = (_model(SNConfig(cascades=2, width=4, blocks=1), seed=s).eval() for s in (1, 2))
+    routed.load_state_dict(routed_state_dict([four.state_dict(), eight.state_dict()], cascades=2))
+    with torch.no_grad():
+        got = routed(k, mask)
+        want = torch.stack([four(k[:1], mask[:1])[0], eight(k[1:2], mask[1:2])[0], four(k[2:], mask[2:])[0]])
+        assert rel_err(got, want) < 1e-6
+        assert rel_err(eight(k[:1], mask[:1]), four(k[:1], mask[:1])) > 1e-3  # the branches differ
+    with torch.enable_grad():  # training: each branch's weights learn from its own slices only
+        routed.train()
+        routed(k[1:2], mask[1:2]).abs().mean().backward()
+        moved = {int(n.split(".")[1]) >= 2 for n, p in routed.named_parameters()  # cascades 2, 3: 8x
+                 if p.grad is not None and p.grad.any()}
+        routed.zero_grad()
+    assert moved == {True}
+    small = _model(SNConfig(cascades=1, width=2, blocks=1, accel_branches=(4, 8)), fourier=MATMUL_FFT).eval()
+    wrapper = _RealBoundary(small)
+    k0 = torch.view_as_real(k).contiguous()
+    session, _ = export_onnx(wrapper, k0, mask, tmp_path / "routed.onnx")
+    out = session.run(None, {"kspace": k0.numpy(), "mask": mask.numpy()})[0]
+    with torch.no_grad():
+        want = wrapper(k0, mask).numpy()
+        alone = wrapper(k0[1:2], mask[1:2]).numpy()  # one branch in eager mode: the same numbers
+    assert np.abs(out - want).max() / np.abs(want).max() < 1e-5
+    assert np.abs(want[1:2] - alone).max() / np.abs(alone).max() < 1e-5
+    for bad in ((4,), (8, 4), (4, 4), (0.5, 4), ("4", 8)):
+        with pytest.raises(ConfigError, match="accel_branches"):
+            SNConfig(accel_branches=bad)
+    assert SNConfig(accel_branches=[4, 8]).accel_branches == (4.0, 8.0)

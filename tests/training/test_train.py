@@ -161,3 +161,28 @@ def test_sn_fine_tuned_from_a_version_is_the_paper_twin_of_sn_gan(tiny_data, tmp
     fresh = new_model("sn", tracking.load_registered_model("sn", "1").config["model_config"]).state_dict()
     dist = lambda a, b: sum(float((a[k].float() - b[k].float()).norm()) for k in a)  # noqa: E731
     assert dist(out, src) < 0.2 * dist(fresh, src)
+
+
+def test_a_routed_sn_trains_its_8x_branch_from_the_trained_4x_branch(tiny_data, tmp_path):
+    """cpu preset (accel_branches 4 8): the first half of the epochs trains the 4x branch on 4x slices, the
+    second starts the 8x branch from it and trains it on 8x slices; the stage boundary survives a resume."""
+    from training.models.sn import branch_key
+
+    kw = dict(preset="cpu", accels=(4.0, 8.0), epochs=2, seed=5, log_mlflow=False, progress=False,
+              batch_size=1, out_dir=tmp_path / "ck")
+    n = get_preset("cpu").sn.cascades
+    first = train_model("sn", tiny_data, max_steps=4, **kw)  # the 4x stage: one epoch of 4 slices
+    a = torch.load(first.checkpoint_path, weights_only=True)
+    assert (a["epoch"], a["batch_in_epoch"]) == (1, 0)
+    assert json.loads(a["config"])["training_stages"] == [
+        "4x branch: epochs 1-1 on --accel 4", "8x branch: epochs 2-2 on --accel 8, starting from the 4x branch"]
+    keys = [k for k in a["model"] if int(k.split(".")[1]) < n]  # one branch's keys: cascades.i.*, dc.i.*, i < n
+
+    def branch(state, b):
+        return torch.cat([state[branch_key(k, n, b)].flatten() for k in keys])
+
+    one_more = train_model("sn", tiny_data, max_steps=5, resume=first.checkpoint_path, **kw)
+    b = torch.load(one_more.checkpoint_path, weights_only=True)
+    # one step into the 8x stage: the 8x branch is the trained 4x branch moved by one step
+    moved = (branch(b["model"], 1) - branch(a["model"], 0)).norm()
+    assert 0 < moved < 0.2 * (branch(a["model"], 1) - branch(a["model"], 0)).norm()

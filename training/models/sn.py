@@ -45,12 +45,15 @@ class SensitivityNetwork(nn.Module):
         self.config = config
         self.fourier = fourier
         cond = 1 if config.sampling_input else 0
+        # with accel_branches, branch b owns cascades[b * n: (b + 1) * n] and dc[...] (n = config.cascades),
+        # so a one-branch SN keeps the keys it always had
+        sets = max(len(config.accel_branches), 1)
         self.cascades = nn.ModuleList(
             DownUpNetwork(in_chans=2, width=config.width, blocks=config.blocks, cond_chans=cond,
                           film=config.sampling_film)
-            for _ in range(config.cascades)
+            for _ in range(config.cascades * sets)
         )
-        self.dc = nn.ModuleList(DataConsistency(config.dc_weight_init) for _ in range(config.cascades))
+        self.dc = nn.ModuleList(DataConsistency(config.dc_weight_init) for _ in range(config.cascades * sets))
 
     def forward(self, kspace: Tensor, mask: Tensor) -> Tensor:
         """Complex image (B, H, W) on the input's grid (zero rows outside a removed readout oversampling)."""
@@ -108,12 +111,57 @@ class SensitivityNetwork(nn.Module):
         measured = mul_real(kspace, expand_mask(mask))
         maps = acs_maps(measured, mask, self.fourier)
         x, measured, scale = _normalised(coil_combine(ifft(measured), maps), measured)
-        cond = self._sampling(mask)
-        for denoise, dc in zip(self.cascades, self.dc):
-            x = channels_to_complex(denoise(complex_to_channels(x), cond))
-            k = dc(fft(coil_expand(x, maps)), measured, mask)
-            x = coil_combine(ifft(k), maps)
-        return mul_real(x, scale), maps
+
+        def unroll(branch: int, rows: Tensor | None) -> Tensor:
+            xs, s, m, y = (x, maps, mask, measured) if rows is None else \
+                (x[rows], maps[rows], mask[rows], measured[rows])
+            cond = self._sampling(m)
+            for denoise, dc in self._branch(branch):
+                xs = channels_to_complex(denoise(complex_to_channels(xs), cond))
+                xs = coil_combine(ifft(dc(fft(coil_expand(xs, s)), y, m)), s)
+            return xs
+
+        return mul_real(self._routed(mask, unroll, subsets=True), scale), maps
+
+    def _branch(self, b: int):
+        """(Down-Up network, DC) pairs of branch `b`, cascade by cascade."""
+        n = self.config.cascades
+        return zip(self.cascades[b * n: (b + 1) * n], self.dc[b * n: (b + 1) * n])
+
+    def branch_of(self, mask: Tensor) -> Tensor:
+        """The branch each sample runs, (B,) int64: the accel_branches entry nearest, on a log scale, to
+        1 / the sampled fraction of its (B, W) mask (so 4x and 8x split at 1 / fraction = 5.66)."""
+        accels = torch.tensor(self.config.accel_branches, dtype=mask.dtype, device=mask.device)
+        return torch.argmin(torch.abs(torch.log(sampled_fraction(mask)) + torch.log(accels)[None]), dim=1)
+
+    def _routed(self, mask: Tensor, unroll, subsets: bool) -> Tensor:
+        """The cascades' output (B, h, W) with each sample through its own branch (`branch_of`).
+
+        `unroll(b, rows)` runs branch b on the samples `rows` (None: all). With `subsets` and in eager
+        mode each branch runs on its own samples only; under export (and for `subsets=False`) every
+        branch runs on the whole batch and the output is picked per sample, a graph without data-dependent
+        shapes (the cpu preset's cascades are a small part of its FLOPs, docs/architecture.md)."""
+        if not self.config.accel_branches:
+            return unroll(0, None)
+        which = self.branch_of(mask)
+        if subsets and not torch.compiler.is_compiling():
+            found = [int(b) for b in torch.unique(which)]
+            if len(found) == 1:
+                return unroll(found[0], None)
+            parts = {b: unroll(b, torch.nonzero(which == b).flatten()) for b in found}
+            out = torch.zeros_like(next(iter(parts.values()))[:1]).expand(which.shape[0], -1, -1).clone()
+            for b, part in parts.items():
+                out[which == b] = part
+            return out
+        out = None
+        for b in range(len(self.config.accel_branches)):
+            x = unroll(b, None)
+            if out is None:
+                out = x
+            else:  # real and imaginary parts apart: the exporter's complex support stops short of where
+                pick = (which == b)[:, None, None]
+                out = torch.complex(torch.where(pick, x.real, out.real), torch.where(pick, x.imag, out.imag))
+        return out
 
     def _sampling(self, mask: Tensor) -> Tensor | None:
         """With `sampling_input`: the fraction of k-space columns sampled, (B, 1) (0.25 at 4x), which
@@ -132,11 +180,30 @@ class SensitivityNetwork(nn.Module):
         measured = domain.images(m * m)
         x, measured, scale = _normalised(coil_combine(domain.zero_filled, maps), measured)
         cond = self._sampling(m)
-        for denoise, dc in zip(self.cascades, self.dc):
-            x = channels_to_complex(denoise(complex_to_channels(x), cond))
-            c = coil_expand(x, maps)
-            x = coil_combine(dc.on_coil_images(c, measured, project(c, domain.projector)), maps)
-        return mul_real(x, scale), maps, domain
+
+        def unroll(branch: int, rows: None) -> Tensor:
+            xs = x
+            for denoise, dc in self._branch(branch):
+                xs = channels_to_complex(denoise(complex_to_channels(xs), cond))
+                c = coil_expand(xs, maps)
+                xs = coil_combine(dc.on_coil_images(c, measured, project(c, domain.projector)), maps)
+            return xs
+
+        return mul_real(self._routed(m, unroll, subsets=False), scale), maps, domain
+
+
+def branch_key(key: str, cascades: int, branch: int) -> str:
+    """The key `key` of a one-branch SN's state_dict has in branch `branch` of a routed SN with
+    `cascades` cascades per branch (SNConfig.accel_branches): cascades.i.* -> cascades.(b n + i).*."""
+    group, index, rest = key.split(".", 2)
+    if group not in ("cascades", "dc"):
+        raise KeyError(f"{key}: not a key of an SN's cascades or DC weights")
+    return f"{group}.{branch * cascades + int(index)}.{rest}"
+
+
+def routed_state_dict(branches: list[dict], cascades: int) -> dict:
+    """One routed SN's state_dict from one-branch SN state_dicts, one per accel_branches entry in order."""
+    return {branch_key(k, cascades, b): v for b, state in enumerate(branches) for k, v in state.items()}
 
 
 def _normalised(x: Tensor, measured: Tensor) -> tuple[Tensor, Tensor, Tensor]:
