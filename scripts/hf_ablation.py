@@ -61,6 +61,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, required=True, help="checkpoints and results.json")
     p.add_argument("--preset", default="cpu")
     p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: the preset's)")
+    p.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate, for both (default: the preset's)")
     p.add_argument("--critic-steps", type=int, default=None)
     p.add_argument("--disc-lr", type=float, default=None)
     p.add_argument("--adv-weight", type=float, default=None)
@@ -90,12 +91,14 @@ def main() -> int:
     settings = overrides if a.preset == base_preset else dict(overrides, preset=a.preset)
     if a.epochs is not None:
         settings = dict(settings, epochs=a.epochs)
+    if a.lr is not None:
+        settings = dict(settings, lr=a.lr)
 
     def fine_tune(kind: str, extra: dict) -> Path:
         done = a.out / f"{kind}.checkpoint"
         if done.exists():
             return Path(done.read_text())
-        r = train_model(kind, a.data, preset=a.preset, accels=a.accel, epochs=a.epochs, val_dir=a.val_data,
+        r = train_model(kind, a.data, preset=a.preset, accels=a.accel, epochs=a.epochs, lr=a.lr, val_dir=a.val_data,
                         init_from=a.parent, register=False, log_mlflow=False, out_dir=a.out / "checkpoints",
                         schedule_overrides=extra)
         done.write_text(str(r.checkpoint_path))
