@@ -71,14 +71,27 @@ def stage_at(stages: Sequence[Stage], epoch: int) -> Stage:
     return next(s for s in stages if s.first_epoch <= epoch < s.end_epoch)
 
 
+def branch_parameters(model: torch.nn.Module, branch: int) -> list[torch.nn.Parameter]:
+    """The weights of one branch of a routed SN: its cascades' Down-Up networks and DC weights."""
+    n = model.config.cascades
+    return [p for group in (model.cascades, model.dc) for m in group[branch * n: (branch + 1) * n]
+            for p in m.parameters()]
+
+
+def frozen_in(model: torch.nn.Module, stage: Stage | None) -> tuple[torch.nn.Parameter, ...]:
+    """The weights a stage leaves alone: every branch but its own. A slice whose mask routes it to
+    another branch (an 8x mask that sampled more columns than most) then moves nothing, rather than
+    training that branch at the stage's learning rate; () outside stages."""
+    if stage is None:
+        return ()
+    return tuple(p for b in range(len(model.config.accel_branches)) if b != stage.branch
+                 for p in branch_parameters(model, b))
+
+
 def start_branch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, stage: Stage) -> None:
     """Copy the source branch's weights into the stage's branch and forget the optimiser's state for
     them (slices whose masks routed there during earlier stages moved the weights being replaced)."""
-    n = model.config.cascades
-    src, dst = stage.source * n, stage.branch * n
     with torch.no_grad():
-        for group in (model.cascades, model.dc):
-            for i in range(n):
-                group[dst + i].load_state_dict(group[src + i].state_dict())
-                for p in group[dst + i].parameters():
-                    optimizer.state.pop(p, None)
+        for dst, src in zip(branch_parameters(model, stage.branch), branch_parameters(model, stage.source)):
+            dst.copy_(src)
+            optimizer.state.pop(dst, None)

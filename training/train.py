@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from dnirecon.errors import ConfigError, Interrupted, ModelError
 from training import losses, tracking
-from training.branches import branch_stages, stage_at, start_branch
+from training.branches import branch_stages, frozen_in, stage_at, start_branch
 from training.data import Sample, SliceDataset, collate, describe_dataset, split_dirs
 from training.models.downup import sampled_fraction
 from training.models.signature import arch_signature, weights_digest
@@ -310,6 +310,7 @@ class Trainer:
     discriminator: torch.nn.Module | None = None
     disc_optimizer: torch.optim.Optimizer | None = None
     history: list = field(default_factory=list)
+    frozen: tuple = ()  # generator weights whose gradients are dropped before each step (training.branches)
 
     @property
     def bare(self) -> torch.nn.Module:
@@ -326,6 +327,9 @@ class Trainer:
     def _apply(self, loss: torch.Tensor, optimizer, params) -> None:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if optimizer is self.optimizer:
+            for p in self.frozen:
+                p.grad = None
         if self.schedule.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, self.schedule.grad_clip)
         optimizer.step()
@@ -519,7 +523,10 @@ def train_model(kind: str, data_dir: str | Path, preset: str = "cpu", accels: Se
 
     wrapped = model
     if ddp.world > 1:
-        wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        # an SN with branches runs some of its weights only on the slices routed to them
+        wrapped = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dev.index] if dev.type == "cuda" else None,
+            find_unused_parameters=bool(config["model_config"].get("accel_branches")))
     optimizer = torch.optim.RMSprop(model.parameters(), lr=sched.lr)
     trainer = Trainer(kind, wrapped, optimizer, sched, dev, use_amp)
     if kind == "sn-gan":
@@ -585,6 +592,7 @@ def train_model(kind: str, data_dir: str | Path, preset: str = "cpu", accels: Se
             lr_span = (stage.first_epoch, stage.end_epoch) if stage else (0, sched.epochs)
             if stage and stage.source is not None and epoch == stage.first_epoch and skip == 0:
                 start_branch(trainer.bare, optimizer, stage)  # a checkpoint at this epoch's start predates it
+            trainer.frozen = frozen_in(trainer.bare, stage)
             loader = DataLoader(epoch_ds, batch_size=bs, sampler=_ResumeSampler(sampler, skip * bs),
                                 collate_fn=collate, num_workers=0)
             trainer.model.train()

@@ -186,3 +186,22 @@ def test_a_routed_sn_trains_its_8x_branch_from_the_trained_4x_branch(tiny_data, 
     # one step into the 8x stage: the 8x branch is the trained 4x branch moved by one step
     moved = (branch(b["model"], 1) - branch(a["model"], 0)).norm()
     assert 0 < moved < 0.2 * (branch(a["model"], 1) - branch(a["model"], 0)).norm()
+
+
+def test_a_stage_moves_only_its_own_branch_whatever_the_masks_route_to(tiny_data):
+    """An 8x mask that sampled more columns than most runs the 4x branch; in the 8x stage it must not
+    train it (it did before frozen_in: the 4x branch lost 1.6 dB of validation PSNR in one demo run)."""
+    from training.branches import Stage, branch_parameters, frozen_in
+
+    torch.manual_seed(0)
+    model = new_model("sn", {"cascades": 2, "width": 4, "blocks": 1, "accel_branches": [4.0, 8.0]})
+    sched = schedule_for(get_preset("cpu"), "sn", lr=1e-3)
+    batch = _batch(tiny_data)  # 4x masks: they run the 4x branch
+    assert set(model.branch_of(batch.mask).tolist()) == {0}
+    eight = Stage(branch=1, accels=(8.0,), first_epoch=1, end_epoch=2, source=0)
+    for frozen, moves in ((frozen_in(model, eight), False), ((), True)):
+        trainer = Trainer("sn", model, torch.optim.RMSprop(model.parameters(), lr=sched.lr), sched,
+                          torch.device("cpu"), amp=False, frozen=frozen)
+        before = [p.detach().clone() for p in branch_parameters(model, 0)]
+        trainer.step(batch)
+        assert any(not torch.equal(a, p) for a, p in zip(before, branch_parameters(model, 0))) == moves
