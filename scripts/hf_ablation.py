@@ -20,7 +20,8 @@ from pathlib import Path
 
 
 def variant_preset(name: str, disc_chans: int | None = None, disc_layers: int | None = None,
-                   sampling_input: bool = False, disc_sampling: bool | None = None, film: bool = False) -> str:
+                   sampling_input: bool = False, disc_sampling: bool | None = None, film: bool = False,
+                   per_branch: bool | None = None) -> str:
     """The name of `name` with another discriminator or an SN that sees the sampled fraction, added to
     PRESETS for this process (the same schedules; `name` itself when nothing changes)."""
     import dataclasses
@@ -28,11 +29,13 @@ def variant_preset(name: str, disc_chans: int | None = None, disc_layers: int | 
     from training.presets import PRESETS, DiscriminatorConfig
 
     base = PRESETS[name]
-    if disc_chans is not None or disc_layers is not None or disc_sampling is not None:
+    if disc_chans is not None or disc_layers is not None or disc_sampling is not None or per_branch is not None:
         cond = base.discriminator.sampling_input if disc_sampling is None else disc_sampling
+        split = base.discriminator.per_branch if per_branch is None else per_branch
         disc = DiscriminatorConfig(chans=disc_chans or base.discriminator.chans,
-                                   num_layers=disc_layers or base.discriminator.num_layers, sampling_input=cond)
-        name = f"{name}-disc{disc.chans}x{disc.num_layers}{'c' if cond else ''}"
+                                   num_layers=disc_layers or base.discriminator.num_layers, sampling_input=cond,
+                                   per_branch=split)
+        name = f"{name}-disc{disc.chans}x{disc.num_layers}{'c' if cond else ''}{'b' if split else ''}"
         base = dataclasses.replace(base, name=name, discriminator=disc)
     if sampling_input:
         name = f"{name}-sampling"
@@ -72,6 +75,8 @@ def main() -> int:
                    help="SN whose Down-Up networks see the sampled fraction (the parent must be one too)")
     p.add_argument("--disc-sampling", choices=["yes", "no"], default=None,
                    help="a critic that sees the sampled fraction (a conditional GAN), or not; default: the preset's")
+    p.add_argument("--critic-per-branch", choices=["yes", "no"], default=None,
+                   help="one critic per branch of an SN with accel_branches, or one for all; default: the preset's")
     p.add_argument("--film", action="store_true",
                    help="SN whose Down-Up features are also scaled and shifted by the sampled fraction (FiLM)")
     p.add_argument("--l1-weight", type=float, default=None, help="lambda of L_SN, for both fine-tunings")
@@ -87,7 +92,8 @@ def main() -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     base_preset, a.preset = a.preset, variant_preset(
         a.preset, a.disc_chans, a.disc_layers, a.sampling_input,
-        None if a.disc_sampling is None else a.disc_sampling == "yes", a.film)
+        None if a.disc_sampling is None else a.disc_sampling == "yes", a.film,
+        None if a.critic_per_branch is None else a.critic_per_branch == "yes")
     settings = overrides if a.preset == base_preset else dict(overrides, preset=a.preset)
     if a.epochs is not None:
         settings = dict(settings, epochs=a.epochs)

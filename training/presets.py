@@ -73,9 +73,12 @@ class DiscriminatorConfig:
     # True: the critic also sees the fraction of k-space columns sampled (a constant channel), so it can
     # judge a 4x and an 8x reconstruction by different standards (a conditional GAN)
     sampling_input: bool = False
+    # True: one critic per branch of an SN with accel_branches; each image is judged by the critic of the
+    # branch that made it, which learns from that acceleration's images alone
+    per_branch: bool = False
 
     def __post_init__(self):
-        _check_fields(self, ("chans", "num_layers"), ("sampling_input",))
+        _check_fields(self, ("chans", "num_layers"), ("sampling_input", "per_branch"))
 
 
 @dataclass(frozen=True)

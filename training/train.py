@@ -26,6 +26,7 @@ from dnirecon.errors import ConfigError, Interrupted, ModelError
 from training import losses, tracking
 from training.branches import branch_stages, frozen_in, stage_at, start_branch
 from training.data import Sample, SliceDataset, collate, describe_dataset, split_dirs
+from training.models.discriminator import BranchCritics
 from training.models.downup import sampled_fraction
 from training.models.signature import arch_signature, weights_digest
 from training.stopping import StopOnSignal
@@ -190,10 +191,18 @@ def new_model(kind: str, model_config: Mapping) -> torch.nn.Module:
     return tracking.build_model({"kind": kind, "model_config": dict(model_config)})
 
 
-def new_discriminator(preset: Any) -> torch.nn.Module:
-    from training.models.discriminator import PatchDiscriminator
+def new_discriminator(preset: Any, sn_config: Mapping | None = None) -> torch.nn.Module:
+    """The preset's critic for fine-tuning an SN with `sn_config` (a critic per branch if so configured)."""
+    from training.models.discriminator import BranchCritics, PatchDiscriminator
 
-    return PatchDiscriminator(_get(preset, "discriminator"))
+    config = _get(preset, "discriminator")
+    if not _get(config, "per_branch", False):
+        return PatchDiscriminator(config)
+    branches = (sn_config or {}).get("accel_branches") or ()
+    if not branches:
+        raise ConfigError("DiscriminatorConfig.per_branch: a critic per branch needs an SN with accel_branches; "
+                          "this sn has one set of cascades")
+    return BranchCritics(config, len(branches))
 
 
 def config_document(kind: str, preset_name: str, model_config: Mapping, model: torch.nn.Module,
@@ -354,15 +363,17 @@ class Trainer:
         fake = losses.normalize_for_discriminator(pred, batch.foreground, dr)
         # the sampled fraction, for a critic that sees it (a conditional GAN); None for a plain one
         cond = sampled_fraction(batch.mask) if _bare(disc).sampling_input else None
+        # a critic per branch judges each image with the critic of the branch that made it
+        extra = {"branch": self.bare.branch_of(batch.mask)} if isinstance(_bare(disc), BranchCritics) else {}
         d_loss = torch.zeros(())
         for _ in range(max(1, s.critic_steps)):
-            d_loss = losses.lsgan_discriminator_loss(disc(real, cond), disc(fake.detach(), cond))
+            d_loss = losses.lsgan_discriminator_loss(disc(real, cond, **extra), disc(fake.detach(), cond, **extra))
             self._apply(d_loss, self.disc_optimizer, disc.parameters())
         for p in disc.parameters():  # D's gradients are not needed for the generator update
             p.requires_grad_(False)
         try:
             sn_term = losses.sn_loss(pred, batch.target, batch.foreground, s.l1_weight)
-            adv = losses.lsgan_generator_loss(disc(fake, cond))
+            adv = losses.lsgan_generator_loss(disc(fake, cond, **extra))
             g_loss = s.gamma * sn_term + s.adv_weight * adv
             self._apply(g_loss, self.optimizer, self.model.parameters())
         finally:
@@ -530,8 +541,9 @@ def train_model(kind: str, data_dir: str | Path, preset: str = "cpu", accels: Se
     optimizer = torch.optim.RMSprop(model.parameters(), lr=sched.lr)
     trainer = Trainer(kind, wrapped, optimizer, sched, dev, use_amp)
     if kind == "sn-gan":
-        disc = new_discriminator(preset_obj).to(dev).train()
-        trainer.discriminator = (torch.nn.parallel.DistributedDataParallel(disc) if ddp.world > 1 else disc)
+        disc = new_discriminator(preset_obj, config["model_config"]).to(dev).train()
+        trainer.discriminator = (torch.nn.parallel.DistributedDataParallel(
+            disc, find_unused_parameters=isinstance(disc, BranchCritics)) if ddp.world > 1 else disc)
         trainer.disc_optimizer = torch.optim.RMSprop(disc.parameters(), lr=sched.disc_lr or sched.lr)
 
     start_epoch, skip_batches, step, run_id = 0, 0, 0, None

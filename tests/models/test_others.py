@@ -6,7 +6,7 @@ import torch
 from dnirecon.errors import ConfigError, ModelError
 from physics_helpers import random_kspace, random_mask, rel_err
 from training.baselines import zero_filled_rss
-from training.models.discriminator import PatchDiscriminator
+from training.models.discriminator import BranchCritics, PatchDiscriminator
 from training.models.downup import DownUpNetwork
 from training.models.signature import arch_signature, check_signature, weights_digest
 from training.models.sn import SensitivityNetwork
@@ -80,6 +80,25 @@ def test_a_conditional_critic_scores_by_the_sampled_fraction_and_refuses_a_call_
         PatchDiscriminator(DiscriminatorConfig(chans=8, num_layers=3))(image, torch.tensor([0.25, 0.125]))
     with pytest.raises(ConfigError, match="DiscriminatorConfig.sampling_input"):
         DiscriminatorConfig(sampling_input=1)
+
+
+def test_a_critic_per_branch_judges_each_image_with_its_branch_critic():
+    from training.train import new_discriminator
+
+    torch.manual_seed(0)
+    critics = BranchCritics(DiscriminatorConfig(chans=8, num_layers=3, per_branch=True), branches=2)
+    images = torch.rand(3, 64, 48)
+    scores = critics(images, branch=torch.tensor([1, 0, 1]))
+    with torch.no_grad():
+        want = torch.cat([critics.critics[1](images[:1]), critics.critics[0](images[1:2]), critics.critics[1](images[2:])])
+    assert scores.shape == (3, 1, 6, 4) and torch.allclose(scores, want, atol=1e-6)
+    assert (critics.critics[0](images) - critics.critics[1](images)).abs().max() > 1e-4  # two critics
+    with pytest.raises(ValueError, match="needs the branch of each image"):
+        critics(images)
+    per_branch = {"discriminator": DiscriminatorConfig(chans=8, num_layers=3, per_branch=True)}
+    assert isinstance(new_discriminator(per_branch, {"accel_branches": [4.0, 8.0]}), BranchCritics)
+    with pytest.raises(ConfigError, match="needs an SN with accel_branches"):
+        new_discriminator(per_branch, {"accel_branches": []})
 
 
 def test_arch_signature_depends_on_names_and_shapes_not_values():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from training.models.downup import with_constant_channels
@@ -47,3 +48,29 @@ class PatchDiscriminator(nn.Module):
             raise ValueError("this critic does not take the sampled fraction (DiscriminatorConfig.sampling_input "
                              "is false)")
         return self.net(image)
+
+
+class BranchCritics(nn.Module):
+    """One PatchDiscriminator per branch of an SN with accel_branches (DiscriminatorConfig.per_branch):
+    forward(image, cond, branch) judges image i with critic branch[i] (SensitivityNetwork.branch_of),
+    each critic on its own images only."""
+
+    def __init__(self, config: DiscriminatorConfig, branches: int):
+        super().__init__()
+        self.sampling_input = config.sampling_input
+        self.critics = nn.ModuleList(PatchDiscriminator(config) for _ in range(branches))
+
+    def forward(self, image: Tensor, cond: Tensor | None = None, branch: Tensor | None = None) -> Tensor:
+        if branch is None or branch.numel() != image.shape[0]:
+            got = None if branch is None else tuple(branch.shape)
+            raise ValueError(f"a critic per branch needs the branch of each image: expected {image.shape[0]} "
+                             f"value(s), got {got}")
+        found = [int(b) for b in torch.unique(branch)]
+        if len(found) == 1:
+            return self.critics[found[0]](image, cond)
+        parts = {b: self.critics[b](image[branch == b], None if cond is None else cond[branch == b]) for b in found}
+        first = next(iter(parts.values()))
+        out = first.new_zeros((image.shape[0],) + tuple(first.shape[1:]))
+        for b, part in parts.items():
+            out[branch == b] = part
+        return out

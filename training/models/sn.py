@@ -139,8 +139,9 @@ class SensitivityNetwork(nn.Module):
 
         `unroll(b, rows)` runs branch b on the samples `rows` (None: all). With `subsets` and in eager
         mode each branch runs on its own samples only; under export (and for `subsets=False`) every
-        branch runs on the whole batch and the output is picked per sample, a graph without data-dependent
-        shapes (the cpu preset's cascades are a small part of its FLOPs, docs/architecture.md)."""
+        branch runs on the whole batch and the output is picked per sample: a graph without data-dependent
+        shapes that does every branch's cascade work (1.7x the FLOPs of one branch for the cpu preset
+        at 15x640x368, docs/benchmarks.md)."""
         if not self.config.accel_branches:
             return unroll(0, None)
         which = self.branch_of(mask)
