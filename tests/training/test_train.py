@@ -205,3 +205,24 @@ def test_a_stage_moves_only_its_own_branch_whatever_the_masks_route_to(tiny_data
         before = [p.detach().clone() for p in branch_parameters(model, 0)]
         trainer.step(batch)
         assert any(not torch.equal(a, p) for a, p in zip(before, branch_parameters(model, 0))) == moves
+
+
+def test_sn_gan_with_a_critic_per_branch_trains_and_checkpoints_both_critics(tiny_data, tmp_path, monkeypatch):
+    import dataclasses
+
+    from training import presets
+
+    base = presets.PRESETS["cpu"]
+    monkeypatch.setitem(presets.PRESETS, "cpu-critics", dataclasses.replace(
+        base, name="cpu-critics", discriminator=dataclasses.replace(base.discriminator, per_branch=True)))
+    kw = dict(accels=(4.0, 8.0), seed=5, log_mlflow=False, progress=False, batch_size=1, out_dir=tmp_path / "ck")
+    sn = train_model("sn", tiny_data, preset="cpu", epochs=2, max_steps=1, **kw)
+    gan = train_model("sn-gan", tiny_data, preset="cpu-critics", init_from=sn.checkpoint_path, max_steps=4, **kw)
+    ck = torch.load(gan.checkpoint_path, weights_only=True)
+    assert {k.split(".")[1] for k in ck["discriminator"]} == {"0", "1"}  # critics.0.*, critics.1.*
+    assert ck["step"] == 4
+    with pytest.raises(ConfigError, match="needs an SN with accel_branches"):
+        monkeypatch.setitem(presets.PRESETS, "cpu-one", dataclasses.replace(
+            presets.PRESETS["cpu-critics"], name="cpu-one", sn=dataclasses.replace(base.sn, accel_branches=())))
+        one = train_model("sn", tiny_data, preset="cpu-one", epochs=1, max_steps=1, **kw)
+        train_model("sn-gan", tiny_data, preset="cpu-one", init_from=one.checkpoint_path, max_steps=1, **kw)
