@@ -12,11 +12,12 @@ needs no stages: every slice trains the branch its mask routes it to.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import torch
+
+from training.models.downup import nearest_accel
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,9 @@ class Stage:
 
 
 def nearest_branch(accel: float, branches: Sequence[float]) -> int:
-    """The branch a mask of acceleration `accel` runs: nearest on a log scale, as
-    SensitivityNetwork.branch_of decides from a mask's sampled fraction."""
-    return min(range(len(branches)), key=lambda b: abs(math.log(accel) - math.log(branches[b])))
+    """The branch a mask of acceleration `accel` runs (the rule SensitivityNetwork.branch_of applies to
+    a mask's sampled fraction)."""
+    return int(nearest_accel(torch.tensor([[1.0 / accel]], dtype=torch.float64), branches)[0])
 
 
 def branch_stages(model_config: Mapping, accels: Sequence[float], epochs: int) -> list[Stage] | None:
@@ -73,9 +74,7 @@ def stage_at(stages: Sequence[Stage], epoch: int) -> Stage:
 
 def branch_parameters(model: torch.nn.Module, branch: int) -> list[torch.nn.Parameter]:
     """The weights of one branch of a routed SN: its cascades' Down-Up networks and DC weights."""
-    n = model.config.cascades
-    return [p for group in (model.cascades, model.dc) for m in group[branch * n: (branch + 1) * n]
-            for p in m.parameters()]
+    return [p for pair in model.branch_modules(branch) for m in pair for p in m.parameters()]
 
 
 def frozen_in(model: torch.nn.Module, stage: Stage | None) -> tuple[torch.nn.Parameter, ...]:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
-from training.models.downup import with_constant_channels
+from training.models.downup import by_branch, with_constant_channels
 from training.presets import DiscriminatorConfig
 
 
@@ -65,12 +64,5 @@ class BranchCritics(nn.Module):
             got = None if branch is None else tuple(branch.shape)
             raise ValueError(f"a critic per branch needs the branch of each image: expected {image.shape[0]} "
                              f"value(s), got {got}")
-        found = [int(b) for b in torch.unique(branch)]
-        if len(found) == 1:
-            return self.critics[found[0]](image, cond)
-        parts = {b: self.critics[b](image[branch == b], None if cond is None else cond[branch == b]) for b in found}
-        first = next(iter(parts.values()))
-        out = first.new_zeros((image.shape[0],) + tuple(first.shape[1:]))
-        for b, part in parts.items():
-            out[branch == b] = part
-        return out
+        return by_branch(branch, lambda b, rows: self.critics[b](
+            image if rows is None else image[rows], cond if rows is None or cond is None else cond[rows]))

@@ -7,6 +7,8 @@ with pixel shuffle, joins the skip connection of each scale, and adds its own in
 
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -22,6 +24,27 @@ def sampled_fraction(mask: Tensor) -> Tensor:
     """The fraction of k-space columns sampled, (B, 1), from a (B, W) mask (0.25 at 4x): what a network
     conditioned on the acceleration is told (SNConfig.sampling_input, DiscriminatorConfig.sampling_input)."""
     return mask.mean(dim=-1, keepdim=True)
+
+
+def nearest_accel(fraction: Tensor, accels: Sequence[float]) -> Tensor:
+    """For sampled fractions (B, 1), the index (B,) int64 of the entry of `accels` nearest, on a log
+    scale, to 1 / fraction: the routing rule of an SN with accel_branches (4x and 8x split at 5.66x)."""
+    table = torch.log(torch.tensor(tuple(accels), dtype=fraction.dtype, device=fraction.device))
+    return torch.argmin(torch.abs(torch.log(fraction) + table[None]), dim=1)
+
+
+def by_branch(which: Tensor, run: Callable[[int, Tensor | None], Tensor]) -> Tensor:
+    """Eager per-branch dispatch: `run(b, rows)` on the samples `rows` (a (B,) bool mask; None: all of
+    them) of each branch b present in `which` (B,), the outputs put back in batch order."""
+    found = [int(b) for b in torch.unique(which)]
+    if len(found) == 1:
+        return run(found[0], None)
+    parts = {b: run(b, which == b) for b in found}
+    first = next(iter(parts.values()))
+    out = first.new_zeros((which.shape[0], *first.shape[1:]))
+    for b, part in parts.items():
+        out[which == b] = part
+    return out
 
 
 def with_constant_channels(x: Tensor, values: Tensor) -> Tensor:

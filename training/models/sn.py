@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from training.models.downup import DownUpNetwork, sampled_fraction
+from training.models.downup import DownUpNetwork, by_branch, nearest_accel, sampled_fraction
 from training.physics.columns import ColumnDomain, project
 from training.physics.complex_ops import mul_real
 from training.physics.dc import DataConsistency
@@ -116,23 +116,22 @@ class SensitivityNetwork(nn.Module):
             xs, s, m, y = (x, maps, mask, measured) if rows is None else \
                 (x[rows], maps[rows], mask[rows], measured[rows])
             cond = self._sampling(m)
-            for denoise, dc in self._branch(branch):
+            for denoise, dc in self.branch_modules(branch):
                 xs = channels_to_complex(denoise(complex_to_channels(xs), cond))
                 xs = coil_combine(ifft(dc(fft(coil_expand(xs, s)), y, m)), s)
             return xs
 
         return mul_real(self._routed(mask, unroll, subsets=True), scale), maps
 
-    def _branch(self, b: int):
-        """(Down-Up network, DC) pairs of branch `b`, cascade by cascade."""
+    def branch_modules(self, b: int):
+        """(Down-Up network, DC) pairs of branch `b` (0 without accel_branches), cascade by cascade."""
         n = self.config.cascades
         return zip(self.cascades[b * n: (b + 1) * n], self.dc[b * n: (b + 1) * n])
 
     def branch_of(self, mask: Tensor) -> Tensor:
         """The branch each sample runs, (B,) int64: the accel_branches entry nearest, on a log scale, to
         1 / the sampled fraction of its (B, W) mask (so 4x and 8x split at 1 / fraction = 5.66)."""
-        accels = torch.tensor(self.config.accel_branches, dtype=mask.dtype, device=mask.device)
-        return torch.argmin(torch.abs(torch.log(sampled_fraction(mask)) + torch.log(accels)[None]), dim=1)
+        return nearest_accel(sampled_fraction(mask), self.config.accel_branches)
 
     def _routed(self, mask: Tensor, unroll, subsets: bool) -> Tensor:
         """The cascades' output (B, h, W) with each sample through its own branch (`branch_of`).
@@ -146,14 +145,7 @@ class SensitivityNetwork(nn.Module):
             return unroll(0, None)
         which = self.branch_of(mask)
         if subsets and not torch.compiler.is_compiling():
-            found = [int(b) for b in torch.unique(which)]
-            if len(found) == 1:
-                return unroll(found[0], None)
-            parts = {b: unroll(b, torch.nonzero(which == b).flatten()) for b in found}
-            out = torch.zeros_like(next(iter(parts.values()))[:1]).expand(which.shape[0], -1, -1).clone()
-            for b, part in parts.items():
-                out[which == b] = part
-            return out
+            return by_branch(which, unroll)
         out = None
         for b in range(len(self.config.accel_branches)):
             x = unroll(b, None)
@@ -184,7 +176,7 @@ class SensitivityNetwork(nn.Module):
 
         def unroll(branch: int, rows: None) -> Tensor:
             xs = x
-            for denoise, dc in self._branch(branch):
+            for denoise, dc in self.branch_modules(branch):
                 xs = channels_to_complex(denoise(complex_to_channels(xs), cond))
                 c = coil_expand(xs, maps)
                 xs = coil_combine(dc.on_coil_images(c, measured, project(c, domain.projector)), maps)
