@@ -69,6 +69,8 @@ def main() -> int:
     p.add_argument("--disc-lr", type=float, default=None)
     p.add_argument("--adv-weight", type=float, default=None)
     p.add_argument("--gamma", type=float, default=None, help="weight of L_SN in the SN-GAN loss")
+    p.add_argument("--branch-adv-weights", type=float, nargs="+", default=None,
+                   help="factor on the LSGAN term per SN branch (default: the preset's)")
     p.add_argument("--disc-chans", type=int, default=None, help="PatchGAN features in its first layer")
     p.add_argument("--disc-layers", type=int, default=None, help="PatchGAN strided layers")
     p.add_argument("--sampling-input", action="store_true",
@@ -87,7 +89,9 @@ def main() -> int:
 
     sn_overrides = {} if a.l1_weight is None else {"l1_weight": a.l1_weight}
     overrides = dict(sn_overrides, **{k: v for k, v in dict(critic_steps=a.critic_steps, disc_lr=a.disc_lr,
-                                                             adv_weight=a.adv_weight, gamma=a.gamma).items()
+                                                             adv_weight=a.adv_weight, gamma=a.gamma,
+                                                             branch_adv_weights=None if a.branch_adv_weights is None
+                                                             else tuple(a.branch_adv_weights)).items()
                                        if v is not None})
     a.out.mkdir(parents=True, exist_ok=True)
     base_preset, a.preset = a.preset, variant_preset(

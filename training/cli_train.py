@@ -61,6 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                            help="weight of L_SN (default 0.1, the paper's number; about 5 reproduces the balance "
                                 "of the paper's code)")
             p.add_argument("--adv-weight", type=positive_float, default=None, help="weight of the LSGAN term")
+            p.add_argument("--branch-adv-weights", type=non_negative_float, nargs="+", default=None,
+                           metavar="W", help="a factor on the LSGAN term per SN branch, in accel_branches order "
+                                              "(default: the preset's; cpu: 0.5 for 4x, 1 for 8x)")
             p.add_argument("--disc-lr", type=positive_float, default=None, help="discriminator learning rate")
         p.set_defaults(func=_run)
 
@@ -71,6 +74,8 @@ def _run(args: argparse.Namespace) -> int:
     overrides = {"slices_per_volume": args.slices_per_volume}
     for name in ("critic_steps", "gamma", "adv_weight", "disc_lr", "l1_weight"):
         overrides[name] = getattr(args, name, None)
+    if getattr(args, "branch_adv_weights", None):
+        overrides["branch_adv_weights"] = tuple(args.branch_adv_weights)
     try:
         result = train_model(
             args.kind, args.data, preset=args.preset, accels=args.accel, epochs=args.epochs, seed=args.seed,

@@ -98,9 +98,15 @@ def lsgan_discriminator_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torc
     return 0.5 * ((d_real - 1.0) ** 2).mean() + 0.5 * (d_fake**2).mean()
 
 
-def lsgan_generator_loss(d_fake: torch.Tensor) -> torch.Tensor:
-    """LSGAN generator loss: 0.5 E[(D(fake) - 1)^2]."""
-    return 0.5 * ((d_fake - 1.0) ** 2).mean()
+def lsgan_generator_loss(d_fake: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """LSGAN generator loss: 0.5 E[(D(fake) - 1)^2]; with `weight` (one per image) each image's term is
+    scaled by its weight before the mean over the batch."""
+    if weight is None:
+        return 0.5 * ((d_fake - 1.0) ** 2).mean()
+    if weight.shape != d_fake.shape[:1]:
+        raise ValueError(f"weight: expected one per image, shape ({d_fake.shape[0]},), got {tuple(weight.shape)}")
+    per_image = ((d_fake - 1.0) ** 2).flatten(1).mean(1)
+    return 0.5 * (weight.to(per_image.dtype) * per_image).mean()
 
 
 def sn_gan_loss(pred: torch.Tensor, target: torch.Tensor, foreground: torch.Tensor, d_fake: torch.Tensor,

@@ -54,6 +54,9 @@ class Schedule:
     critic_steps: int = 1  # discriminator updates per generator update (SN-GAN)
     gamma: float = losses.GAN_SN_WEIGHT  # weight of L_SN in the SN-GAN loss
     adv_weight: float = 1.0  # weight of the LSGAN generator term
+    # SN-GAN of an SN with accel_branches: one factor per branch on the LSGAN term of the images that
+    # branch made (): 1 for all. The cpu preset's weaker 4x push: docs/training.md, the thirteenth try.
+    branch_adv_weights: tuple[float, ...] = ()
     l1_weight: float = losses.L1_WEIGHT
     disc_lr: float | None = None  # defaults to lr
     unet_loss: str = "l1"  # "l1" (fastMRI U-Net) or "sn" (the same L_SN as SN)
@@ -104,6 +107,8 @@ def schedule_for(preset: Any, kind: str, finetune: bool = False, **overrides: An
         key = "finetune_schedule"
     values = _as_dict(_get(preset, key))
     sched = Schedule(epochs=int(values["epochs"]), lr=float(values["lr"]), batch_size=int(values.get("batch", 1)))
+    if kind == "sn-gan":  # the LSGAN factors per branch: only an adversarial run has that term
+        sched = replace(sched, branch_adv_weights=tuple(values.get("branch_adv_weights") or ()))
     optimiser = values.get("optimiser", "rmsprop")
     if optimiser != "rmsprop":
         raise ConfigError(f"preset {key}.optimiser is {optimiser!r}; the training loop implements 'rmsprop'")
@@ -112,6 +117,22 @@ def schedule_for(preset: Any, kind: str, finetune: bool = False, **overrides: An
     if unknown:
         raise ConfigError(f"unknown schedule option(s) {sorted(unknown)}; expected some of {sorted(names)}")
     return replace(sched, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def check_branch_adv_weights(sched: Schedule, model_config: Mapping[str, Any], preset: str) -> None:
+    """ConfigError unless `sched.branch_adv_weights` is empty or one finite factor >= 0 per SN branch."""
+    weights = sched.branch_adv_weights
+    if not weights:
+        return
+    branches = tuple(model_config.get("accel_branches") or ())
+    wanted = max(1, len(branches))
+    if any(isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < math.inf for w in weights):
+        raise ConfigError(f"branch_adv_weights: expected finite factors >= 0, got {list(weights)}")
+    if len(weights) != wanted:
+        has = f"one per acceleration {list(branches)}" if branches else "one set of cascades (no accel_branches)"
+        raise ConfigError(f"branch_adv_weights: {len(weights)} factor(s) {list(weights)} (preset {preset!r} or "
+                          f"--branch-adv-weights) for an SN with {wanted} branch(es), {has}; give {wanted} with "
+                          f"--branch-adv-weights")
 
 
 def model_config_for(preset: Any, kind: str) -> dict:
@@ -356,6 +377,16 @@ class Trainer:
             return {"loss": loss.item()}
         return self._gan_step(batch, pred)
 
+    def _adv_weights(self, mask: torch.Tensor) -> torch.Tensor | None:
+        """Each image's factor on the LSGAN term: that of the branch that made it (None: all 1)."""
+        weights = self.schedule.branch_adv_weights
+        if not weights:
+            return None
+        table = torch.tensor(weights, device=mask.device)
+        if not self.bare.config.accel_branches:  # one branch, one factor
+            return table.expand(mask.shape[0])
+        return table[self.bare.branch_of(mask)]
+
     def _gan_step(self, batch: Sample, pred: torch.Tensor) -> dict:
         s, disc = self.schedule, self.discriminator
         dr = losses.data_range_of(batch.target)
@@ -373,7 +404,7 @@ class Trainer:
             p.requires_grad_(False)
         try:
             sn_term = losses.sn_loss(pred, batch.target, batch.foreground, s.l1_weight)
-            adv = losses.lsgan_generator_loss(disc(fake, cond, **extra))
+            adv = losses.lsgan_generator_loss(disc(fake, cond, **extra), self._adv_weights(batch.mask))
             g_loss = s.gamma * sn_term + s.adv_weight * adv
             self._apply(g_loss, self.optimizer, self.model.parameters())
         finally:
@@ -542,6 +573,7 @@ def train_model(kind: str, data_dir: str | Path, preset: str = "cpu", accels: Se
     trainer = Trainer(kind, wrapped, optimizer, sched, dev, use_amp)
     if kind == "sn-gan":
         disc = new_discriminator(preset_obj, config["model_config"]).to(dev).train()
+        check_branch_adv_weights(sched, config["model_config"], preset)
         trainer.discriminator = (torch.nn.parallel.DistributedDataParallel(
             disc, find_unused_parameters=isinstance(disc, BranchCritics)) if ddp.world > 1 else disc)
         trainer.disc_optimizer = torch.optim.RMSprop(disc.parameters(), lr=sched.disc_lr or sched.lr)

@@ -44,6 +44,25 @@ def test_loss_weights_reach_the_logged_schedule(tiny_data, tmp_path, mlflow_stor
     assert "--l1-weight: expected a finite number >= 0, got '-1'" in capsys.readouterr().err
 
 
+def test_branch_adv_weights_reach_the_logged_schedule(tiny_data, tmp_path, mlflow_store, capsys):
+    """`train sn-gan --branch-adv-weights` overrides the preset's factors and is recorded on the run."""
+    from training import tracking
+
+    common = ["--data", str(tiny_data), "--no-progress", "--no-register", "--max-steps", "1", "--out",
+              str(tmp_path / "ck")]
+    assert main(["train", "sn", *common]) == 0
+    sn = capsys.readouterr().out.split("sn: checkpoint ")[1].split()[0]
+    assert main(["train", "sn-gan", *common, "--init-from", sn, "--branch-adv-weights", "0.25", "2"]) == 0
+    run_id = capsys.readouterr().out.split("MLflow run ")[1].split()[0].rstrip(",")
+    params = tracking.client().get_run(run_id).data.params
+    assert params["schedule.branch_adv_weights"] == "[0.25, 2.0]"
+
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "sn-gan", *common, "--init-from", sn, "--branch-adv-weights", "0.5", "-1"])
+    assert exc.value.code == 2
+    assert "--branch-adv-weights: expected a finite number >= 0, got '-1'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flag, value, expected", [
     ("--cg-iters", "0", "expected a positive integer, got '0'"),
     ("--cg-lambda", "-1", "expected a finite number >= 0, got '-1'"),

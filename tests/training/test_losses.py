@@ -67,6 +67,16 @@ def test_lsgan_losses_have_their_optima_at_the_labels():
     assert losses.lsgan_generator_loss(zeros).item() == pytest.approx(0.5)
 
 
+def test_lsgan_generator_loss_weighs_each_image_by_its_own_factor():
+    d_fake = torch.stack([torch.zeros(1, 3, 3), torch.full((1, 3, 3), 0.5)])  # per image 0.5 and 0.125
+    assert losses.lsgan_generator_loss(d_fake, torch.ones(2)).item() == pytest.approx(
+        losses.lsgan_generator_loss(d_fake).item())
+    assert losses.lsgan_generator_loss(d_fake, torch.tensor([0.5, 2.0])).item() == pytest.approx(
+        (0.5 * 0.5 + 2.0 * 0.125) / 2)
+    with pytest.raises(ValueError, match=r"weight: expected one per image, shape \(2,\), got \(3,\)"):
+        losses.lsgan_generator_loss(d_fake, torch.ones(3))
+
+
 def test_sn_gan_loss_weights_l_sn_by_gamma():
     pred, target = _images()
     fg = torch.ones_like(target)

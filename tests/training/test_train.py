@@ -207,6 +207,63 @@ def test_a_stage_moves_only_its_own_branch_whatever_the_masks_route_to(tiny_data
         assert any(not torch.equal(a, p) for a, p in zip(before, branch_parameters(model, 0))) == moves
 
 
+def test_branch_adv_weights_scale_the_lsgan_term_of_each_branch_alone(tiny_data):
+    """One SN-GAN step with factors (w4, w8) on a batch of a 4x and an 8x slice moves the 4x branch as a
+    step with adv_weight w4 does and the 8x branch as one with w8: each branch gets the adversarial
+    term of its own images only, scaled by its own factor."""
+    from training.branches import branch_parameters
+    from training.models.discriminator import PatchDiscriminator
+
+    train_files, _ = split_dirs(tiny_data)
+    batch = collate([SliceDataset(train_files, (4.0,), train=True, seed=0)[0],
+                     SliceDataset(train_files, (8.0,), train=True, seed=0)[1]])
+    preset = get_preset("cpu")
+
+    def one_step(**overrides):
+        torch.manual_seed(0)
+        model = new_model("sn", {"cascades": 2, "width": 4, "blocks": 1, "accel_branches": [4.0, 8.0]})
+        disc = PatchDiscriminator(preset.discriminator)
+        sched = schedule_for(preset, "sn-gan", lr=1e-3, **overrides)
+        trainer = Trainer("sn-gan", model, torch.optim.RMSprop(model.parameters(), lr=sched.lr), sched,
+                          torch.device("cpu"), amp=False, discriminator=disc,
+                          disc_optimizer=torch.optim.RMSprop(disc.parameters(), lr=sched.lr))
+        assert model.branch_of(batch.mask).tolist() == [0, 1]
+        trainer.step(batch)
+        return [[p.detach().clone() for p in branch_parameters(model, b)] for b in (0, 1)]
+
+    def gap(a, b):
+        return max((x - y).abs().max().item() for x, y in zip(a, b))
+
+    split = one_step(branch_adv_weights=(0.25, 3.0))
+    low, high = one_step(branch_adv_weights=(), adv_weight=0.25), one_step(branch_adv_weights=(), adv_weight=3.0)
+    assert gap(split[0], low[0]) < 1e-7 and gap(split[1], high[1]) < 1e-7
+    assert gap(split[0], high[0]) > 1e-5 and gap(split[1], low[1]) > 1e-5  # the factors do change the step
+    assert get_preset("cpu").finetune_schedule.branch_adv_weights == (0.5, 1.0)
+    assert schedule_for(preset, "sn-gan").branch_adv_weights == (0.5, 1.0)
+    assert schedule_for(preset, "sn", finetune=True).branch_adv_weights == ()  # no LSGAN term there
+
+
+def test_branch_adv_weights_must_give_one_factor_per_branch(tiny_data, tmp_path, monkeypatch):
+    import dataclasses
+
+    from training import presets
+
+    kw = dict(accels=(4.0, 8.0), seed=5, log_mlflow=False, progress=False, batch_size=1, out_dir=tmp_path / "ck")
+    base = presets.PRESETS["cpu"]
+    monkeypatch.setitem(presets.PRESETS, "cpu-one", dataclasses.replace(
+        base, name="cpu-one", sn=dataclasses.replace(base.sn, accel_branches=())))
+    one = train_model("sn", tiny_data, preset="cpu-one", epochs=1, max_steps=1, **kw)
+    # the cpu fine-tuning schedule's two factors do not fit an SN with one set of cascades
+    with pytest.raises(ConfigError, match=r"branch_adv_weights: 2 factor\(s\) \[0.5, 1.0\].*1 branch"):
+        train_model("sn-gan", tiny_data, preset="cpu-one", init_from=one.checkpoint_path, max_steps=1, **kw)
+    with pytest.raises(ConfigError, match="expected finite factors >= 0"):
+        train_model("sn-gan", tiny_data, preset="cpu-one", init_from=one.checkpoint_path, max_steps=1,
+                    schedule_overrides={"branch_adv_weights": (float("nan"),)}, **kw)
+    done = train_model("sn-gan", tiny_data, preset="cpu-one", init_from=one.checkpoint_path, max_steps=1,
+                       schedule_overrides={"branch_adv_weights": (0.5,)}, **kw)
+    assert torch.load(done.checkpoint_path, weights_only=True)["step"] == 1
+
+
 def test_sn_gan_with_a_critic_per_branch_trains_and_checkpoints_both_critics(tiny_data, tmp_path, monkeypatch):
     import dataclasses
 
