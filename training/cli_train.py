@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--adv-weight", type=positive_float, default=None, help="weight of the LSGAN term")
             p.add_argument("--branch-adv-weights", type=non_negative_float, nargs="+", default=None,
                            metavar="W", help="a factor on the LSGAN term per SN branch, in accel_branches order "
-                                              "(default: the preset's; cpu: 0.5 for 4x, 1 for 8x)")
+                                              "(default: the preset's; cpu: 0.25 for 4x, 2 for 8x)")
             p.add_argument("--disc-lr", type=positive_float, default=None, help="discriminator learning rate")
         p.set_defaults(func=_run)
 

@@ -238,8 +238,8 @@ def test_branch_adv_weights_scale_the_lsgan_term_of_each_branch_alone(tiny_data)
     low, high = one_step(branch_adv_weights=(), adv_weight=0.25), one_step(branch_adv_weights=(), adv_weight=3.0)
     assert gap(split[0], low[0]) < 1e-7 and gap(split[1], high[1]) < 1e-7
     assert gap(split[0], high[0]) > 1e-5 and gap(split[1], low[1]) > 1e-5  # the factors do change the step
-    assert get_preset("cpu").finetune_schedule.branch_adv_weights == (0.5, 1.0)
-    assert schedule_for(preset, "sn-gan").branch_adv_weights == (0.5, 1.0)
+    assert get_preset("cpu").finetune_schedule.branch_adv_weights == (0.25, 2.0)
+    assert schedule_for(preset, "sn-gan").branch_adv_weights == (0.25, 2.0)
     assert schedule_for(preset, "sn", finetune=True).branch_adv_weights == ()  # no LSGAN term there
 
 
@@ -254,7 +254,7 @@ def test_branch_adv_weights_must_give_one_factor_per_branch(tiny_data, tmp_path,
         base, name="cpu-one", sn=dataclasses.replace(base.sn, accel_branches=())))
     one = train_model("sn", tiny_data, preset="cpu-one", epochs=1, max_steps=1, **kw)
     # the cpu fine-tuning schedule's two factors do not fit an SN with one set of cascades
-    with pytest.raises(ConfigError, match=r"branch_adv_weights: 2 factor\(s\) \[0.5, 1.0\].*1 branch"):
+    with pytest.raises(ConfigError, match=r"branch_adv_weights: 2 factor\(s\) \[0.25, 2.0\].*1 branch"):
         train_model("sn-gan", tiny_data, preset="cpu-one", init_from=one.checkpoint_path, max_steps=1, **kw)
     with pytest.raises(ConfigError, match="expected finite factors >= 0"):
         train_model("sn-gan", tiny_data, preset="cpu-one", init_from=one.checkpoint_path, max_steps=1,
