@@ -37,31 +37,38 @@ def _save(fig, path: Path) -> Path:
 
 
 def perception_distortion(data: ReportData, path: Path) -> Path:
-    """PSNR against the HF energy ratio over alpha, one curve per acceleration; SN and SN-GAN marked."""
+    """PSNR against the HF energy ratio over alpha, one panel per acceleration (each on its own PSNR
+    scale: the 4x and 8x curves are 5 dB apart and a few tenths long); SN and SN-GAN marked."""
     pts = perception_distortion_points(data)
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    for i, accel in enumerate(data.accels):
+    accels = list(data.accels) or [None]
+    fig, axes = plt.subplots(1, len(accels), figsize=(4.2 * len(accels), 4.4), squeeze=False)
+    for i, (accel, ax) in enumerate(zip(accels, axes[0])):
         colour = ACCEL_COLOURS[i % len(ACCEL_COLOURS)]
         curve = sorted((p for p in pts if p["accel"] == accel and p["alpha"] is not None), key=lambda p: p["alpha"])
         if curve:
             ax.plot([p["hf_ratio"] for p in curve], [p["psnr"] for p in curve], "-o", color=colour, ms=4,
-                    label=f"interpSN {accel:g}x")
-            for p in curve:
+                    label="interpSN")
+            for k, p in enumerate(curve):  # labels alternate above and below the curve
                 ax.annotate(f"{p['alpha']:.2f}", (p["hf_ratio"], p["psnr"]), textcoords="offset points",
-                            xytext=(4, 4), fontsize=7, color=colour)
+                            xytext=(0, 7 if k % 2 == 0 else -12), ha="center", fontsize=7, color=colour)
         for method, marker in (("SN", "*"), ("SN-GAN", "s")):
             p = next((q for q in pts if q["accel"] == accel and q["method"] == method), None)
             if p is not None:
                 ax.plot(p["hf_ratio"], p["psnr"], marker, color=colour, ms=11 if marker == "*" else 8,
-                        mfc="none", mew=1.5, label=f"{method} {accel:g}x")
-    ax.axvline(1.0, color="grey", ls=":", lw=1)
-    ax.text(1.0, ax.get_ylim()[0], " target's HF energy", rotation=90, va="bottom", ha="left",
-            fontsize=7, color="grey")
-    ax.set_xlabel("high-frequency energy ratio  ||LoG(recon)||² / ||LoG(target)||²  (foreground)")
-    ax.set_ylabel("PSNR on the foreground (dB)")
-    ax.set_title("Perception-distortion over alpha (labels: alpha; all volumes)", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="best")
+                        mfc="none", mew=1.5, label=method)
+        lo, hi = ax.get_xlim()
+        ax.set_xlim(min(lo, 0.99), max(hi, 1.01))  # the target's energy always in view
+        ax.margins(y=0.15)
+        ax.axvline(1.0, color="grey", ls=":", lw=1)
+        ax.text(1.0, ax.get_ylim()[0], " target's HF energy", rotation=90, va="bottom", ha="left",
+                fontsize=7, color="grey")
+        ax.set_title(f"{accel:g}x" if accel is not None else "", fontsize=10)
+        ax.set_xlabel("HF energy ratio ||LoG(recon)||² / ||LoG(target)||²", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    axes[0][0].set_ylabel("PSNR on the foreground (dB)")
+    fig.suptitle("Perception-distortion over alpha (labels: alpha; all volumes; foreground)", fontsize=10)
+    fig.tight_layout()
     return _save(fig, path)
 
 
