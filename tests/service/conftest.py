@@ -188,14 +188,29 @@ class ServerProcess:
                 self.proc.wait()
 
 
+def launch(args: list[str], env: dict, log_path: Path, launcher: str = LAUNCHER, attempts: int = 3) -> ServerProcess:
+    """A server process, SERVING. free_port() releases its ports before the server binds them, and an
+    outgoing connection on this machine can take one in between (seen once in CI: the metrics port):
+    a server that exits because it could not bind is started again on other ports."""
+    for attempt in range(attempts):
+        s = ServerProcess(args, env, log_path.with_suffix(f".{attempt}.log") if attempt else log_path, launcher)
+        try:
+            s.wait_serving()
+            return s
+        except RuntimeError:
+            s.stop()
+            if attempt == attempts - 1 or s.proc.returncode != 2 or "cannot bind" not in s.log():
+                raise
+    raise AssertionError("attempts must be >= 1")
+
+
 @pytest.fixture
 def start_server(tmp_path):
     servers = []
 
     def start(*args: str, env: dict | None = None, launcher: str = LAUNCHER) -> ServerProcess:
-        s = ServerProcess(list(args), env or {}, tmp_path / f"server{len(servers)}.log", launcher)
+        s = launch(list(args), env or {}, tmp_path / f"server{len(servers)}.log", launcher)
         servers.append(s)
-        s.wait_serving()
         return s
 
     yield start
@@ -228,10 +243,9 @@ def make_process():
 @pytest.fixture(scope="session")
 def server(baked_dir, tmp_path_factory):
     """One server on the baked set for the session (drain 2 s so teardown is quick)."""
-    s = ServerProcess(["--model-dir", str(baked_dir), "--drain-seconds", "2", "--warmup-shapes", "3x32x24",
-                       "--max-batch", "4"], {}, tmp_path_factory.mktemp("srv") / "server.log")
+    s = launch(["--model-dir", str(baked_dir), "--drain-seconds", "2", "--warmup-shapes", "3x32x24",
+                "--max-batch", "4"], {}, tmp_path_factory.mktemp("srv") / "server.log")
     try:
-        s.wait_serving()
         yield s
     finally:
         s.stop()
