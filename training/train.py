@@ -377,16 +377,6 @@ class Trainer:
             return {"loss": loss.item()}
         return self._gan_step(batch, pred)
 
-    def _adv_weights(self, mask: torch.Tensor) -> torch.Tensor | None:
-        """Each image's factor on the LSGAN term: that of the branch that made it (None: all 1)."""
-        weights = self.schedule.branch_adv_weights
-        if not weights:
-            return None
-        table = torch.tensor(weights, device=mask.device)
-        if not self.bare.config.accel_branches:  # one branch, one factor
-            return table.expand(mask.shape[0])
-        return table[self.bare.branch_of(mask)]
-
     def _gan_step(self, batch: Sample, pred: torch.Tensor) -> dict:
         s, disc = self.schedule, self.discriminator
         dr = losses.data_range_of(batch.target)
@@ -394,8 +384,11 @@ class Trainer:
         fake = losses.normalize_for_discriminator(pred, batch.foreground, dr)
         # the sampled fraction, for a critic that sees it (a conditional GAN); None for a plain one
         cond = sampled_fraction(batch.mask) if _bare(disc).sampling_input else None
+        branch = self.bare.branch_of(batch.mask)  # the SN branch that made each image
         # a critic per branch judges each image with the critic of the branch that made it
-        extra = {"branch": self.bare.branch_of(batch.mask)} if isinstance(_bare(disc), BranchCritics) else {}
+        extra = {"branch": branch} if isinstance(_bare(disc), BranchCritics) else {}
+        # each image's factor on the LSGAN term: that of its branch (None: 1 for all)
+        weight = torch.tensor(s.branch_adv_weights, device=branch.device)[branch] if s.branch_adv_weights else None
         d_loss = torch.zeros(())
         for _ in range(max(1, s.critic_steps)):
             d_loss = losses.lsgan_discriminator_loss(disc(real, cond, **extra), disc(fake.detach(), cond, **extra))
@@ -404,7 +397,7 @@ class Trainer:
             p.requires_grad_(False)
         try:
             sn_term = losses.sn_loss(pred, batch.target, batch.foreground, s.l1_weight)
-            adv = losses.lsgan_generator_loss(disc(fake, cond, **extra), self._adv_weights(batch.mask))
+            adv = losses.lsgan_generator_loss(disc(fake, cond, **extra), weight)
             g_loss = s.gamma * sn_term + s.adv_weight * adv
             self._apply(g_loss, self.optimizer, self.model.parameters())
         finally:

@@ -130,7 +130,10 @@ class SensitivityNetwork(nn.Module):
 
     def branch_of(self, mask: Tensor) -> Tensor:
         """The branch each sample runs, (B,) int64: the accel_branches entry nearest, on a log scale, to
-        1 / the sampled fraction of its (B, W) mask (so 4x and 8x split at 1 / fraction = 5.66)."""
+        1 / the sampled fraction of its (B, W) mask (so 4x and 8x split at 1 / fraction = 5.66); 0 for
+        every sample of an SN with one set of cascades."""
+        if not self.config.accel_branches:
+            return torch.zeros(mask.shape[0], dtype=torch.long, device=mask.device)
         return nearest_accel(sampled_fraction(mask), self.config.accel_branches)
 
     def _routed(self, mask: Tensor, unroll, subsets: bool) -> Tensor:
