@@ -108,7 +108,7 @@ def stream(address: str, xml: bytes, messages, *, config: str = "dnirecon", para
     t0 = time.perf_counter()
     with socket.create_connection((host, port), timeout=timeout) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        receiver = threading.Thread(target=_receive, args=(sock, result), daemon=True)
+        receiver = threading.Thread(target=receive, args=(sock, result), daemon=True)
         receiver.start()
         try:
             if params:
@@ -127,7 +127,8 @@ def stream(address: str, xml: bytes, messages, *, config: str = "dnirecon", para
     return result
 
 
-def _receive(sock: socket.socket, result: MrdResult) -> None:
+def receive(sock: socket.socket, result: MrdResult) -> None:
+    """Reads what the server sends until its CLOSE or the end of the connection into result."""
     r = Reader(sock)
     try:
         while True:

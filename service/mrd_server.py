@@ -130,6 +130,12 @@ class Session:
         except OSError:
             pass
 
+    def _try_close(self) -> None:
+        try:
+            self.send(close_message())
+        except OSError:
+            pass
+
     # ---- the session -------------------------------------------------------------------------------
     def run(self) -> None:
         self.conn.settimeout(self.server.idle_seconds)
@@ -146,6 +152,9 @@ class Session:
         except Disconnected as exc:
             outcome = "dropped mid-message" if exc.mid_message else "dropped"
             self._cancelled.set()
+            if exc.mid_message:  # a peer that only half-closed still reads why
+                self.send_error("truncated message: the connection ended inside it")
+            self._try_close()
         except socket.timeout:
             outcome = "idle"
             self.send_error(f"no message for {self.server.idle_seconds:.0f} s, closing")
@@ -160,10 +169,7 @@ class Session:
             self._out.put(None)
             self._writer.join()
             if not self._cancelled.is_set():
-                try:
-                    self.send(close_message())
-                except OSError:
-                    pass
+                self._try_close()
             try:
                 self.conn.shutdown(socket.SHUT_RDWR)
             except OSError:
