@@ -84,7 +84,7 @@ def fastmri_to_ismrmrd(src: str | os.PathLike, dst: str | os.PathLike, *, mask: 
     src, dst = Path(src), Path(dst)
     with FastMRIVolume(src) as vol, h5py.File(src, "r") as h5:
         hdr = vol.header
-        n, coils = vol.num_slices, vol.num_coils
+        n = vol.num_slices
         height, width = hdr.enc_size
         xml = _xml_bytes(h5["ismrmrd_header"][()])
         inside = np.zeros(width, bool)
@@ -98,39 +98,64 @@ def fastmri_to_ismrmrd(src: str | os.PathLike, dst: str | os.PathLike, *, mask: 
         if cols.size == 0:
             raise DataError(f"mask for {src.name} selects no phase column inside the encoding limits "
                             f"[{hdr.padding_left}, {hdr.padding_right})")
-        calib = np.zeros(width, bool) if calibration is None else np.asarray(calibration).reshape(-1) > 0
+        calib = None if calibration is None else np.asarray(calibration).reshape(-1) > 0
         thickness = _slice_thickness(xml)
-        records = np.zeros(n * cols.size, acquisition_dtype())
-        head = records["head"]
+        parts = []
         for s in range(n):
             k = vol.kspace(s)
             if np.any(k[..., ~inside]):
                 raise DataError(f"kspace in {src.name} slice {s} has nonzero values outside the phase columns "
                                 f"[{hdr.padding_left}, {hdr.padding_right}) of the ismrmrd_header's encodingLimits; "
                                 "they cannot be sent as readouts")
-            geo = slice_geometry(s, n, thickness)
-            for j, c in enumerate(cols):
-                r = s * cols.size + j
-                h = head[r]
-                h["version"] = 1
-                h["measurement_uid"] = 1
-                h["scan_counter"] = r + 1
-                h["number_of_samples"], h["available_channels"], h["active_channels"] = height, coils, coils
-                h["center_sample"] = height // 2
-                h["channel_mask"][0] = (1 << min(coils, 64)) - 1 if coils < 64 else np.iinfo(np.uint64).max
-                h["position"], h["read_dir"], h["phase_dir"] = geo.position, geo.read_dir, geo.phase_dir
-                h["slice_dir"], h["patient_table_position"] = geo.slice_dir, geo.patient_table_position
-                h["idx"]["kspace_encode_step_1"] = c - hdr.padding_left
-                h["idx"]["slice"] = s
-                flags = flag("calibration_and_imaging") if calib[c] else 0
-                flags |= flag("first_in_slice") if j == 0 else 0
-                flags |= flag("last_in_slice") if j == cols.size - 1 else 0
-                h["flags"] = flags
-                records["data"][r] = np.ascontiguousarray(k[:, :, c]).view(np.float32).reshape(-1)
-                records["traj"][r] = np.zeros(0, np.float32)
+            parts.append(slice_records(k, cols, hdr.padding_left, s, slice_geometry(s, n, thickness),
+                                       counter=s * cols.size, calibration=calib))
+        records = np.concatenate(parts)
         attrs = vol.attrs
     _write_atomic(dst, lambda f: _write_raw(f, group, xml, records, attrs))
     return dst
+
+
+def slice_records(kspace: np.ndarray, cols: np.ndarray, padding_left: int, index: int, geometry: Geometry, *,
+                  counter: int = 0, calibration: np.ndarray | None = None) -> np.ndarray:
+    """The readouts of one slice as ISMRMRD HDF5 records: kspace (coils, readout, phase) complex64, one
+    readout per column in cols (kspace_encode_step_1 = column - padding_left), FIRST/LAST_IN_SLICE on the
+    first and last, PARALLEL_CALIBRATION_AND_IMAGING where calibration (phase,) is set."""
+    coils, height, _width = kspace.shape
+    records = np.zeros(len(cols), acquisition_dtype())
+    head = records["head"]
+    head["version"], head["measurement_uid"] = 1, 1
+    head["scan_counter"] = counter + 1 + np.arange(len(cols))
+    head["number_of_samples"], head["available_channels"], head["active_channels"] = height, coils, coils
+    head["center_sample"] = height // 2
+    head["channel_mask"][:, 0] = np.uint64((1 << coils) - 1) if coils < 64 else np.iinfo(np.uint64).max
+    head["position"], head["read_dir"], head["phase_dir"] = geometry.position, geometry.read_dir, geometry.phase_dir
+    head["slice_dir"], head["patient_table_position"] = geometry.slice_dir, geometry.patient_table_position
+    head["idx"]["kspace_encode_step_1"] = np.asarray(cols) - padding_left
+    head["idx"]["slice"] = index
+    flags = np.zeros(len(cols), np.uint64)
+    if calibration is not None:
+        flags[np.asarray(calibration, bool)[cols]] |= np.uint64(flag("calibration_and_imaging"))
+    flags[0] |= np.uint64(flag("first_in_slice"))
+    flags[-1] |= np.uint64(flag("last_in_slice"))
+    head["flags"] = flags
+    for j, c in enumerate(cols):
+        records["data"][j] = np.ascontiguousarray(kspace[:, :, c]).view(np.float32).reshape(-1)
+        records["traj"][j] = np.zeros(0, np.float32)
+    return records
+
+
+def header_xml(readout: int, phase: int, recon: tuple[int, int], center: int, maximum: int,
+               fov_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> str:
+    """A minimal ISMRMRD header for Cartesian 2-D slices: encoded and recon matrices, field of view and
+    the kspace_encoding_step_1 limits (the acquired columns are phase // 2 - center + 0..maximum)."""
+    fov = "".join(f"<{a}>{v}</{a}>" for a, v in zip("xyz", fov_mm))
+    return (
+        '<?xml version="1.0" encoding="utf-8"?>\n<ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD"><encoding>'
+        f"<encodedSpace><matrixSize><x>{readout}</x><y>{phase}</y><z>1</z></matrixSize><fieldOfView_mm>{fov}</fieldOfView_mm></encodedSpace>"
+        f"<reconSpace><matrixSize><x>{recon[0]}</x><y>{recon[1]}</y><z>1</z></matrixSize><fieldOfView_mm>{fov}</fieldOfView_mm></reconSpace>"
+        f"<encodingLimits><kspace_encoding_step_1><minimum>0</minimum><maximum>{maximum}</maximum><center>{center}</center>"
+        "</kspace_encoding_step_1></encodingLimits><trajectory>cartesian</trajectory></encoding></ismrmrdHeader>"
+    )
 
 
 def _xml_bytes(raw) -> bytes:

@@ -149,6 +149,50 @@ def receive(sock: socket.socket, result: MrdResult) -> None:
         result.bytes_received = r.bytes_read
 
 
+class Connection:
+    """An MRD session driven message by message (the bench sends a slice, then waits for its image)."""
+
+    def __init__(self, address: str, xml: bytes, *, config: str = "dnirecon", timeout: float = 300.0):
+        host, port = parse_address(address)
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.reader = Reader(self.sock)
+        self.sock.sendall(config_file_message(config) + text_message(xml.decode("utf-8", "replace"), MessageId.HEADER))
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def next_image(self) -> tuple[MrdImage, int]:
+        """The next image and the bytes its message took; DataError on an ERR text or CLOSE."""
+        while True:
+            start = self.reader.bytes_read
+            mid = self.reader.message_id()
+            if mid == MessageId.IMAGE:
+                image = MrdImage(*read_image(self.reader, MAX_IMAGE_BYTES))
+                return image, self.reader.bytes_read - start
+            if mid == MessageId.TEXT:
+                text = self.reader.text("TEXT", 1 << 20)
+                if text.startswith("ERR"):
+                    raise DataError(f"MRD server: {text}")
+                continue
+            raise DataError(f"MRD server sent message {mid} where an image was expected")
+
+    def close(self) -> None:
+        try:
+            self.sock.sendall(close_message())
+            while (mid := self.reader.message_id()) != MessageId.CLOSE:
+                if mid == MessageId.TEXT:
+                    self.reader.text("TEXT", 1 << 20)
+                elif mid == MessageId.IMAGE:
+                    read_image(self.reader, MAX_IMAGE_BYTES)
+                else:
+                    break
+        except (OSError, Disconnected, ProtocolError):
+            pass
+        finally:
+            self.sock.close()
+
+
 def stream_file(address: str, path: str | os.PathLike, *, group: str = "dataset", config: str = "dnirecon",
                 params: dict | None = None, timeout: float = 300.0) -> MrdResult:
     xml, records = read_raw(path, group)

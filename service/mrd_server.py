@@ -88,6 +88,11 @@ def known_names(served) -> set[str]:
     return names | ({alias, f"{b.name}@{alias}"} if alias else set())
 
 
+def shown(names: set[str]) -> str:
+    """The names a client may use, without a --model-dir path (the server's file system is its own)."""
+    return ", ".join(sorted(n for n in names if not n.startswith("/")))
+
+
 @dataclass
 class _Out:
     slice: Slice
@@ -225,7 +230,7 @@ class Session:
             name = self.params.model or CONFIG_NAME
         known = known_names(served)
         if name not in known:
-            raise SessionError(f"unknown config {safe(name)}; known: {', '.join(sorted(known))}")
+            raise SessionError(f"unknown config {safe(name)}; known: {shown(known)}")
         self.config, self.served = name, served
         self.server.metrics.requests.labels(rpc="MrdSession").inc()
 
@@ -240,7 +245,7 @@ class Session:
     def _selection(self):
         served = self.served
         if self.params.model and self.params.model not in known_names(served):
-            raise SessionError(f"model {safe(self.params.model)} is not served; known: {', '.join(sorted(known_names(served)))}")
+            raise SessionError(f"model {safe(self.params.model)} is not served; known: {shown(known_names(served))}")
         try:
             return served.models.select(self.params.alpha)
         except ValueError as exc:
@@ -312,14 +317,14 @@ class Session:
         b = item.served.baked
         image = np.asarray(center_crop(r.image, self.enc.recon), np.float32)
         self.images += 1
-        prov = Provenance(b.name, str(b.version), item.alpha, float(r.dc_residual))
+        server_ms = 1e3 * (time.perf_counter() - s.t_last)  # last readout -> image built (sent right after)
+        prov = Provenance(b.name, str(b.version), item.alpha, float(r.dc_residual),
+                          {"DnireconServerMs": f"{server_ms:.3f}", "DnireconComputeMs": f"{1e3 * r.compute_s:.3f}"})
         head, attributes, pixels = build_image(s, image, self.enc, prov, self.images, series=self.params.series,
                                                datatype=self.params.datatype)
         self.send(image_message(head, attributes, pixels))
-        elapsed = time.perf_counter() - s.t_last
-        m.latency.observe(elapsed)
+        m.latency.observe(time.perf_counter() - s.t_last)
         m.slices.labels(outcome="ok").inc()
-        self.server.on_image(elapsed, pixels.nbytes)
 
 
 class MrdServer:
@@ -336,10 +341,6 @@ class MrdServer:
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._accept, name="mrd-accept", daemon=True)
-        self.last_image: tuple[float, int] | None = None  # (seconds from last readout to image sent, pixel bytes)
-
-    def on_image(self, seconds: float, nbytes: int) -> None:
-        self.last_image = (seconds, nbytes)
 
     def start(self) -> "MrdServer":
         self._thread.start()
