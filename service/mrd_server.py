@@ -9,6 +9,7 @@ session ids and counts, never the header's content.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import logging
@@ -331,8 +332,10 @@ class MrdServer:
     """Accepts MRD connections on its own thread; each session runs on its own thread."""
 
     def __init__(self, host: str, port: int, *, holder, batcher, metrics, max_slice_bytes: int, inflight: int,
-                 draining: Callable[[], bool], idle_seconds: float = IDLE_SECONDS, max_sessions: int = MAX_SESSIONS):
+                 draining: Callable[[], bool], on_failure: Callable[[], None] = lambda: None,
+                 idle_seconds: float = IDLE_SECONDS, max_sessions: int = MAX_SESSIONS):
         self.holder, self.batcher, self.metrics = holder, batcher, metrics
+        self.on_failure = on_failure  # the listener stopped without a drain: health goes NOT_SERVING
         self.max_slice_bytes, self.inflight, self.draining = max_slice_bytes, inflight, draining
         self.idle_seconds, self.max_sessions = idle_seconds, max_sessions
         self.sock = _listen(host, port)
@@ -351,8 +354,15 @@ class MrdServer:
         while not self._closed.is_set():
             try:
                 conn, _addr = self.sock.accept()
-            except OSError:
-                return  # the listening socket was closed
+            except OSError as exc:
+                if self._closed.is_set():
+                    return  # drained
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ECONNABORTED):
+                    time.sleep(0.1)  # out of descriptors for a moment: the listener goes on
+                    continue
+                log.error("MRD listener stopped: %s; health NOT_SERVING", type(exc).__name__)
+                self.on_failure()
+                return
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._sessions = {t for t in self._sessions if t.is_alive()}

@@ -552,7 +552,8 @@ class ServiceProcess:
         try:
             return MrdServer(s.host, s.mrd_port, holder=self.holder, batcher=self.batcher, metrics=self.metrics,
                              max_slice_bytes=s.max_slice_bytes, inflight=s.stream_inflight,
-                             draining=self.servicer.draining.is_set)
+                             draining=self.servicer.draining.is_set,
+                             on_failure=lambda: self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING))
         except OSError as exc:
             self.server.stop(None)
             raise ConfigError(f"DNIRECON_MRD_PORT / --mrd-port (with DNIRECON_GRPC_HOST / --host): cannot bind "

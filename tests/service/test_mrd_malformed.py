@@ -178,3 +178,20 @@ def test_the_log_holds_no_patient_field(env):
     assert "mrd session" in log
     assert PATIENT not in log and "patientName" not in log
     assert "\x1b[31m" not in log and "y" * 100 not in log
+
+
+def test_an_mrd_listener_that_stops_without_a_drain_sets_health_not_serving(make_process, baked_dir):
+    from .conftest import free_port
+
+    proc = make_process(model_dir=baked_dir, mrd_port=free_port(), warmup_shapes=((3, 32, 24),))
+    proc.start()
+
+    def health() -> int:
+        with grpc.insecure_channel(f"127.0.0.1:{proc.port}") as ch:
+            return health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status
+
+    assert health() == health_pb2.HealthCheckResponse.SERVING
+    proc.mrd.sock.shutdown(socket.SHUT_RDWR)  # accept() fails as it would on a broken listener
+    proc.mrd._thread.join(5)
+    assert not proc.mrd._thread.is_alive()
+    assert health() == health_pb2.HealthCheckResponse.NOT_SERVING
