@@ -117,6 +117,8 @@ class Session:
         self.acquisitions = 0
         self.images = 0
         self.errors = 0
+        self._pending = 0  # slices handed to compute whose image is not sent yet
+        self._count_lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._out: queue.Queue = queue.Queue()
         self._inflight = threading.Semaphore(server.inflight)
@@ -163,7 +165,7 @@ class Session:
             self._try_close()
         except socket.timeout:
             outcome = "idle"
-            self.send_error(f"no message for {self.server.idle_seconds:.0f} s, closing")
+            self.send_error(f"no message for {self.server.idle_seconds:g} s, closing")
         except OSError as exc:
             outcome = f"connection error {type(exc).__name__}"
             self._cancelled.set()
@@ -184,10 +186,19 @@ class Session:
             log.info("mrd session %s: %s; %d acquisitions, %d images, %d errors",
                      self.id, outcome, self.acquisitions, self.images, self.errors)
 
+    def _next_id(self) -> int:
+        """The next message id; a quiet peer waiting for images in compute is not idle."""
+        while True:
+            try:
+                return self.reader.message_id()
+            except socket.timeout:
+                if self._pending == 0:
+                    raise
+
     def _loop(self) -> None:
         r = self.reader
         while True:
-            mid = r.message_id()
+            mid = self._next_id()
             if mid == MessageId.CLOSE:
                 self._flush()
                 if self.served is not None and self.acquisitions == 0:
@@ -242,6 +253,7 @@ class Session:
             raise SessionError("a second HEADER, expected one per session")
         self.enc = parse_encoding(xml)
         self.assembler = SliceAssembler(self.enc, self.server.max_slice_bytes)
+        self._selection()  # a wrong alpha or model is answered now, not after the first slice's readouts
 
     def _selection(self):
         served = self.served
@@ -284,6 +296,8 @@ class Session:
         except (QueueFull, ShuttingDown) as exc:
             self._inflight.release()
             raise SessionError(f"slice {s.key.slice}: {exc}") from None
+        with self._count_lock:
+            self._pending += 1
         self._out.put(_Out(s, fut, self.served, selection.alpha))
 
     def _write_images(self) -> None:
@@ -297,6 +311,8 @@ class Session:
             except OSError:
                 self._cancelled.set()  # the peer is gone: the rest are dropped as they finish
             finally:
+                with self._count_lock:
+                    self._pending -= 1
                 self._inflight.release()
 
     def _write_one(self, item: _Out, m) -> None:

@@ -195,3 +195,16 @@ def test_an_mrd_listener_that_stops_without_a_drain_sets_health_not_serving(make
     proc.mrd._thread.join(5)
     assert not proc.mrd._thread.is_alive()
     assert health() == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_a_silent_session_is_closed_with_err_after_the_idle_time(make_process, baked_dir):
+    from .conftest import free_port
+
+    proc = make_process(model_dir=baked_dir, mrd_port=free_port(), warmup_shapes=((3, 32, 24),))
+    proc.start()
+    proc.mrd.idle_seconds = 0.5
+    result = MrdResult()
+    with socket.create_connection(("127.0.0.1", proc.mrd.port), timeout=10) as sock:
+        sock.sendall(CONFIG)  # then nothing
+        receive(sock, result)
+    assert result.texts == ["ERR no message for 0.5 s, closing"] and result.closed
