@@ -178,11 +178,7 @@ class Session:
             self._writer.join()
             if not self._cancelled.is_set():
                 self._try_close()
-            try:
-                self.conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            self.conn.close()
+            _close_gently(self.conn)
             log.info("mrd session %s: %s; %d acquisitions, %d images, %d errors",
                      self.id, outcome, self.acquisitions, self.images, self.errors)
 
@@ -410,6 +406,27 @@ class MrdServer:
         return not any(t.is_alive() for t in sessions)
 
 
+LINGER_SECONDS, LINGER_BYTES = 2.0, 64 * 1024 * 1024
+
+
+def _close_gently(conn: socket.socket) -> None:
+    """FIN after what was sent, then discard what the peer still sends (bounded) before closing: closing
+    with unread data would send a reset, and the peer's stack could drop our ERR and CLOSE unread."""
+    try:
+        conn.shutdown(socket.SHUT_WR)
+        end, left = time.monotonic() + LINGER_SECONDS, LINGER_BYTES
+        while left > 0 and (wait := end - time.monotonic()) > 0:
+            conn.settimeout(wait)
+            chunk = conn.recv(min(left, 1 << 20))
+            if not chunk:
+                break
+            left -= len(chunk)
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
 def _refuse(conn: socket.socket, text: str) -> None:
     try:
         conn.settimeout(5)
@@ -417,7 +434,7 @@ def _refuse(conn: socket.socket, text: str) -> None:
     except OSError:
         pass
     finally:
-        conn.close()
+        _close_gently(conn)
 
 
 def _listen(host: str, port: int) -> socket.socket:
