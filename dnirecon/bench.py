@@ -231,6 +231,33 @@ def _grpc_sequential(client, kspace, mask, n: int, inproc) -> dict:
             "sent_bytes": sent, "received_bytes": received}
 
 
+def _mrd_sequential(target: str, kspace, mask, n: int) -> dict:
+    """One MRD session, one slice at a time, as a scanner sends it: the slice's acquired lines as readouts,
+    then its image back. Server time (last readout -> image built and sent) comes from the image's meta."""
+    from dnirecon.ismrmrd_io import header_xml, slice_geometry, slice_records
+    from service.mrd_client import Connection, acquisition_bytes
+
+    _c, h, w = kspace.shape
+    cols = np.flatnonzero(mask)
+    conn = Connection(target, header_xml(h, w, (h, w), center=w // 2, maximum=w - 1).encode())
+    rtt, server_ms, sent, received = [], [], 0, 0
+    try:
+        for i in range(n + 1):
+            records = slice_records(kspace, cols, 0, i, slice_geometry(i, n + 1, 1.0), counter=i * cols.size)
+            data = b"".join(acquisition_bytes(r) for r in records)
+            t0 = time.perf_counter()
+            conn.send(data)
+            image, nbytes = conn.next_image()
+            if i > 0:  # slice 0 warms the path
+                rtt.append(time.perf_counter() - t0)
+                server_ms.append(float(image.meta["DnireconServerMs"]))
+                sent, received = len(data), nbytes
+    finally:
+        conn.close()
+    return {"mrd_rtt_ms": _median_ms(rtt), "mrd_server_ms": statistics.median(server_ms), "mrd_sent_bytes": sent,
+            "mrd_received_bytes": received}
+
+
 def _throughput(target: str, kspace, mask, streams: int, total: int) -> float:
     from service.client import ReconClient
 
@@ -301,6 +328,7 @@ def run_bench(args) -> int:
                 ri = np.stack([kspace.real, kspace.imag], -1)[None].astype(np.float32)
                 row = {"size": f"{c}x{h}x{w}"}
                 row.update(_grpc_sequential(client, kspace, mask, args.slices, lambda: inproc.run(ri, mask[None])))
+                row.update(_mrd_sequential(f"127.0.0.1:{server.mrd_port}", kspace, mask, args.slices))
                 row["zero_filled_bytes"] = kspace.nbytes
                 row["onnx_gflop"] = graph_gflop(model, onnx_path, kspace, mask)
                 rows.append(row)
@@ -396,6 +424,19 @@ def render(rows, throughput, rss, info, cpu, cores, peak, args, small, have_torc
               "is noisy, the 'added by gRPC' column (same slice, same server) less so. "
               "Bytes are protobuf message sizes (HTTP/2 and TLS framing not counted). "
               "Target of issue 5: gRPC adds under 5% at 15x640x368.", ""]
+    lines += [
+        "### MRD (ISMRMRD streaming) next to gRPC, same server, same slices",
+        "",
+        "| slice (CxHxW) | MRD: last readout -> image sent ms | gRPC: last chunk -> image sent ms | MRD round trip ms | "
+        "gRPC round trip ms | MRD bytes sent / slice | gRPC bytes sent / slice | MRD bytes back / slice | gRPC bytes back / slice |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(f"| {r['size']} | {r['mrd_server_ms']:.2f} | {r['server_ms']:.2f} | {r['mrd_rtt_ms']:.2f} | {r['rtt_ms']:.2f} | "
+                     f"{r['mrd_sent_bytes']:,} | {r['sent_bytes']:,} | {r['mrd_received_bytes']:,} | {r['received_bytes']:,} |")
+    lines += ["", "MRD: one session, one readout message per acquired line (340-byte header each), the image back as "
+              "float32 magnitude at the recon size with its meta XML; round trip from the slice's first readout "
+              "sent to its image received. Medians over the same slices as above.", ""]
     if peak:
         lines += ["### FLOPs vs the machine's peak", ""]
         for r in rows:

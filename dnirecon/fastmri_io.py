@@ -80,6 +80,12 @@ def read_header(path_or_h5: str | os.PathLike | h5py.File) -> VolumeHeader:
     raw = h5["ismrmrd_header"][()]
     if isinstance(raw, np.ndarray):
         raw = raw.tobytes() if raw.dtype.kind in "SU" else raw.item()
+    acq = _decode_attr(h5.attrs.get("acquisition", ""))
+    return read_header_xml(raw, fname, str(acq))
+
+
+def read_header_xml(raw: bytes | str, fname: str, acquisition: str = "") -> VolumeHeader:
+    """Parse ISMRMRD header XML (from a fastMRI file or an MRD stream; fname names it in errors)."""
     try:
         root = ET.fromstring(raw)
     except ET.ParseError as exc:
@@ -100,8 +106,7 @@ def read_header(path_or_h5: str | os.PathLike | h5py.File) -> VolumeHeader:
             f"maximum={maximum} give acquired columns [{padding_left}, {padding_right}), expected "
             f"a range inside 0..{enc_size[1]} (encodedSpace matrixSize y)"
         )
-    acq = _decode_attr(h5.attrs.get("acquisition", ""))
-    return VolumeHeader(enc_size, recon_size, int(padding_left), int(padding_right), str(acq))
+    return VolumeHeader(enc_size, recon_size, int(padding_left), int(padding_right), acquisition)
 
 
 def _open_h5(path: Path) -> h5py.File:

@@ -69,10 +69,12 @@ class ServerProcess:
         self.ready_timeout = ready_timeout  # how long start() waits for SERVING
         self.port = port or free_port()
         self.metrics_port = metrics_port or free_port()
+        self.mrd_port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.args = args
         self.env = {**os.environ, **(env or {})}
-        self.env.update({"DNIRECON_GRPC_PORT": str(self.port), "DNIRECON_METRICS_PORT": str(self.metrics_port)})
+        self.env.update({"DNIRECON_GRPC_PORT": str(self.port), "DNIRECON_METRICS_PORT": str(self.metrics_port),
+                         "DNIRECON_MRD_PORT": str(self.mrd_port)})
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
         self._log = None

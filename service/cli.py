@@ -62,6 +62,9 @@ def register_client(subparsers) -> None:
     i = sub.add_parser("info", help="served models, alphas and the providers really in use")
     _add_connection(i)
     i.set_defaults(func=_info)
+    from service.mrd_cli import register as register_mrd
+
+    register_mrd(sub)
 
 
 _CONNECTION_FILES = (("token_file", "--token-file", "DNIRECON_CLIENT_TOKEN_FILE"), ("ca_file", "--ca-file", "DNIRECON_CLIENT_CA_FILE"),

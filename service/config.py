@@ -31,6 +31,7 @@ class Settings:
     host: str = "[::]"
     grpc_port: int = 50051
     metrics_port: int = 9090
+    mrd_port: int = 9002  # MRD (ISMRMRD streaming) for scanners; 0: off
     metrics_host: str = ""  # "": the --host address (a wildcard --host binds 0.0.0.0)
     providers: tuple[str, ...] = ("cuda", "cpu")
     intra_op_threads: int = 0  # 0: onnxruntime's default
@@ -95,6 +96,7 @@ class Settings:
         for opt, value, zero in [
             ("DNIRECON_GRPC_PORT / --port", self.grpc_port, "any free port, logged"),
             ("DNIRECON_METRICS_PORT / --metrics-port", self.metrics_port, "no metrics"),
+            ("DNIRECON_MRD_PORT / --mrd-port", self.mrd_port, "no MRD endpoint"),
         ]:
             if not 0 <= value <= 65535:
                 raise ConfigError(f"{opt} is {value}, expected a port in 0..65535 (0: {zero})")
@@ -162,6 +164,7 @@ _OPTIONS = [
     ("--host", "DNIRECON_GRPC_HOST", "host", str, "address to bind"),
     ("--port", "DNIRECON_GRPC_PORT", "grpc_port", int, "gRPC port"),
     ("--metrics-port", "DNIRECON_METRICS_PORT", "metrics_port", int, "Prometheus metrics port (0: off)"),
+    ("--mrd-port", "DNIRECON_MRD_PORT", "mrd_port", int, "MRD (ISMRMRD streaming) port for scanners (0: off)"),
     ("--metrics-host", "DNIRECON_METRICS_HOST", "metrics_host", str,
      "address the metrics port binds (default: the --host address; 0.0.0.0 when that is a wildcard)"),
     ("--providers", "DNIRECON_PROVIDERS", "providers", parse_providers, "onnxruntime providers in order, e.g. cuda,cpu"),

@@ -514,6 +514,7 @@ class ServiceProcess:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), self.server
         )
+        self.mrd = self._bind_mrd()
         self.follower = None
         self.stopped = threading.Event()
         self.shutdown = threading.Event()  # set when draining begins, also during start-up
@@ -540,6 +541,23 @@ class ServiceProcess:
             raise ConfigError(f"DNIRECON_GRPC_PORT / --port (with DNIRECON_GRPC_HOST / --host): cannot bind {address}, "
                               f"expected a free port on an address of this host")
         return port
+
+    def _bind_mrd(self):
+        """The MRD (ISMRMRD streaming) listener, sharing the holder, batcher and metrics; None when off."""
+        s = self.settings
+        if not s.mrd_port:
+            return None
+        from service.mrd_server import MrdServer
+
+        try:
+            return MrdServer(s.host, s.mrd_port, holder=self.holder, batcher=self.batcher, metrics=self.metrics,
+                             max_slice_bytes=s.max_slice_bytes, inflight=s.stream_inflight,
+                             draining=self.servicer.draining.is_set,
+                             on_failure=lambda: self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING))
+        except OSError as exc:
+            self.server.stop(None)
+            raise ConfigError(f"DNIRECON_MRD_PORT / --mrd-port (with DNIRECON_GRPC_HOST / --host): cannot bind "
+                              f"{s.host}:{s.mrd_port} ({exc.strerror or exc}), expected a free port (0: no MRD endpoint)") from None
 
     def _set_health(self, status) -> None:
         for name in HEALTH_SERVICE_NAMES:
@@ -583,6 +601,8 @@ class ServiceProcess:
                                   "expected a free port on an address of this host") from None
         self.server.start()
         log.info("gRPC listening on port %d (health NOT_SERVING until the model is warm)", self.port)
+        if self.mrd is not None:
+            self.mrd.start()  # sessions get "ERR no model loaded yet" until the model is warm
         if self._stopping("model download"):
             return
         baked, store = load_initial(self.settings)
@@ -618,12 +638,18 @@ class ServiceProcess:
         log.info("draining: health NOT_SERVING, finishing in-flight requests within %.0f s", grace)
         if follower:
             follower.stop()
+        if self.mrd is not None:
+            self.mrd.stop_accepting()
         done = self.server.stop(grace=grace)
         # fail the queue while the calls are still open, so their clients get an answer per slice
         if not done.wait(max(0.0, grace - min(1.0, grace / 2))):
             self.batcher.stop()
         done.wait()
+        if self.mrd is not None:  # MRD sessions share the same grace
+            self.mrd.wait(max(0.0, grace - min(1.0, grace / 2)))
         self.batcher.stop()
+        if self.mrd is not None:
+            self.mrd.wait(5.0)
         self.stopped.set()
 
     def run_forever(self) -> None:
@@ -649,6 +675,8 @@ class ServiceProcess:
         self.stopped.wait()
         if failed:
             self.server.stop(None)
+            if self.mrd is not None:
+                self.mrd.stop_accepting()
             self.batcher.stop()
             raise failed[0]
         starting.join(STARTUP_JOIN_S)

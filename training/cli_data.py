@@ -35,6 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--seed", type=int, default=0)
     f.set_defaults(func=_run_figure)
 
+    from dnirecon.ismrmrd_io import register_data_commands
+
+    register_data_commands(dsub)
+
 
 def _run_synth(args: argparse.Namespace) -> int:
     from training.synth import SynthConfig, synthesize

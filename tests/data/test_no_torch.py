@@ -16,7 +16,7 @@ def test_shared_modules_and_service_import_without_torch():
         "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
         "sys.meta_path.insert(0, NoTorch())\n"
         "import service, dnirecon.fastmri_io, dnirecon.subsample, dnirecon.metrics, dnirecon.fftc\n"
-        "import dnirecon.foreground, dnirecon.tables\n"
+        "import dnirecon.foreground, dnirecon.tables, dnirecon.ismrmrd_io, service.mrd_server, service.mrd_client\n"
         "m = dnirecon.subsample.mask_for(4, seed='f.h5', width=64)\n"
         "assert not [k for k in sys.modules if k == 'torch' or k.startswith('torch.')], 'torch imported'\n"
         "r = dnirecon.metrics.evaluate_volume(*[__import__('numpy').ones((1, 16, 16))] * 2,\n"

@@ -110,7 +110,7 @@ def test_cpu_overlay_requests_no_gpu_and_uses_the_cpu_provider(rendered):
 
 
 @pytest.mark.parametrize("overlay", SERVICE_OVERLAYS)
-def test_network_policy_admits_only_grpc_and_metrics(rendered, overlay):
+def test_network_policy_admits_only_grpc_mrd_and_metrics(rendered, overlay):
     objs = rendered[overlay]
     _, c = service_container(objs)
     policy = only(objs, "NetworkPolicy", "dnirecon-service")
@@ -121,7 +121,7 @@ def test_network_policy_admits_only_grpc_and_metrics(rendered, overlay):
     for rule in policy["spec"]["ingress"]:
         assert rule.get("ports"), "an ingress rule without ports admits every port"
         admitted |= {(p["protocol"], p["port"]) for p in rule["ports"]}
-    assert admitted == {("TCP", port(c, "grpc")), ("TCP", port(c, "metrics"))}
+    assert admitted == {("TCP", port(c, "grpc")), ("TCP", port(c, "mrd")), ("TCP", port(c, "metrics"))}
 
 
 @pytest.mark.parametrize("overlay", SERVICE_OVERLAYS)
@@ -132,7 +132,7 @@ def test_service_pdb_hpa_and_scrape_config_point_at_the_pods(rendered, overlay):
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     svc = only(objs, "Service", "dnirecon")
     assert svc["spec"]["selector"].items() <= labels.items()
-    assert {p["name"]: p["targetPort"] for p in svc["spec"]["ports"]} == {"grpc": "grpc", "metrics": "metrics"}
+    assert {p["name"]: p["targetPort"] for p in svc["spec"]["ports"]} == {"grpc": "grpc", "metrics": "metrics", "mrd": "mrd"}
     pdb = only(objs, "PodDisruptionBudget")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
     hpa = only(objs, "HorizontalPodAutoscaler")

@@ -153,7 +153,8 @@ class ServerProcess:
         env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1", **env}
         self.proc = subprocess.Popen(
             [sys.executable, "-c", launcher, "serve", "--host", "127.0.0.1", "--port", str(self.port),
-             "--metrics-port", str(self.metrics_port), "--providers", "cpu", "--intra-op-threads", "1", *args],
+             "--metrics-port", str(self.metrics_port), "--mrd-port", "0", "--providers", "cpu", "--intra-op-threads", "1",
+             *args],
             cwd=ROOT, env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
         )
 
@@ -228,7 +229,7 @@ def make_process():
     procs = []
 
     def make(**overrides):
-        settings = Settings(**{"host": "127.0.0.1", "grpc_port": free_port(), "metrics_port": 0, "providers": ("cpu",),
+        settings = Settings(**{"host": "127.0.0.1", "grpc_port": free_port(), "metrics_port": 0, "mrd_port": 0, "providers": ("cpu",),
                                "intra_op_threads": 1, "drain_seconds": 0.5, "malloc_mmap_threshold": 0,
                                "malloc_arena_max": 0, **overrides})
         proc = ServiceProcess(settings)

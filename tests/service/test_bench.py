@@ -32,6 +32,10 @@ def test_quick_bench_writes_every_section(baked_dir, tmp_path):
     assert "| 10 |" in text and "RSS ratio after 10 vs 5 slices" in text
     sent = int(text.split("| 3x32x24 |")[1].split("|")[7].strip().replace(",", ""))
     assert sent < 3 * 32 * 24 * 8  # acquired lines only, under the zero-filled matrix
+    mrd = text.split("### MRD (ISMRMRD streaming) next to gRPC")[1].split("| 2x32x24 |")[1].split("|")
+    lines = int(bench.test_slice(2, 32, 24)[1].sum())
+    assert int(mrd[4].strip().replace(",", "")) == lines * (2 + 340 + 2 * 32 * 8)  # one readout message per line
+    assert float(mrd[0]) > 0 and float(mrd[2]) >= float(mrd[0])
 
 
 def test_cpu_description_names_the_machine():
