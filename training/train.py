@@ -398,7 +398,7 @@ def validation_figure(kind: str, examples: list[dict], epoch: int):
 # the loop
 
 
-def train_model(kind: str, data_dir: str | Path, preset: str = "cpu", accels: Sequence[float] = (4.0, 8.0),
+def train_model(kind: str, data_dir: str | Path, preset: str | Preset = "cpu", accels: Sequence[float] = (4.0, 8.0),
                 epochs: int | None = None, seed: int = 0, resume: str | Path | None = None,
                 register: bool = True, *, val_dir: str | Path | None = None, init_from: str | Path | None = None,
                 out_dir: str | Path = "checkpoints", batch_size: int | None = None, lr: float | None = None,
@@ -407,6 +407,7 @@ def train_model(kind: str, data_dir: str | Path, preset: str = "cpu", accels: Se
                 schedule_overrides: Mapping[str, Any] | None = None, mask_kind: str = "random") -> TrainResult:
     """Train `kind` ("sn", "sn-gan", "unet") on the volumes in `data_dir` and (rank 0) log/register it.
 
+    `preset`: a name in training.presets.PRESETS, or a Preset (an experiment's variant).
     `init_from`: the trained SN to fine-tune, an sn version/alias ("3", "champion") or a local
     checkpoint. SN-GAN always starts from one (default champion); SN starts from scratch unless given
     one, and is then fine-tuned with L_SN alone on the fine-tuning schedule, the paper's twin of SN-GAN.
@@ -423,7 +424,8 @@ def train_model(kind: str, data_dir: str | Path, preset: str = "cpu", accels: Se
         torch.cuda.set_device(dev)
     use_amp = (dev.type == "cuda") if amp is None else bool(amp and dev.type == "cuda")
     seed_everything(seed)
-    preset_obj = get_preset(preset)
+    preset_obj = preset if isinstance(preset, Preset) else get_preset(preset)
+    preset = preset_obj.name
     finetune = kind == "sn-gan" or (kind == "sn" and init_from is not None)
     if kind == "unet" and init_from is not None:
         raise ConfigError("--init-from: the U-Net trains from scratch; only sn and sn-gan fine-tune an sn model")

@@ -263,3 +263,18 @@ def test_branch_adv_weights_must_give_one_factor_per_branch(tiny_data, tmp_path,
     done = train_model("sn-gan", tiny_data, preset="cpu-one", init_from=one.checkpoint_path, max_steps=1,
                        schedule_overrides={"branch_adv_weights": (0.5,)}, **kw)
     assert torch.load(done.checkpoint_path, weights_only=True)["step"] == 1
+
+
+def test_a_variant_preset_trains_under_its_own_name_and_leaves_the_presets_alone(tiny_data, tmp_path):
+    """experiments/ pass a Preset of their own to train_model; the library's PRESETS stay cpu and paper."""
+    import dataclasses
+
+    from training import presets
+
+    variant = dataclasses.replace(get_preset("cpu"), name="cpu-variant",
+                                  sn=dataclasses.replace(get_preset("cpu").sn, accel_branches=()))
+    result = train_model("sn", tiny_data, preset=variant, epochs=1, max_steps=1, log_mlflow=False, progress=False,
+                         out_dir=tmp_path / "ck")
+    ck = torch.load(result.checkpoint_path, weights_only=True)
+    assert ck["preset"] == "cpu-variant" and json.loads(ck["config"])["model_config"]["accel_branches"] == []
+    assert sorted(presets.PRESETS) == ["cpu", "paper"]
