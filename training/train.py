@@ -194,7 +194,7 @@ def find_unfinished(out_dir: str | Path, kind: str, seed: int, preset: str, acce
         try:
             ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             config = json.loads(ck["config"])
-            # a fine-tuning run's config names its sn (sn_preset; sn_weights from 2026-11-22 on)
+            # a fine-tuning run's config names its sn (sn_preset) by its weights (sn_weights)
             from_sn = (config.get("sn_weights") or "unrecorded") if "sn_preset" in config else None
             have = (ck["kind"], ck["seed"], ck["preset"], [float(a) for a in ck["accels"]], from_sn)
             unfinished = ck["epoch"] < ck["epochs_planned"] and not ck.get("registered_version")
