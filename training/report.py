@@ -52,13 +52,6 @@ def interp_name(alpha: float) -> str:
     return f"interpSN a={float(alpha):.2f}"
 
 
-def contrast_label(acquisition: str) -> str:
-    """CORPD_FBK -> CORPD, CORPDFS_FBK -> CORPDFS (the paper's data column; training.evaluate's names)."""
-    from training.evaluate import contrast_name
-
-    return contrast_name(str(acquisition or ""))
-
-
 # ---------------------------------------------------------------------------------------------
 # data
 
@@ -187,8 +180,9 @@ def _pick_example(volumes: Sequence[Path], accels: Sequence[float], example) -> 
         name, slc, accel = example
         return Path(name).name, slc, float(accel)
     from dnirecon.fastmri_io import read_header
+    from training.evaluate import contrast_name
 
-    pd = [p for p in volumes if contrast_label(read_header(p).acquisition) == "CORPD"]
+    pd = [p for p in volumes if contrast_name(read_header(p).acquisition) == "CORPD"]
     return (pd or list(volumes))[0].name, None, float(max(accels))
 
 

@@ -86,15 +86,12 @@ def model_config_for(preset: Preset, kind: str) -> dict:
 # reconstruction
 
 
-def reconstruct(kind: str, model: torch.nn.Module, kspace: torch.Tensor, mask: torch.Tensor,
+def reconstruct(model: torch.nn.Module, kspace: torch.Tensor, mask: torch.Tensor,
                 recon_size: Sequence[int]) -> torch.Tensor:
-    """Magnitude `(B, h, w)` at the recon size from masked k-space `(B, C, H, W)` and mask `(B, W)`.
-
-    SN returns a complex image, the U-Net a magnitude; both are full field of view.
-    """
+    """Magnitude `(B, h, w)` at the recon size from masked k-space `(B, C, H, W)` and mask `(B, W)`
+    (the SN gives a complex image, the U-Net a magnitude; both full field of view)."""
     from dnirecon.fastmri_io import center_crop
 
-    del kind  # both kinds share the (kspace, mask) -> image interface
     return center_crop(model(kspace, mask), tuple(recon_size)).abs()
 
 
@@ -280,7 +277,7 @@ class Trainer:
 
     def _recon(self, batch: Sample) -> torch.Tensor:
         with self._autocast():
-            out = reconstruct(self.kind, self.model, batch.kspace, batch.mask, tuple(batch.target.shape[-2:]))
+            out = reconstruct(self.model, batch.kspace, batch.mask, tuple(batch.target.shape[-2:]))
         return out.float()
 
     def _apply(self, loss: torch.Tensor, optimizer) -> None:
