@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 log = logging.getLogger("dnirecon.demo")
@@ -24,21 +24,20 @@ ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 @dataclass(frozen=True)
 class DemoSizes:
-    """Data and training sizes per preset (the cpu preset fits 2 cores in under 40 minutes)."""
+    """Synthetic data sizes per preset (the cpu preset's demo fits 2 cores in under 40 minutes)."""
 
     train_volumes_per_contrast: int
     val_volumes_per_contrast: int
     slices: int
     coils: int
     recon_size: tuple[int, int]
-    epochs: dict = field(default_factory=dict)  # per model kind; None means the preset's schedule
 
 
 SIZES = {
     "cpu": DemoSizes(train_volumes_per_contrast=10, val_volumes_per_contrast=2, slices=8, coils=8,
-                     recon_size=(96, 96), epochs={}),
+                     recon_size=(96, 96)),
     "paper": DemoSizes(train_volumes_per_contrast=40, val_volumes_per_contrast=4, slices=16, coils=15,
-                       recon_size=(320, 320), epochs={}),
+                       recon_size=(320, 320)),
 }
 
 
@@ -109,7 +108,7 @@ def run_demo(preset: str = "cpu", data_root: Path = Path("data/demo"), work: Pat
     baselines_step(steps, state, work, val_dir)
     _save_state(work, state)
     try:
-        train_step(steps, state, work, preset, train_dir, val_dir, sizes.epochs)
+        train_step(steps, state, work, preset, train_dir, val_dir)
     finally:  # a signal mid-training leaves a checkpoint; the state says where, for the next run
         _save_state(work, state)
     bake_step(steps, state, work, preset, val_dir, ALPHAS)

@@ -105,8 +105,7 @@ def baselines_step(steps, state: dict, work: Path, val_dir: Path) -> None:
     steps.done(t, "evaluated")
 
 
-def train_step(steps, state: dict, work: Path, preset: str, train_dir: Path, val_dir: Path,
-               epochs: dict) -> None:
+def train_step(steps, state: dict, work: Path, preset: str, train_dir: Path, val_dir: Path) -> None:
     """The paper's schedule: SN from scratch, then both SN (L_SN alone) and SN-GAN fine-tuned from it on
     the same fine-tuning schedule, then the U-Net. Each is registered; the interpolation pairs the two
     fine-tuned models, which differ only in the adversarial term."""
@@ -133,10 +132,8 @@ def train_step(steps, state: dict, work: Path, preset: str, train_dir: Path, val
             print(f"  continuing from {stopped['checkpoint']}, where a signal stopped it", flush=True)
         earlier = stopped["seconds"] if stopped else 0.0
         try:
-            result = train_model(kind, train_dir, preset=preset, accels=(4.0, 8.0),
-                                 epochs=epochs.get(key) if base is None else None,
-                                 val_dir=val_dir, out_dir=work / "checkpoints", register=True, seed=0,
-                                 init_from=base, resume=stopped["checkpoint"] if stopped else None)
+            result = train_model(kind, train_dir, preset=preset, accels=(4.0, 8.0), val_dir=val_dir,
+                                 out_dir=work / "checkpoints", register=True, seed=0, init_from=base, resume=stopped["checkpoint"] if stopped else None)
         except Interrupted as exc:
             state["interrupted"][key] = {"checkpoint": str(exc.saved), "base": base,
                                          "seconds": round(earlier + time.perf_counter() - t0, 1)}
@@ -153,7 +150,9 @@ def bake_step(steps, state: dict, work: Path, preset: str, val_dir: Path, alphas
     """interpSN at the alpha grid plus the continuous model, parity-checked, registered as one version."""
     import shutil
 
-    from registry.bake import bake, plot_perception_distortion
+    from registry.bake import bake
+    from training.report import manifest_points
+    from training.report_figures import perception_distortion
 
     t = steps.start(f"bake interpSN at alphas {', '.join(f'{a:g}' for a in alphas)} (+ continuous) to ONNX")
     key = _versions_key(state, "sn", "sn-gan")
@@ -168,7 +167,7 @@ def bake_step(steps, state: dict, work: Path, preset: str, val_dir: Path, alphas
                   continuous=True, out_dir=out_dir, slices=2)
     state["bake"] = {"key": key, "version": result.version, "dir": str(out_dir), "run_id": result.run_id}
     state["versions"]["interpsn"] = result.version
-    plot_perception_distortion(result.manifest, work / "perception_distortion_bake.png")
+    perception_distortion(manifest_points(result.manifest), work / "perception_distortion_bake.png")
     worst = max(a["parity_max_err"] for a in result.manifest["alphas"])
     steps.done(t, f"registered interpsn version {result.version}, worst parity {worst:.1e} of the image max")
 
@@ -201,19 +200,11 @@ def promote_step(steps, state: dict, work: Path) -> None:
 
 
 def report_methods(state: dict, alphas) -> dict:
-    """Every method of the report as a callable (kspace complex64 (B,C,H,W), mask (B,W)) -> (image, dc)."""
-    import torch
-
+    """Every method of the report as a training.evaluate.Recon."""
     from registry.export import ort_session, run_onnx, run_torch
-    from training.baselines import cg_sense, zero_filled_rss
+    from training.evaluate import baseline_methods, torch_recon
     from training.report import interp_name
     from training.tracking import load_registered_model
-
-    def torch_method(fn):
-        def run(k, m):
-            with torch.no_grad():
-                return fn(torch.from_numpy(k), torch.from_numpy(m)).numpy(), None
-        return run
 
     v = state["versions"]
     unet = load_registered_model("unet", v["unet"]).model.eval()
@@ -221,9 +212,8 @@ def report_methods(state: dict, alphas) -> dict:
     gan = load_registered_model("sn-gan", v["sn-gan"]).model.eval()
     manifest = json.loads((Path(state["bake"]["dir"]) / "manifest.json").read_text())
     methods = {
-        "Zero-filled": torch_method(zero_filled_rss),
-        "CG-SENSE": torch_method(cg_sense),
-        "U-Net": torch_method(unet),
+        **baseline_methods(),
+        "U-Net": torch_recon(unet),
         "SN": lambda k, m: run_torch(sn, k, m),
         "SN-GAN": lambda k, m: run_torch(gan, k, m),
     }

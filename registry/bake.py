@@ -19,6 +19,7 @@ import numpy as np
 
 from dnirecon.errors import ConfigError, DataError, ModelError
 from registry.store import INTERPSN, MANIFEST_FORMAT, PARITY_TOLERANCE, alpha_key, manifest_tags
+from training.evaluate import HeldOutSlice, load_held_out, mean_metrics, score
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +32,6 @@ ARTIFACT_DIR = "interpsn"
 class ModelRef(NamedTuple):
     name: str
     ref: str  # a version number or an alias
-
-
-class HeldOutSlice(NamedTuple):
-    kspace: np.ndarray  # complex64 (C, H, W), zero where not acquired
-    mask: np.ndarray  # float32 (W,)
-    target: np.ndarray  # float32 (h, w), recon size
-    foreground: np.ndarray  # bool (h, w)
-    volume: str
-    slice_index: int
-    accel: float
 
 
 class BakeResult(NamedTuple):
@@ -71,27 +62,6 @@ def check_alphas(alphas: Sequence[float]) -> list[float]:
     return out
 
 
-def load_held_out(data_dir: Path | str, slices: int | None = 2, accels: Sequence[float] = (4.0, 8.0),
-                  mask_kind: str = "random", limit_volumes: int | None = None) -> list[HeldOutSlice]:
-    """The central `slices` slices of each volume at each acceleration, with fastMRI's per-file masks
-    (training.data.SliceDataset in validation mode: the same samples `dnirecon eval` uses)."""
-    from dnirecon.fastmri_io import list_volumes
-    from training.data import SliceDataset
-
-    files = list_volumes(data_dir)
-    if limit_volumes is not None:
-        files = files[:limit_volumes]
-    if not files:
-        raise DataError(f"--data {data_dir}: no .h5 volumes found (expected held-out fastMRI-layout files)")
-    ds = SliceDataset(files, accels=accels, train=False, mask_kind=mask_kind, slices_per_volume=slices)
-    out = []
-    for i in range(len(ds)):
-        s = ds[i]
-        out.append(HeldOutSlice(s.kspace.numpy(), s.mask.numpy(), s.target.numpy(), s.foreground.numpy() > 0.5,
-                                s.fname, int(s.slice_index), float(s.accel)))
-    return out
-
-
 def held_out_fingerprint(held_out: Sequence[HeldOutSlice]) -> str:
     """sha256 over what the metrics are measured on: each slice's volume file name, slice index and
     acceleration, and the bytes of its masked k-space, mask, target and foreground (so the mask kind,
@@ -104,23 +74,6 @@ def held_out_fingerprint(held_out: Sequence[HeldOutSlice]) -> str:
             h.update(f"{a.dtype.str}{a.shape}".encode())
             h.update(a.tobytes())
     return h.hexdigest()
-
-
-def evaluate_slices(held_out: Sequence[HeldOutSlice], images: Sequence[np.ndarray]) -> dict[str, float]:
-    """Table-1 metrics: per (volume, acceleration) with dnirecon.metrics, then the mean over those."""
-    from dnirecon.fastmri_io import center_crop
-    from dnirecon.metrics import aggregate, evaluate_volume
-
-    groups: dict[tuple[str, float], list[int]] = {}
-    for i, s in enumerate(held_out):
-        groups.setdefault((s.volume, s.accel), []).append(i)
-    results = []
-    for idx in groups.values():
-        gt = np.stack([held_out[i].target for i in idx])
-        fg = np.stack([held_out[i].foreground for i in idx])
-        pred = np.stack([center_crop(images[i], gt.shape[-2:]) for i in idx])
-        results.append(evaluate_volume(gt, pred, fg))
-    return {k: mean for k, (mean, _std) in aggregate(results).items()}
 
 
 def _progress(iterable, **kwargs):
@@ -194,7 +147,7 @@ def bake_models(sn_model, gan_model, alphas: Sequence[float], held_out: Sequence
             images.append(out)
         baked_images[alpha] = images
         entries.append({"alpha": alpha, "file": path.name, "sha256": sha256_file(path),
-                        "parity_max_err": worst, "metrics": evaluate_slices(held_out, images)})
+                        "parity_max_err": worst, "metrics": mean_metrics(score(held_out, images))})
         log.info("alpha %.2f: parity %.2e, metrics %s", alpha, worst, entries[-1]["metrics"])
 
     manifest: dict[str, Any] = {
@@ -313,81 +266,3 @@ def bake(sn: str | ModelRef, gan: str | ModelRef, alphas: Sequence[float], data_
         version, run_id = register_baked_set(out_dir, manifest, name)
         log.info("registered %s version %s (run %s)", name, version, run_id)
     return BakeResult(out_dir, manifest, version, run_id)
-
-
-# ---------------------------------------------------------------- the paper's trade-off (issue 4, acceptance 3)
-def tradeoff_check(manifest_or_rows, psnr_keep_db: float = 0.3, jump_factor: float = 2.0) -> list[str]:
-    """Problems with the perception-distortion trade-off over alpha (empty list: it holds).
-
-    PSNR falls and |HF ratio - 1| shrinks as alpha goes 0 -> 1, with no step between neighbouring
-    alphas larger than `jump_factor` times the mean step, and PSNR at alpha 0.5 (if baked) within
-    `psnr_keep_db` of alpha 0.
-    """
-    rows = sorted(_rows(manifest_or_rows), key=lambda r: r["alpha"])
-    if len(rows) < 2:
-        return ["fewer than two alphas: no trade-off to check"]
-    problems = []
-    for metric, values in (("psnr", [r["psnr"] for r in rows]),
-                           ("|hf_ratio - 1|", [abs(r["hf_ratio"] - 1.0) for r in rows])):
-        steps = np.diff(values)
-        if np.any(steps > 0):
-            bad = [f"{rows[i]['alpha']:g}->{rows[i + 1]['alpha']:g}" for i in np.flatnonzero(steps > 0)]
-            problems.append(f"{metric} does not fall monotonically with alpha (rises at {', '.join(bad)})")
-        mean_step = float(np.mean(np.abs(steps)))
-        jumps = [f"{rows[i]['alpha']:g}->{rows[i + 1]['alpha']:g} ({abs(steps[i]):.3g})"
-                 for i in range(len(steps)) if abs(steps[i]) > jump_factor * mean_step]
-        if jumps:
-            problems.append(f"{metric} jumps by more than {jump_factor:g}x the mean step {mean_step:.3g}: "
-                            + ", ".join(jumps))
-    by_alpha = {round(r["alpha"], 6): r for r in rows}
-    if 0.0 in by_alpha and 0.5 in by_alpha:
-        drop = by_alpha[0.0]["psnr"] - by_alpha[0.5]["psnr"]
-        if drop > psnr_keep_db:
-            problems.append(f"PSNR at alpha 0.5 is {drop:.2f} dB below SN (alpha 0); expected within {psnr_keep_db:g} dB")
-    return problems
-
-
-# ---------------------------------------------------------------- the perception-distortion figure
-def _rows(manifest_or_rows) -> list[dict]:
-    if isinstance(manifest_or_rows, (str, os.PathLike)):
-        p = Path(manifest_or_rows)
-        manifest_or_rows = json.loads((p / MANIFEST if p.is_dir() else p).read_text())
-    if isinstance(manifest_or_rows, Mapping):
-        return [{"alpha": e["alpha"], **e["metrics"]} for e in manifest_or_rows["alphas"]]
-    return [dict(r) for r in manifest_or_rows]
-
-
-def plot_perception_distortion(manifest_or_rows, out_png: Path | str, title: str | None = None) -> Path:
-    """PSNR against the high-frequency energy ratio over alpha, each point labelled with its alpha.
-
-    manifest_or_rows: a manifest dict, a manifest.json path (or its directory), or rows with
-    alpha, psnr and hf_ratio.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = sorted(_rows(manifest_or_rows), key=lambda r: r["alpha"])
-    missing = [r["alpha"] for r in rows if "psnr" not in r or "hf_ratio" not in r]
-    if not rows or missing:
-        raise DataError(f"perception-distortion plot needs psnr and hf_ratio for every alpha (missing at {missing})")
-    hf = [float(r["hf_ratio"]) for r in rows]
-    ps = [float(r["psnr"]) for r in rows]
-    fig, ax = plt.subplots(figsize=(5.5, 4.0), dpi=120)
-    ax.plot(hf, ps, "-o", color="tab:blue", zorder=2)
-    for r, x, y in zip(rows, hf, ps):
-        ax.annotate(f"α={r['alpha']:g}", (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
-    ax.axvline(1.0, color="grey", lw=0.8, ls="--", zorder=1)
-    ax.set_xlabel("high-frequency energy ratio (LoG, prediction / target; 1 = target's texture)")
-    ax.set_ylabel("PSNR on the foreground (dB)")
-    ax.set_title(title or "interpSN: distortion vs perception over alpha")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(f".{out_png.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, out_png)
-    return out_png

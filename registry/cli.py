@@ -64,7 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _bake(args) -> int:
-    from registry.bake import bake, plot_perception_distortion, tradeoff_check
+    from registry.bake import bake
+    from training.report import manifest_points, tradeoff_claims
 
     result = bake(args.sn, args.gan, args.alphas, args.data, slices=args.slices, accels=args.accel,
                   continuous=args.continuous, out_dir=args.out, register=not args.no_register,
@@ -75,11 +76,15 @@ def _bake(args) -> int:
               f"SSIM {m['ssim']:.4f}  NMSE {m['nmse']:.4f}  HFEN {m['hfen']:.3f}  HF ratio {m['hf_ratio']:.3f}")
     if "continuous" in result.manifest:
         print(f"continuous: max error vs baked {result.manifest['continuous']['max_err_vs_baked']:.2e}")
-    problems = tradeoff_check(result.manifest)
-    print("trade-off over alpha: " + ("PSNR falls and the HF ratio approaches 1 without jumps" if not problems
-                                      else "; ".join(problems)))
+    points = manifest_points(result.manifest)
+    sn_psnr = next((p["psnr"] for p in points if p["alpha"] == 0.0), None)  # alpha 0 is SN
+    accels = " and ".join(f"{a:g}x" for a in result.manifest["held_out"]["accels"])
+    for claim in tradeoff_claims(points, sn_psnr, accels):
+        print(f"{claim.status}  {claim.claim}: {claim.detail}")
     if args.plot:
-        print(f"figure: {plot_perception_distortion(result.manifest, args.plot)}")
+        from training.report_figures import perception_distortion
+
+        print(f"figure: {perception_distortion(points, args.plot, 'interpSN: distortion vs perception over alpha')}")
     where = f"registered {args.model} version {result.version}" if result.version else "not registered"
     print(f"baked set in {result.directory}; {where}")
     return 0

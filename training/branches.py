@@ -1,12 +1,10 @@
 """Training an SN with one set of cascades per acceleration (SNConfig.accel_branches) from scratch.
 
 The run is split into stages, one per branch in the order of accel_branches, each an equal share of the
-epochs. A stage draws only the accelerations nearest its branch, restarts the cosine learning-rate decay,
-and starts its branch from the weights the previous stage trained (a curriculum from the easier
-acceleration to the harder one). Measured on the tuning set (docs/training.md, the eleventh try): an 8x
-branch started from the trained 4x branch beats one trained from scratch and the network shared by both
-accelerations, at the shared network's cost. Fine-tuning a routed SN (SN-GAN, or SN with --init-from)
-needs no stages: every slice trains the branch its mask routes it to.
+epochs. A stage draws only the accelerations nearest its branch, restarts the learning-rate decay, and
+starts its branch from the weights the previous stage trained (a curriculum from the easier
+acceleration to the harder one; docs/experiments/cpu-preset.md). Fine-tuning a routed SN (SN-GAN, or SN
+with --init-from) needs no stages: every slice trains the branch its mask routes it to.
 """
 
 from __future__ import annotations

@@ -134,8 +134,9 @@ class SliceDataset(Dataset):
         if not files:
             raise DataError("no volumes given to the dataset (empty data directory?)")
         accels = [float(a) for a in accels]
-        if not accels or any(a <= 1 for a in accels):
-            raise ConfigError(f"--accel needs values above 1, got {accels}")
+        # held-out data may also be read fully sampled (1x), as a reference
+        if not accels or any(a < 1 or (train and a == 1) for a in accels):
+            raise ConfigError(f"--accel needs values above 1{'' if train else ' (or 1: fully sampled)'}, got {accels}")
         self.accels, self.train, self.seed, self.mask_kind = accels, train, int(seed), mask_kind
         self.epoch = 0
         self.refs: list[SliceRef] = []

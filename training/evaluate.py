@@ -1,132 +1,239 @@
-"""Table-1 evaluation: reconstruct every slice of a dataset, score volumes on the foreground, aggregate.
+"""The one evaluation path: reconstruct held-out slices, score volumes on the foreground, aggregate.
 
-`evaluate_dataset(methods, data_dir, accels)` is the reusable loop: it takes reconstruction callables
-(zero-filled, CG-SENSE, a trained model, ...) and returns Table-1 rows for `dnirecon.tables`.
+Training validation, `dnirecon eval`, the bake's metrics and the report all use it:
+
+- `held_out_volumes(files, accels)` yields each volume's slices at each acceleration (`HeldOutSlice`),
+  masked with fastMRI's deterministic validation mask for the file name (training.data.SliceDataset in
+  validation mode); `load_held_out` is the same as one list.
+- `evaluate(methods, volumes)` runs every reconstruction (`Recon`) on them and scores each (volume,
+  acceleration, method) with `dnirecon.metrics.evaluate_volume` against the SENSE target;
+  `score(held_out, images)` scores images made elsewhere (the bake's ONNX outputs).
+- `table_rows(records)` gives the Table-1 rows for `dnirecon.tables`; `mean_metrics(records)` the means.
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
-import torch
-from torch import Tensor
 
-# A reconstruction: zero-filled k-space complex (S, C, H, W), mask float (S, W) -> image (S, H, W),
-# complex or magnitude, full field of view.
-ReconFn = Callable[[Tensor, Tensor], Tensor]
+# A reconstruction: masked k-space complex64 (B, C, H, W) and mask float32 (B, W) -> (image (B, H, W)
+# or already cropped (B, h, w), complex or magnitude; data-consistency residual (B,) or None).
+Recon = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, "np.ndarray | None"]]
 
 # Table-1 data names for the fastMRI acquisitions; anything else keeps its own name.
 CONTRASTS = {"CORPD_FBK": "CORPD", "CORPDFS_FBK": "CORPDFS"}
 ALL = "ALL"
 
 
+class HeldOutSlice(NamedTuple):
+    kspace: np.ndarray  # complex64 (C, H, W), zero where not acquired
+    mask: np.ndarray  # float32 (W,)
+    target: np.ndarray  # float32 (h, w), recon size
+    foreground: np.ndarray  # bool (h, w)
+    volume: str  # file name
+    slice_index: int
+    accel: float
+    contrast: str  # Table-1 data name (contrast_name)
+
+
 def contrast_name(acquisition: str) -> str:
     return CONTRASTS.get(acquisition, acquisition or "unknown")
 
 
-def baseline_methods(cg_lambda: float | None = None, cg_iters: int | None = None) -> dict[str, ReconFn]:
-    """The classical baselines as named reconstruction callables."""
+def torch_recon(fn: Callable, device: str | object = "cpu") -> Recon:
+    """A torch reconstruction (model or baseline: (kspace, mask) tensors -> image) as a `Recon`."""
+    import torch
+
+    def run(kspace: np.ndarray, mask: np.ndarray):
+        with torch.no_grad():
+            image = fn(torch.from_numpy(kspace).to(device), torch.from_numpy(mask).to(device))
+        return image.float().cpu().numpy() if not image.is_complex() else image.cpu().numpy(), None
+
+    return run
+
+
+def baseline_methods(cg_lambda: float | None = None, cg_iters: int | None = None) -> dict[str, Recon]:
+    """The classical baselines as named reconstructions."""
     from training.baselines import CG_ITERS, CG_LAMBDA, cg_sense, zero_filled_rss
 
     lam = CG_LAMBDA if cg_lambda is None else cg_lambda
     iters = CG_ITERS if cg_iters is None else cg_iters
     return {
-        "Zero-filled": zero_filled_rss,
-        "CG-SENSE": lambda kspace, mask: cg_sense(kspace, mask, lam=lam, iters=iters),
+        "Zero-filled": torch_recon(zero_filled_rss),
+        "CG-SENSE": torch_recon(lambda kspace, mask: cg_sense(kspace, mask, lam=lam, iters=iters)),
     }
 
 
-def _volume_target(vol, recon_size: tuple[int, int]) -> np.ndarray:
-    """(slices, h, w) SENSE target: the stored one (synthetic), else from the full k-space (fastMRI)."""
-    if vol.has_target("sense"):
-        return np.stack([vol.target(i, "sense") for i in range(vol.num_slices)]).astype(np.float32)
-    from training.data import sense_target_from_full
+def held_out_volumes(files: Sequence[Path], accels: Sequence[float], mask_kind: str = "random",
+                     slices_per_volume: int | None = None) -> Iterator[list[HeldOutSlice]]:
+    """Per volume (one in memory at a time): its central `slices_per_volume` slices (None: all) at each
+    acceleration, ordered by slice, then acceleration."""
+    from training.data import SliceDataset
 
-    return np.stack([sense_target_from_full(vol.kspace(i), recon_size, vol.name)
-                     for i in range(vol.num_slices)])
+    for path in files:
+        ds = SliceDataset([path], accels, train=False, mask_kind=mask_kind, slices_per_volume=slices_per_volume,
+                          cache=True)
+        out = []
+        for i in range(len(ds)):
+            s = ds[i]
+            out.append(HeldOutSlice(s.kspace.numpy(), s.mask.numpy(), s.target.numpy(), s.foreground.numpy() > 0.5,
+                                    s.fname, int(s.slice_index), float(s.accel), contrast_name(s.contrast)))
+        yield out
 
 
-def _reconstruct_volume(fn: ReconFn, kspace: Tensor, mask: Tensor, recon_size: tuple[int, int],
-                        batch: int) -> np.ndarray:
+def load_held_out(data_dir: Path | str, slices: int | None = 2, accels: Sequence[float] = (4.0, 8.0),
+                  mask_kind: str = "random", limit_volumes: int | None = None) -> list[HeldOutSlice]:
+    """The central `slices` slices of each volume in `data_dir` at each acceleration, as one list."""
+    return [s for vol in held_out_volumes(_volume_files(data_dir, limit_volumes), accels, mask_kind, slices)
+            for s in vol]
+
+
+def _volume_files(data_dir: Path | str, limit_volumes: int | None) -> list[Path]:
+    from dnirecon.errors import DataError
+    from dnirecon.fastmri_io import list_volumes
+
+    files = list_volumes(data_dir)[:limit_volumes]
+    if not files:
+        raise DataError(f"--data {data_dir}: no .h5 volumes found (expected held-out fastMRI-layout files)")
+    return files
+
+
+def magnitude(image: np.ndarray) -> np.ndarray:
+    """float32 |image|, the complex modulus rounded once from double precision (as torch.abs)."""
+    if np.iscomplexobj(image):
+        re, im = image.real.astype(np.float64), image.imag.astype(np.float64)
+        return np.sqrt(re * re + im * im).astype(np.float32)
+    return np.abs(np.asarray(image, dtype=np.float32))  # a real output (the U-Net's) may dip below 0
+
+
+def score(held_out: Sequence[HeldOutSlice], images: Sequence[np.ndarray], method: str = "") -> list[dict]:
+    """Per (volume, acceleration) of `held_out`: the foreground metrics of `images` (one per slice, any
+    field of view; magnitude taken and centre-cropped to the target) as records (file, data, accel,
+    method, metrics, pred, target, foreground)."""
     from dnirecon.fastmri_io import center_crop
+    from dnirecon.metrics import evaluate_volume
 
-    out = []
-    with torch.no_grad():
-        for start in range(0, kspace.shape[0], batch):
-            k, m = kspace[start:start + batch], mask[start:start + batch]
-            out.append(fn(k, m).abs().float().cpu().numpy())
-    return center_crop(np.concatenate(out), recon_size)
+    groups: dict[tuple[str, float], list[int]] = {}
+    for i, s in enumerate(held_out):
+        groups.setdefault((s.volume, s.accel), []).append(i)
+    records = []
+    for (volume, accel), idx in groups.items():
+        target = np.stack([held_out[i].target for i in idx])
+        fg = np.stack([held_out[i].foreground for i in idx])
+        pred = np.stack([center_crop(magnitude(images[i]), target.shape[-2:]) for i in idx])
+        records.append(dict(file=volume, data=held_out[idx[0]].contrast, accel=accel, method=method,
+                            metrics=evaluate_volume(target, pred, fg), pred=pred, target=target, foreground=fg))
+    return records
 
 
-def evaluate_dataset(methods: Mapping[str, ReconFn], data_dir: str | Path, accels: Sequence[float],
-                     mask_kind: str = "random", limit_volumes: int | None = None, batch: int = 4,
-                     progress: bool = True, device: str | torch.device = "cpu",
-                     on_volume: Callable[[dict], None] | None = None) -> list[dict]:
-    """Table-1 rows: one per (data in CORPD / CORPDFS / ALL, acceleration, method).
+def run_method(name: str, method: Recon, slices: Sequence[HeldOutSlice], batch: int) -> tuple[list, list, float]:
+    """Images and DC residuals (None where the method gives none) per slice, and the seconds it took."""
+    images, residuals, seconds = [], [], 0.0
+    for start in range(0, len(slices), batch):
+        part = slices[start:start + batch]
+        k = np.stack([s.kspace for s in part])
+        m = np.stack([s.mask for s in part])
+        t0 = time.perf_counter()
+        out = method(k, m)
+        seconds += time.perf_counter() - t0
+        image, residual = _check_output(name, out, k.shape[0])
+        images += list(image)
+        residuals += [None] * len(part) if residual is None else list(residual)
+    return images, residuals, seconds
 
-    Each volume gets fastMRI's deterministic validation mask for its file name at each acceleration
-    (the same mask for all its slices); masked k-space goes to every method; the magnitude is
-    centre-cropped to the header's recon size and scored with `metrics.evaluate_volume` against the
-    SENSE target on the target's foreground. Rows hold `metrics.aggregate` (mean, std over volumes).
-    `on_volume`, when given, gets each volume's dict(file, data, accel, method, pred, target,
-    foreground, metrics) as soon as it is scored.
-    """
+
+def _check_output(name: str, out, n: int):
+    from dnirecon.errors import DataError
+
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise DataError(f"method {name!r} returned {type(out).__name__}, expected (image (B, H, W), "
+                        "dc_residual (B,) or None)")
+    image, residual = np.asarray(out[0]), out[1]
+    if image.ndim != 3 or image.shape[0] != n:
+        raise DataError(f"method {name!r} returned an image of shape {image.shape} for {n} slice(s), "
+                        f"expected (B, H, W) with B = {n}")
+    if not np.isfinite(image).all():
+        raise DataError(f"method {name!r} returned non-finite pixels")
+    if residual is not None:
+        residual = np.asarray(residual, dtype=np.float64).reshape(-1)
+        if residual.shape[0] != n:
+            raise DataError(f"method {name!r} returned {residual.shape[0]} DC residuals for {n} slices, "
+                            "expected one per slice")
+    return image, residual
+
+
+def evaluate(methods: Mapping[str, Recon], volumes: Iterable[Sequence[HeldOutSlice]], batch: int = 4,
+             progress: bool = False, on_volume: Callable[[dict], None] | None = None) -> list[dict]:
+    """Every method on every volume at each acceleration: `score` records, in volume, acceleration,
+    method order. `on_volume`, when given, gets each record as soon as it is scored, with the method's
+    `slices`, uncropped `images`, `residuals` and `seconds` added."""
     from tqdm import tqdm
 
-    from dnirecon.fastmri_io import FastMRIVolume, list_volumes
-    from dnirecon.foreground import foreground_mask
-    from dnirecon.metrics import evaluate_volume
-    from dnirecon.subsample import check_accel, mask_for
-
-    accels = [check_accel(a, "--accel") for a in accels]
-    files = list_volumes(data_dir)[:limit_volumes]
-    results: dict[tuple[str, float, str], list[dict]] = defaultdict(list)
-    bar = tqdm(total=len(files) * len(accels) * len(methods), desc="eval", unit="recon", disable=not progress)
-    for path in files:
-        with FastMRIVolume(path) as vol:
-            header = vol.header
-            contrast = contrast_name(header.acquisition)
-            kspace = torch.from_numpy(np.stack([vol.kspace(i) for i in range(vol.num_slices)])).to(device)
-            target = _volume_target(vol, header.recon_size)
-        fg = foreground_mask(target)
-        width = kspace.shape[-1]
-        for accel in accels:
-            mask_1d = mask_for(accel, kind=mask_kind, seed=path.name, width=width,
-                               padding=(header.padding_left, header.padding_right))
-            mask = torch.from_numpy(mask_1d).to(device).expand(kspace.shape[0], width)
-            measured = kspace * mask[:, None, None, :]
-            for name, fn in methods.items():
-                bar.set_postfix_str(f"{path.name} {accel:g}x {name}")
-                pred = _reconstruct_volume(fn, measured, mask, header.recon_size, batch)
-                scores = evaluate_volume(target, pred, fg)
-                results[(contrast, accel, name)].append(scores)
-                results[(ALL, accel, name)].append(scores)
-                if on_volume is not None:  # the report keeps per-volume scores and an example slice
-                    on_volume(dict(file=path.name, data=contrast, accel=accel, method=name, pred=pred,
-                                   target=target, foreground=fg, metrics=scores))
+    records = []
+    bar = tqdm(desc="eval", unit="recon", disable=not progress)
+    for slices in volumes:
+        by_accel: dict[float, list[HeldOutSlice]] = {}
+        for s in slices:
+            by_accel.setdefault(s.accel, []).append(s)
+        for accel, group in by_accel.items():
+            for name, method in methods.items():
+                bar.set_postfix_str(f"{group[0].volume} {accel:g}x {name}")
+                images, residuals, seconds = run_method(name, method, group, batch)
+                (record,) = score(group, images, name)
+                records.append(record)
+                if on_volume is not None:
+                    on_volume(dict(record, slices=group, images=images, residuals=residuals, seconds=seconds))
                 bar.update()
     bar.close()
-    return rows_from_results(results, accels, list(methods))
+    return records
 
 
-def rows_from_results(results: Mapping[tuple[str, float, str], Iterable[dict]], accels: Sequence[float],
-                      methods: Sequence[str]) -> list[dict]:
-    """Per-volume scores keyed by (data, accel, method) -> Table-1 rows in the paper's order."""
+def table_rows(records: Iterable[Mapping], accels: Sequence[float] | None = None,
+               methods: Sequence[str] | None = None) -> list[dict]:
+    """Table-1 rows (data, accel, method, metrics = `metrics.aggregate` mean and std over volumes): per
+    contrast and over all volumes (ALL), in the paper's order; `n` is the number of volumes."""
     from dnirecon.metrics import aggregate
 
-    data_names = sorted({d for d, _, _ in results if d != ALL}) + [ALL]
+    records = list(records)
+    accels = accels if accels is not None else list(dict.fromkeys(r["accel"] for r in records))
+    methods = methods if methods is not None else list(dict.fromkeys(r["method"] for r in records))
+    results: dict[tuple[str, float, str], list[dict]] = defaultdict(list)
+    for r in records:
+        results[(r["data"], r["accel"], r["method"])].append(r["metrics"])
+        results[(ALL, r["accel"], r["method"])].append(r["metrics"])
     rows = []
-    for data in data_names:
+    for data in sorted({d for d, _, _ in results if d != ALL}) + [ALL]:
         for accel in accels:
             for method in methods:
-                scores = list(results.get((data, accel, method), []))
+                scores = results.get((data, accel, method), [])
                 if scores:
-                    rows.append(dict(data=data, accel=accel, method=method, metrics=aggregate(scores)))
+                    rows.append(dict(data=data, accel=accel, method=method, metrics=aggregate(scores),
+                                     n=len(scores)))
     return rows
+
+
+def mean_metrics(records: Iterable[Mapping]) -> dict[str, float]:
+    """The mean of each metric over the records (volumes and accelerations together)."""
+    from dnirecon.metrics import aggregate
+
+    return {k: mean for k, (mean, _std) in aggregate([r["metrics"] for r in records]).items()}
+
+
+def evaluate_dataset(methods: Mapping[str, Recon], data_dir: str | Path, accels: Sequence[float],
+                     mask_kind: str = "random", limit_volumes: int | None = None, batch: int = 4,
+                     progress: bool = True) -> list[dict]:
+    """Table-1 rows of `methods` on every slice of every volume in `data_dir` (`dnirecon eval`)."""
+    from dnirecon.subsample import check_accel
+
+    accels = [check_accel(a, "--accel") for a in accels]
+    volumes = held_out_volumes(_volume_files(data_dir, limit_volumes), accels, mask_kind)
+    return table_rows(evaluate(methods, volumes, batch, progress), accels, list(methods))
 
 
 def eval_baselines_command(args: argparse.Namespace) -> int:
@@ -163,9 +270,8 @@ def eval_model_command(args: argparse.Namespace) -> int:
         ref = args.version or args.alias or tracking.CHAMPION
         loaded = tracking.load_registered_model(args.model, ref)
         label = f"{args.model} v{loaded.version}"
-    model = loaded.model
-    methods: dict[str, ReconFn] = {} if args.no_baselines else baseline_methods(args.cg_lambda, args.cg_iters)
-    methods[label] = lambda kspace, mask: model(kspace, mask)
+    methods: dict[str, Recon] = {} if args.no_baselines else baseline_methods(args.cg_lambda, args.cg_iters)
+    methods[label] = torch_recon(loaded.model.eval())
     rows = evaluate_dataset(methods, args.data, args.accel, mask_kind=args.mask, limit_volumes=args.limit_volumes)
     print(table1(rows), end="")
     stem = f"eval_{loaded.config['kind']}" + (f"_v{loaded.version}" if loaded.version else "")

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 SSIM_WINDOW = 7  # fastMRI's SSIMLoss window (uniform 7x7)
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 L1_WEIGHT = 1e-3  # lambda of Eq. (1)
-GAN_SN_WEIGHT = 0.1  # gamma of Eq. (2)
 
 
 def _as_batch(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -107,12 +106,6 @@ def lsgan_generator_loss(d_fake: torch.Tensor, weight: torch.Tensor | None = Non
         raise ValueError(f"weight: expected one per image, shape ({d_fake.shape[0]},), got {tuple(weight.shape)}")
     per_image = ((d_fake - 1.0) ** 2).flatten(1).mean(1)
     return 0.5 * (weight.to(per_image.dtype) * per_image).mean()
-
-
-def sn_gan_loss(pred: torch.Tensor, target: torch.Tensor, foreground: torch.Tensor, d_fake: torch.Tensor,
-                gamma: float = GAN_SN_WEIGHT, l1_weight: float = L1_WEIGHT) -> torch.Tensor:
-    """Eq. (2): gamma * L_SN + L_lsGAN, where `d_fake` is D on the foreground-masked reconstruction."""
-    return gamma * sn_loss(pred, target, foreground, l1_weight) + lsgan_generator_loss(d_fake)
 
 
 def normalize_for_discriminator(image: torch.Tensor, foreground: torch.Tensor,

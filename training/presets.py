@@ -70,26 +70,43 @@ class DiscriminatorConfig:
 
     chans: int = 64
     num_layers: int = 3
-    # True: the critic also sees the fraction of k-space columns sampled (a constant channel), so it can
-    # judge a 4x and an 8x reconstruction by different standards (a conditional GAN)
-    sampling_input: bool = False
-    # True: one critic per branch of an SN with accel_branches; each image is judged by the critic of the
-    # branch that made it, which learns from that acceleration's images alone
-    per_branch: bool = False
 
     def __post_init__(self):
-        _check_fields(self, ("chans", "num_layers"), ("sampling_input", "per_branch"))
+        _check_fields(self, ("chans", "num_layers"), ())
 
 
 @dataclass(frozen=True)
-class TrainSchedule:
+class Schedule:
+    """How one model is trained. A preset states every field; CLI options override single fields.
+
+    The optimiser is RMSProp (the paper's). `lr` decays by a half cosine to `lr * lr_floor` over the run
+    (over each stage of a staged SN run): 1.0 keeps it constant. The SN-GAN fields (`gamma` and after)
+    act only in an adversarial run.
+    """
+
     epochs: int
     lr: float
-    batch: int = 1
-    optimiser: str = "rmsprop"
-    # SN-GAN fine-tuning of an SN with accel_branches: a factor per branch on the LSGAN term of the
-    # images that branch makes (training.train.Schedule.branch_adv_weights); (): 1 for every branch
-    branch_adv_weights: tuple[float, ...] = ()
+    lr_floor: float
+    batch_size: int
+    l1_weight: float  # lambda of L_SN = 1 - SSIM + lambda * L1
+    slices_per_volume: int | None  # central slices used per training volume; None: all
+    gamma: float  # weight of L_SN in the SN-GAN loss
+    adv_weight: float  # weight of the LSGAN generator term
+    critic_steps: int  # discriminator updates per generator update
+    disc_lr: float | None  # discriminator learning rate; None: the same as lr
+    # a factor per SN branch (accel_branches order) on the LSGAN term of the images that branch makes;
+    # (): 1 for every branch
+    branch_adv_weights: tuple[float, ...]
+
+    def __post_init__(self):
+        _check_fields(self, ("epochs", "batch_size", "critic_steps"), ())
+        for name in ("lr", "lr_floor", "l1_weight", "gamma", "adv_weight") + (("disc_lr",) if self.disc_lr else ()):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise ConfigError(f"Schedule.{name}: expected a finite number >= 0, got {value!r}")
+        if not 0 < self.lr_floor <= 1:
+            raise ConfigError(f"Schedule.lr_floor: expected a factor in (0, 1] (1: constant rate), got {self.lr_floor!r}")
+        object.__setattr__(self, "branch_adv_weights", tuple(self.branch_adv_weights))  # JSON gives a list
 
 
 @dataclass(frozen=True)
@@ -98,41 +115,51 @@ class Preset:
     sn: SNConfig
     unet: UNetConfig
     discriminator: DiscriminatorConfig
-    sn_schedule: TrainSchedule  # SN from scratch
-    finetune_schedule: TrainSchedule  # SN-GAN (and its discriminator) from the trained SN
-    unet_schedule: TrainSchedule
+    sn_schedule: Schedule  # SN from scratch
+    finetune_schedule: Schedule  # SN-GAN, and SN with --init-from, from the trained SN
+    unet_schedule: Schedule
 
+    def schedule(self, kind: str, finetune: bool = False) -> Schedule:
+        """The schedule of `kind`; an SN fine-tuned from a trained SN gets SN-GAN's (the paper's twin runs)."""
+        if kind == "sn-gan" or (kind == "sn" and finetune):
+            return self.finetune_schedule
+        return {"sn": self.sn_schedule, "unet": self.unet_schedule}[kind]
+
+
+# the paper's loss weights (Eq. 1 and 2 of the ISMRM abstract); the cpu preset keeps them
+_PAPER_LOSS = dict(l1_weight=1e-3, gamma=0.1, adv_weight=1.0, critic_steps=1)
 
 PRESETS: dict[str, Preset] = {
-    # Paper: 10 cascades, Down-Up width 128 with 2 blocks; SN 50 epochs RMSProp 1e-4; fine-tune 10 at 5e-5.
+    # Qin et al., ISMRM 2020; each value is traced to its source in docs/training.md
     "paper": Preset(
         name="paper",
         sn=SNConfig(cascades=10, width=128, blocks=2, readout_oversampling=2),
         unet=UNetConfig(chans=32, num_pool_layers=4),
         discriminator=DiscriminatorConfig(chans=64, num_layers=3),
-        sn_schedule=TrainSchedule(epochs=50, lr=1e-4, batch=1, optimiser="rmsprop"),
-        finetune_schedule=TrainSchedule(epochs=10, lr=5e-5, batch=1, optimiser="rmsprop"),
-        unet_schedule=TrainSchedule(epochs=50, lr=1e-3, batch=1, optimiser="rmsprop"),
+        sn_schedule=Schedule(epochs=50, lr=1e-4, lr_floor=1.0, batch_size=1, slices_per_volume=None,
+                             disc_lr=None, branch_adv_weights=(), **_PAPER_LOSS),
+        finetune_schedule=Schedule(epochs=10, lr=5e-5, lr_floor=1.0, batch_size=1, slices_per_volume=None,
+                                   disc_lr=None, branch_adv_weights=(), **_PAPER_LOSS),
+        unet_schedule=Schedule(epochs=50, lr=1e-3, lr_floor=1.0, batch_size=1, slices_per_volume=None,
+                               disc_lr=None, branch_adv_weights=(), **_PAPER_LOSS),
     ),
-    # 2-core CPU: SN trains in ~17 minutes on the demo's small synthetic volumes (docs/training.md).
+    # 2 CPU cores, the demo's small synthetic volumes (docs/training.md explains each departure)
     "cpu": Preset(
         name="cpu",
-        # accel_branches: cascades of their own for 4x and for 8x, the 8x ones trained from the 4x ones
-        # (training.branches; docs/training.md, the eleventh try). sampling_input: each also sees the
-        # sampled fraction as a channel (the eighth try), as in the runs that chose the branches.
+        # cascades of their own for 4x and for 8x, the 8x ones started from the 4x ones (training.branches),
+        # each also seeing the sampled fraction as a channel
         sn=SNConfig(cascades=6, width=16, blocks=1, readout_oversampling=2, sampling_input=True,
                     accel_branches=(4.0, 8.0)),
         unet=UNetConfig(chans=16, num_pool_layers=3),
         discriminator=DiscriminatorConfig(chans=16, num_layers=3),
-        # batch 1 (twice the updates per CPU second); SN 12 epochs from scratch, then SN and SN-GAN both
-        # fine-tuned 2 epochs from it (the paper's schedule); all four runs ~23 min on 2 idle cores
-        sn_schedule=TrainSchedule(epochs=12, lr=5e-4, batch=1, optimiser="rmsprop"),
-        # branch_adv_weights: a quarter of the LSGAN term for the 4x branch, whose SN keeps most of the
-        # detail (HF ratio about 0.95; the full term pushed it past 1, to 1.04-1.06), twice the term for the
-        # 8x one, which is far from 1 (about 0.8): the thirteenth try, docs/training.md
-        finetune_schedule=TrainSchedule(epochs=2, lr=1e-4, batch=1, optimiser="rmsprop",
-                                        branch_adv_weights=(0.25, 2.0)),
-        unet_schedule=TrainSchedule(epochs=10, lr=1e-3, batch=1, optimiser="rmsprop"),
+        sn_schedule=Schedule(epochs=12, lr=5e-4, lr_floor=0.1, batch_size=1, slices_per_volume=None,
+                             disc_lr=None, branch_adv_weights=(), **_PAPER_LOSS),
+        # a quarter of the LSGAN term for the 4x branch, which keeps most of the detail, and twice the
+        # term for the 8x branch, which loses more
+        finetune_schedule=Schedule(epochs=2, lr=1e-4, lr_floor=0.1, batch_size=1, slices_per_volume=None,
+                                   disc_lr=None, branch_adv_weights=(0.25, 2.0), **_PAPER_LOSS),
+        unet_schedule=Schedule(epochs=10, lr=1e-3, lr_floor=0.1, batch_size=1, slices_per_volume=None,
+                               disc_lr=None, branch_adv_weights=(), **_PAPER_LOSS),
     ),
 }
 
@@ -162,6 +189,6 @@ def config_from_dict(cls: type, data: dict, source: str = "config") -> Any:
 
 
 __all__ = [
-    "SNConfig", "UNetConfig", "DiscriminatorConfig", "TrainSchedule", "Preset", "PRESETS",
+    "SNConfig", "UNetConfig", "DiscriminatorConfig", "Schedule", "Preset", "PRESETS",
     "get_preset", "config_to_dict", "config_from_dict",
 ]

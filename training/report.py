@@ -5,8 +5,7 @@ Two steps, both called at the end of `dnirecon demo`:
 
 - `collect_report_data(val_dir, accels, methods, alphas)` reconstructs every held-out slice with every
   method and computes the foreground metrics (`dnirecon.metrics`) per volume -> `ReportData`.
-  A method is a callable `(kspace complex64 (B,C,H,W) zero-filled, mask float32 (B,W)) ->
-  (image complex or magnitude (B,H,W) or (B,h,w), dc_residual (B,) or None)`.
+  A method is a `training.evaluate.Recon`.
 - `write_report(data, docs_dir, run_info)` writes docs/report.md, its tables and figures
   (training/report_figures.py) atomically and logs them to MLflow (run "report", experiment
   "dnirecon-report").
@@ -21,17 +20,16 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from dnirecon.errors import ConfigError, DataError
+from dnirecon.errors import ConfigError
+from training.evaluate import Recon
 
 log = logging.getLogger(__name__)
-
-Method = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, "np.ndarray | None"]]
 
 EXPERIMENT = "dnirecon-report"
 RUN_NAME = "report"
@@ -52,13 +50,6 @@ FILES = {
 def interp_name(alpha: float) -> str:
     """The method name of interpSN at one alpha, e.g. "interpSN a=0.25"."""
     return f"interpSN a={float(alpha):.2f}"
-
-
-def contrast_label(acquisition: str) -> str:
-    """CORPD_FBK -> CORPD, CORPDFS_FBK -> CORPDFS (the paper's data column; training.evaluate's names)."""
-    from training.evaluate import contrast_name
-
-    return contrast_name(str(acquisition or ""))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,12 +135,11 @@ def computed_residual(image: np.ndarray, kspace: np.ndarray, mask: np.ndarray) -
 
 
 class _Recorder:
-    """Wraps the report's numpy methods for training.evaluate's torch loop and keeps what the table
-    does not: DC residuals per slice, time per slice, per-volume scores and the example slice."""
+    """What the report keeps beside the table, from training.evaluate's per-volume records: DC
+    residuals per slice, time per slice, per-volume scores with the HF split, the example slice."""
 
     def __init__(self, names: Sequence[str], accels: Sequence[float], example: tuple[str, int | None, float]):
         self.dc = {m: {a: [] for a in accels} for m in names}
-        self.pending: dict[str, list[float]] = {m: [] for m in names}
         self.computed: set[str] = set()
         self.seconds = {m: 0.0 for m in names}
         self.slices = {m: 0 for m in names}
@@ -157,44 +147,18 @@ class _Recorder:
         self.example_key = example
         self.example: ExampleSlice | None = None
 
-    def adapt(self, name: str, method: Method):
-        import torch
-
-        def recon(kspace, mask):
-            k = np.ascontiguousarray(kspace.cpu().numpy()).astype(np.complex64, copy=False)
-            m = np.ascontiguousarray(mask.cpu().numpy()).astype(np.float32, copy=False)
-            t0 = time.perf_counter()
-            out = method(k, m)
-            self.seconds[name] += time.perf_counter() - t0
-            self.slices[name] += k.shape[0]
-            if not (isinstance(out, tuple) and len(out) == 2):
-                raise DataError(f"method {name!r} returned {type(out).__name__}, expected "
-                                f"(image (B, H, W), dc_residual (B,) or None)")
-            image, residual = np.asarray(out[0]), out[1]
-            if image.ndim != 3 or image.shape[0] != k.shape[0]:
-                raise DataError(f"method {name!r} returned an image of shape {image.shape} for k-space "
-                                f"{k.shape}, expected (B, H, W) with B = {k.shape[0]}")
-            if not np.isfinite(image).all():
-                raise DataError(f"method {name!r} returned non-finite pixels")
-            if residual is None:
-                residual = computed_residual(image, k, m)
-                self.computed.add(name)
-            residual = np.asarray(residual, dtype=np.float64).reshape(-1)
-            if residual.shape[0] != k.shape[0]:
-                raise DataError(f"method {name!r} returned {residual.shape[0]} DC residuals for "
-                                f"{k.shape[0]} slices, expected one per slice")
-            self.pending[name].extend(residual.tolist())
-            image = image.astype(np.complex64 if np.iscomplexobj(image) else np.float32, copy=False)
-            return torch.from_numpy(np.ascontiguousarray(image))
-
-        return recon
-
     def on_volume(self, rec: dict) -> None:
-        name, accel = rec["method"], float(rec["accel"])
-        self.dc[name][accel].extend(self.pending[name])
-        self.pending[name] = []
         from dnirecon.metrics import hf_split
 
+        name, accel = rec["method"], float(rec["accel"])
+        self.seconds[name] += rec["seconds"]
+        self.slices[name] += len(rec["slices"])
+        residuals = rec["residuals"]
+        if any(r is None for r in residuals):  # the method gives none: computed from its image
+            residuals = computed_residual(np.stack(rec["images"]), np.stack([s.kspace for s in rec["slices"]]),
+                                          np.stack([s.mask for s in rec["slices"]]))
+            self.computed.add(name)
+        self.dc[name][accel].extend(float(r) for r in residuals)
         detail, excess = hf_split(rec["target"], rec["pred"], rec["foreground"])
         self.volumes.append(dict(file=rec["file"], data=rec["data"], accel=accel, method=name,
                                  metrics=dict(rec["metrics"], hf_detail=detail, hf_excess=excess)))
@@ -205,7 +169,7 @@ class _Recorder:
             if not 0 <= idx < n:
                 raise ConfigError(f"report example slice {idx} out of range for {ex_file} ({n} slices)")
             if self.example is None:
-                self.example = ExampleSlice(ex_file, idx, accel, rec["target"][idx],
+                self.example = ExampleSlice(ex_file, rec["slices"][idx].slice_index, accel, rec["target"][idx],
                                             rec["foreground"][idx], {})
             self.example.images[name] = np.asarray(rec["pred"][idx], dtype=np.float32)
 
@@ -216,25 +180,24 @@ def _pick_example(volumes: Sequence[Path], accels: Sequence[float], example) -> 
         name, slc, accel = example
         return Path(name).name, slc, float(accel)
     from dnirecon.fastmri_io import read_header
+    from training.evaluate import contrast_name
 
-    pd = [p for p in volumes if contrast_label(read_header(p).acquisition) == "CORPD"]
+    pd = [p for p in volumes if contrast_name(read_header(p).acquisition) == "CORPD"]
     return (pd or list(volumes))[0].name, None, float(max(accels))
 
 
-def collect_report_data(val_dir: str | os.PathLike, accels: Sequence[float], methods: Mapping[str, Method],
+def collect_report_data(val_dir: str | os.PathLike, accels: Sequence[float], methods: Mapping[str, Recon],
                         alphas: Sequence[float], example: tuple[str, int, float] | None = None,
                         progress: bool = True, mask_kind: str = "random", batch: int = 8) -> ReportData:
-    """Reconstruct every held-out slice with every method at each acceleration and compute the metrics.
-
-    The loop is training.evaluate.evaluate_dataset's: fastMRI's deterministic validation mask per
-    volume (`mask_for(accel, seed=<file name>)`), metrics.evaluate_volume against the SENSE target on
-    its foreground, mean +- std over volumes per contrast and over all volumes ("ALL").
+    """Reconstruct every held-out slice with every method at each acceleration and compute the metrics
+    (training.evaluate: fastMRI's validation mask per volume, foreground metrics per volume against the
+    SENSE target, mean +- std over volumes per contrast and over all volumes, "ALL").
     `example`: (file name, slice index, accel) of the figures' slice; default the middle slice of the
     first PD volume at the highest acceleration.
     """
     from dnirecon.fastmri_io import list_volumes
     from dnirecon.subsample import check_accel
-    from training.evaluate import evaluate_dataset
+    from training.evaluate import evaluate, held_out_volumes, table_rows
 
     if not methods:
         raise ConfigError("collect_report_data: methods is empty, expected name -> reconstruction callable")
@@ -250,13 +213,11 @@ def collect_report_data(val_dir: str | os.PathLike, accels: Sequence[float], met
 
     names = list(methods)
     rec = _Recorder(names, accels, ex)
-    rows = evaluate_dataset({n: rec.adapt(n, methods[n]) for n in names}, val_dir, accels,
-                            mask_kind=mask_kind, batch=batch, progress=progress, on_volume=rec.on_volume)
-    for r in rows:
-        r["n"] = sum(1 for v in rec.volumes if v["accel"] == r["accel"] and v["method"] == r["method"]
-                     and r["data"] in ("ALL", v["data"]))
-    return ReportData(accels=list(accels), methods=names, alphas=[float(a) for a in alphas], rows=rows,
-                      volumes=rec.volumes, dc_residual=rec.dc, dc_computed=sorted(rec.computed),
+    records = evaluate(methods, held_out_volumes(files, accels, mask_kind), batch=batch, progress=progress,
+                       on_volume=rec.on_volume)
+    return ReportData(accels=list(accels), methods=names, alphas=[float(a) for a in alphas],
+                      rows=table_rows(records, accels, names), volumes=rec.volumes, dc_residual=rec.dc,
+                      dc_computed=sorted(rec.computed),
                       seconds_per_slice={m: rec.seconds[m] / max(1, rec.slices[m]) for m in names},
                       example=rec.example, val_dir=str(val_dir), files=[p.name for p in files])
 
@@ -323,39 +284,55 @@ def check_claims(data: ReportData, contrast: str = "ALL") -> list[Claim]:
                       + (f"; outside: {', '.join(outside)}" if outside else ""))
             claims.append(Claim(text, _verdict(not outside), detail))
 
-        curve = [(a, m(interp_name(a), "hf_ratio")) for a in alphas]
-        text = f"{af}: HF ratio moves toward 1 as alpha grows"
-        if len(curve) < 2:
-            claims.append(Claim(text, "SKIP", "needs interpSN at two or more alphas"))
-        else:
-            dist = [abs(v - 1.0) for _, v in curve]
-            bad = [f"a={curve[i][0]:.2f}->{curve[i + 1][0]:.2f}" for i in range(len(dist) - 1)
-                   if dist[i + 1] > dist[i]]
-            detail = "distance of the HF ratio from 1: " + ", ".join(
-                f"a={a:.2f} {d:.3f}" for (a, _), d in zip(curve, dist))
-            claims.append(Claim(text, _verdict(not bad), detail + (f"; moves away at {', '.join(bad)}" if bad else "")))
-
-        for key, label, fmt in (("psnr", "PSNR", "{:.3f}"), ("hf_ratio", "HF ratio", "{:.4f}")):
-            text = f"{af}: no jump in {label} between neighbouring alphas larger than twice the mean step"
-            vals = [m(interp_name(a), key) for a in alphas]
-            if len(vals) < 3:
-                claims.append(Claim(text, "SKIP", "needs interpSN at three or more alphas"))
-                continue
-            steps = np.abs(np.diff(vals))
-            mean = float(steps.mean())
-            worst = float(steps.max())
-            claims.append(Claim(text, _verdict(worst <= 2 * mean),
-                                f"steps {', '.join(fmt.format(s) for s in steps)}; largest {fmt.format(worst)} "
-                                f"vs 2 x mean {fmt.format(2 * mean)}"))
-
-        text = f"{af}: interpSN alpha 0.5 within 0.3 dB of SN"
-        half = m(interp_name(0.5), "psnr")
-        if half is None or sn_psnr is None:
-            claims.append(Claim(text, "SKIP", "needs SN and interpSN a=0.50"))
-        else:
-            claims.append(Claim(text, _verdict(abs(half - sn_psnr) <= 0.3),
-                                f"a=0.50 {half:.2f} dB vs SN {sn_psnr:.2f} dB ({half - sn_psnr:+.2f} dB)"))
+        curve = [dict(alpha=a, psnr=m(interp_name(a), "psnr"), hf_ratio=m(interp_name(a), "hf_ratio"))
+                 for a in alphas]
+        claims += tradeoff_claims(curve, sn_psnr, af)
     return claims
+
+
+def tradeoff_claims(curve: Sequence[Mapping[str, float]], sn_psnr: float | None, af: str) -> list[Claim]:
+    """The paper's claims on interpSN's curve over alpha: `curve` holds alpha, psnr and hf_ratio per
+    baked alpha (increasing); `sn_psnr` is SN's PSNR (alpha 0); `af` labels the acceleration(s)."""
+    claims: list[Claim] = []
+    curve = sorted(curve, key=lambda p: p["alpha"])
+    text = f"{af}: HF ratio moves toward 1 as alpha grows"
+    if len(curve) < 2:
+        claims.append(Claim(text, "SKIP", "needs interpSN at two or more alphas"))
+    else:
+        dist = [abs(p["hf_ratio"] - 1.0) for p in curve]
+        bad = [f"a={curve[i]['alpha']:.2f}->{curve[i + 1]['alpha']:.2f}" for i in range(len(dist) - 1)
+               if dist[i + 1] > dist[i]]
+        detail = "distance of the HF ratio from 1: " + ", ".join(
+            f"a={p['alpha']:.2f} {d:.3f}" for p, d in zip(curve, dist))
+        claims.append(Claim(text, _verdict(not bad), detail + (f"; moves away at {', '.join(bad)}" if bad else "")))
+
+    for key, label, fmt in (("psnr", "PSNR", "{:.3f}"), ("hf_ratio", "HF ratio", "{:.4f}")):
+        text = f"{af}: no jump in {label} between neighbouring alphas larger than twice the mean step"
+        vals = [p[key] for p in curve]
+        if len(vals) < 3:
+            claims.append(Claim(text, "SKIP", "needs interpSN at three or more alphas"))
+            continue
+        steps = np.abs(np.diff(vals))
+        mean = float(steps.mean())
+        worst = float(steps.max())
+        claims.append(Claim(text, _verdict(worst <= 2 * mean),
+                            f"steps {', '.join(fmt.format(s) for s in steps)}; largest {fmt.format(worst)} "
+                            f"vs 2 x mean {fmt.format(2 * mean)}"))
+
+    text = f"{af}: interpSN alpha 0.5 within 0.3 dB of SN"
+    half = next((p["psnr"] for p in curve if round(p["alpha"], 6) == 0.5), None)
+    if half is None or sn_psnr is None:
+        claims.append(Claim(text, "SKIP", "needs SN and interpSN a=0.50"))
+    else:
+        claims.append(Claim(text, _verdict(abs(half - sn_psnr) <= 0.3),
+                            f"a=0.50 {half:.2f} dB vs SN {sn_psnr:.2f} dB ({half - sn_psnr:+.2f} dB)"))
+    return claims
+
+
+def manifest_points(manifest: Mapping) -> list[dict]:
+    """A baked set's alpha curve (manifest.json's metrics: all held-out volumes and accelerations)."""
+    return [dict(accel=None, method=interp_name(e["alpha"]), alpha=float(e["alpha"]), **e["metrics"])
+            for e in manifest["alphas"]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -585,7 +562,7 @@ def write_report(data: ReportData, docs_dir: str | os.PathLike, run_info: Mappin
     docs.mkdir(parents=True, exist_ok=True)
     claims = check_claims(data)
     paths = {k: docs / v for k, v in FILES.items() if k not in ("table",)}
-    report_figures.perception_distortion(data, paths["pd"])
+    report_figures.perception_distortion(perception_distortion_points(data), paths["pd"])
     report_figures.dc_residual(data, paths["dc"])
     if data.example is not None:
         report_figures.fig1(data, paths["fig1"])

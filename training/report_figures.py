@@ -15,8 +15,7 @@ import numpy as np  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from training.report import (FIG1_ALPHAS, METHODS_FIGURE, ReportData, interp_name,  # noqa: E402
-                             perception_distortion_points)
+from training.report import FIG1_ALPHAS, METHODS_FIGURE, ReportData, interp_name  # noqa: E402
 
 DPI = 110
 ACCEL_COLOURS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]
@@ -36,11 +35,19 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def perception_distortion(data: ReportData, path: Path) -> Path:
+def perception_distortion(pts: Sequence[dict], path: Path, title: str | None = None) -> Path:
     """PSNR against the HF energy ratio over alpha, one panel per acceleration (each on its own PSNR
-    scale: the 4x and 8x curves are 5 dB apart and a few tenths long); SN and SN-GAN marked."""
-    pts = perception_distortion_points(data)
-    accels = list(data.accels) or [None]
+    scale: the 4x and 8x curves are 5 dB apart and a few tenths long); SN and SN-GAN marked.
+
+    `pts`: dicts of accel (None: all accelerations together), method, alpha (None for SN and SN-GAN),
+    psnr and hf_ratio, e.g. training.report.perception_distortion_points or manifest_points.
+    """
+    from dnirecon.errors import DataError
+
+    missing = [p.get("method") for p in pts if "psnr" not in p or "hf_ratio" not in p]
+    if missing:
+        raise DataError(f"perception-distortion plot needs psnr and hf_ratio for every point (missing for {missing})")
+    accels = list(dict.fromkeys(p["accel"] for p in pts)) or [None]
     fig, axes = plt.subplots(1, len(accels), figsize=(4.2 * len(accels), 4.4), squeeze=False)
     for i, (accel, ax) in enumerate(zip(accels, axes[0])):
         colour = ACCEL_COLOURS[i % len(ACCEL_COLOURS)]
@@ -67,7 +74,7 @@ def perception_distortion(data: ReportData, path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     axes[0][0].set_ylabel("PSNR on the foreground (dB)")
-    fig.suptitle("Perception-distortion over alpha (labels: alpha; all volumes; foreground)", fontsize=10)
+    fig.suptitle(title or "Perception-distortion over alpha (labels: alpha; all volumes; foreground)", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 

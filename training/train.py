@@ -26,9 +26,9 @@ from dnirecon.errors import ConfigError, Interrupted, ModelError
 from training import losses, tracking
 from training.branches import branch_stages, frozen_in, stage_at, start_branch
 from training.data import Sample, SliceDataset, collate, describe_dataset, split_dirs
-from training.models.discriminator import BranchCritics
-from training.models.downup import sampled_fraction
+from training.models.discriminator import PatchDiscriminator
 from training.models.signature import arch_signature, weights_digest
+from training.presets import Preset, Schedule, get_preset
 from training.stopping import StopOnSignal
 
 log = logging.getLogger(__name__)
@@ -44,74 +44,17 @@ class TrainResult(NamedTuple):
     truncated: bool = False  # stopped (--max-steps) before the schedule's last step: champion not moved
 
 
-@dataclass
-class Schedule:
-    """How one kind is trained; defaults come from the preset, CLI options override single fields."""
-
-    epochs: int
-    lr: float
-    batch_size: int = 1
-    critic_steps: int = 1  # discriminator updates per generator update (SN-GAN)
-    gamma: float = losses.GAN_SN_WEIGHT  # weight of L_SN in the SN-GAN loss
-    adv_weight: float = 1.0  # weight of the LSGAN generator term
-    # SN-GAN of an SN with accel_branches: one factor per branch on the LSGAN term of the images that
-    # branch made (): 1 for all. The cpu preset's weaker 4x push: docs/training.md, the thirteenth try.
-    branch_adv_weights: tuple[float, ...] = ()
-    l1_weight: float = losses.L1_WEIGHT
-    disc_lr: float | None = None  # defaults to lr
-    unet_loss: str = "l1"  # "l1" (fastMRI U-Net) or "sn" (the same L_SN as SN)
-    slices_per_volume: int | None = None  # central slices used per training volume (None: all)
-    val_slices_per_volume: int | None = None
-    grad_clip: float | None = None
-    # cosine decay from lr to lr * lr_floor over the run (1.0: the paper's constant rate); a pure
-    # function of the step, so resume needs no scheduler state
-    lr_floor: float = 0.1
-
-
 def lr_at(sched: Schedule, step: int, total_steps: int) -> float:
-    """Learning rate of optimiser step `step` (0-based) out of `total_steps`."""
+    """Learning rate of optimiser step `step` (0-based) out of `total_steps` (Schedule.lr_floor)."""
     if sched.lr_floor >= 1.0 or total_steps <= 1:
         return sched.lr
     frac = min(max(step / (total_steps - 1), 0.0), 1.0)
     return sched.lr * (sched.lr_floor + (1.0 - sched.lr_floor) * 0.5 * (1.0 + math.cos(math.pi * frac)))
 
 
-# ---------------------------------------------------------------------------------------------
-# presets
-
-
-def _get(obj: Any, name: str, default: Any = None) -> Any:
-    if isinstance(obj, Mapping):
-        return obj.get(name, default)
-    return getattr(obj, name, default)
-
-
-def _as_dict(obj: Any) -> dict:
-    if obj is None:
-        return {}
-    if is_dataclass(obj):
-        return asdict(obj)
-    if isinstance(obj, Mapping):
-        return dict(obj)
-    raise ConfigError(f"preset entry {obj!r} is neither a dataclass nor a mapping")
-
-
-def schedule_for(preset: Any, kind: str, finetune: bool = False, **overrides: Any) -> Schedule:
-    """The preset's schedule for `kind` (epochs, lr, batch) with non-None overrides applied.
-
-    SN-GAN always fine-tunes; an SN fine-tuned from a trained SN (`finetune`) gets the same schedule, as
-    in the paper ("both models were further finetuned based on the pretrained SN model").
-    """
-    key = {"sn": "sn_schedule", "sn-gan": "finetune_schedule", "unet": "unet_schedule"}[kind]
-    if finetune and kind == "sn":
-        key = "finetune_schedule"
-    values = _as_dict(_get(preset, key))
-    sched = Schedule(epochs=int(values["epochs"]), lr=float(values["lr"]), batch_size=int(values.get("batch", 1)))
-    if kind == "sn-gan":  # the LSGAN factors per branch: only an adversarial run has that term
-        sched = replace(sched, branch_adv_weights=tuple(values.get("branch_adv_weights") or ()))
-    optimiser = values.get("optimiser", "rmsprop")
-    if optimiser != "rmsprop":
-        raise ConfigError(f"preset {key}.optimiser is {optimiser!r}; the training loop implements 'rmsprop'")
+def schedule_for(preset: Preset, kind: str, finetune: bool = False, **overrides: Any) -> Schedule:
+    """The preset's schedule for `kind` (Preset.schedule) with the non-None `overrides` applied."""
+    sched = preset.schedule(kind, finetune)
     names = {f.name for f in fields(Schedule)}
     unknown = {k for k, v in overrides.items() if v is not None} - names
     if unknown:
@@ -135,23 +78,20 @@ def check_branch_adv_weights(sched: Schedule, model_config: Mapping[str, Any], p
                           f"--branch-adv-weights")
 
 
-def model_config_for(preset: Any, kind: str) -> dict:
-    return _as_dict(_get(preset, "unet" if kind == "unet" else "sn"))
+def model_config_for(preset: Preset, kind: str) -> dict:
+    return asdict(preset.unet if kind == "unet" else preset.sn)
 
 
 # ---------------------------------------------------------------------------------------------
 # reconstruction
 
 
-def reconstruct(kind: str, model: torch.nn.Module, kspace: torch.Tensor, mask: torch.Tensor,
+def reconstruct(model: torch.nn.Module, kspace: torch.Tensor, mask: torch.Tensor,
                 recon_size: Sequence[int]) -> torch.Tensor:
-    """Magnitude `(B, h, w)` at the recon size from masked k-space `(B, C, H, W)` and mask `(B, W)`.
-
-    SN returns a complex image, the U-Net a magnitude; both are full field of view.
-    """
+    """Magnitude `(B, h, w)` at the recon size from masked k-space `(B, C, H, W)` and mask `(B, W)`
+    (the SN gives a complex image, the U-Net a magnitude; both full field of view)."""
     from dnirecon.fastmri_io import center_crop
 
-    del kind  # both kinds share the (kspace, mask) -> image interface
     return center_crop(model(kspace, mask), tuple(recon_size)).abs()
 
 
@@ -212,20 +152,6 @@ def new_model(kind: str, model_config: Mapping) -> torch.nn.Module:
     return tracking.build_model({"kind": kind, "model_config": dict(model_config)})
 
 
-def new_discriminator(preset: Any, sn_config: Mapping | None = None) -> torch.nn.Module:
-    """The preset's critic for fine-tuning an SN with `sn_config` (a critic per branch if so configured)."""
-    from training.models.discriminator import BranchCritics, PatchDiscriminator
-
-    config = _get(preset, "discriminator")
-    if not _get(config, "per_branch", False):
-        return PatchDiscriminator(config)
-    branches = (sn_config or {}).get("accel_branches") or ()
-    if not branches:
-        raise ConfigError("DiscriminatorConfig.per_branch: a critic per branch needs an SN with accel_branches; "
-                          "this sn has one set of cascades")
-    return BranchCritics(config, len(branches))
-
-
 def config_document(kind: str, preset_name: str, model_config: Mapping, model: torch.nn.Module,
                     extra: Mapping | None = None) -> dict:
     return tracking.model_config_document(kind, preset_name, model_config, arch_signature(model.state_dict()),
@@ -265,7 +191,7 @@ def find_unfinished(out_dir: str | Path, kind: str, seed: int, preset: str, acce
         try:
             ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             config = json.loads(ck["config"])
-            # a fine-tuning run's config names its sn (sn_preset; sn_weights from 2026-11-22 on)
+            # a fine-tuning run's config names its sn (sn_preset) by its weights (sn_weights)
             from_sn = (config.get("sn_weights") or "unrecorded") if "sn_preset" in config else None
             have = (ck["kind"], ck["seed"], ck["preset"], [float(a) for a in ck["accels"]], from_sn)
             unfinished = ck["epoch"] < ck["epochs_planned"] and not ck.get("registered_version")
@@ -351,29 +277,27 @@ class Trainer:
 
     def _recon(self, batch: Sample) -> torch.Tensor:
         with self._autocast():
-            out = reconstruct(self.kind, self.model, batch.kspace, batch.mask, tuple(batch.target.shape[-2:]))
+            out = reconstruct(self.model, batch.kspace, batch.mask, tuple(batch.target.shape[-2:]))
         return out.float()
 
-    def _apply(self, loss: torch.Tensor, optimizer, params) -> None:
+    def _apply(self, loss: torch.Tensor, optimizer) -> None:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if optimizer is self.optimizer:
             for p in self.frozen:
                 p.grad = None
-        if self.schedule.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, self.schedule.grad_clip)
         optimizer.step()
 
     def step(self, batch: Sample) -> dict:
         s = self.schedule
         pred = self._recon(batch)
-        if self.kind == "sn" or (self.kind == "unet" and s.unet_loss == "sn"):
+        if self.kind == "sn":
             loss = losses.sn_loss(pred, batch.target, batch.foreground, s.l1_weight)
-            self._apply(loss, self.optimizer, self.model.parameters())
+            self._apply(loss, self.optimizer)
             return {"loss": loss.item()}
         if self.kind == "unet":
             loss = losses.l1_loss(pred, batch.target)
-            self._apply(loss, self.optimizer, self.model.parameters())
+            self._apply(loss, self.optimizer)
             return {"loss": loss.item()}
         return self._gan_step(batch, pred)
 
@@ -382,24 +306,22 @@ class Trainer:
         dr = losses.data_range_of(batch.target)
         real = losses.normalize_for_discriminator(batch.target, batch.foreground, dr)
         fake = losses.normalize_for_discriminator(pred, batch.foreground, dr)
-        # the sampled fraction, for a critic that sees it (a conditional GAN); None for a plain one
-        cond = sampled_fraction(batch.mask) if _bare(disc).sampling_input else None
-        branch = self.bare.branch_of(batch.mask)  # the SN branch that made each image
-        # a critic per branch judges each image with the critic of the branch that made it
-        extra = {"branch": branch} if isinstance(_bare(disc), BranchCritics) else {}
-        # each image's factor on the LSGAN term: that of its branch (None: 1 for all)
-        weight = torch.tensor(s.branch_adv_weights, device=branch.device)[branch] if s.branch_adv_weights else None
+        # each image's factor on the LSGAN term: that of the SN branch that made it (None: 1 for all)
+        weight = None
+        if s.branch_adv_weights:
+            branch = self.bare.branch_of(batch.mask)
+            weight = torch.tensor(s.branch_adv_weights, device=branch.device)[branch]
         d_loss = torch.zeros(())
-        for _ in range(max(1, s.critic_steps)):
-            d_loss = losses.lsgan_discriminator_loss(disc(real, cond, **extra), disc(fake.detach(), cond, **extra))
-            self._apply(d_loss, self.disc_optimizer, disc.parameters())
+        for _ in range(s.critic_steps):
+            d_loss = losses.lsgan_discriminator_loss(disc(real), disc(fake.detach()))
+            self._apply(d_loss, self.disc_optimizer)
         for p in disc.parameters():  # D's gradients are not needed for the generator update
             p.requires_grad_(False)
         try:
             sn_term = losses.sn_loss(pred, batch.target, batch.foreground, s.l1_weight)
-            adv = losses.lsgan_generator_loss(disc(fake, cond, **extra), weight)
+            adv = losses.lsgan_generator_loss(disc(fake), weight)
             g_loss = s.gamma * sn_term + s.adv_weight * adv
-            self._apply(g_loss, self.optimizer, self.model.parameters())
+            self._apply(g_loss, self.optimizer)
         finally:
             for p in disc.parameters():
                 p.requires_grad_(True)
@@ -415,44 +337,36 @@ def _to(batch: Sample, device: torch.device) -> Sample:
 # validation
 
 
-@torch.no_grad()
-def validate(kind: str, model: torch.nn.Module, dataset: SliceDataset, device: torch.device,
-             keep_examples: int = 2) -> tuple[dict, list[dict], list]:
-    """Metrics per validation volume and acceleration (dnirecon.metrics), their means, and a few
-    (target, zero-filled, reconstruction) examples for the figure."""
-    from dnirecon import metrics
-    from training.baselines import zero_filled_rss
+def validate(kind: str, model: torch.nn.Module, files: Sequence[Path], accels: Sequence[float], device: torch.device,
+             mask_kind: str = "random", keep_examples: int = 2) -> tuple[dict, list[dict], list]:
+    """Metrics of every validation slice (training.evaluate): their means per acceleration and over all,
+    the per-volume records, and a few (target, zero-filled, reconstruction) examples for the figure."""
     from dnirecon.fastmri_io import center_crop
+    from training.baselines import zero_filled_rss
+    from training.evaluate import evaluate, held_out_volumes, mean_metrics, torch_recon
 
     model.eval()
-    groups: dict[tuple[str, float], dict[str, list]] = {}
     examples = []
-    first = [r for r in dataset.refs if r.path == dataset.refs[0].path]
-    example_slice = (first[len(first) // 2].path.name, first[len(first) // 2].slice_index)
-    for i in range(len(dataset)):
-        s = dataset[i]
-        k, m = s.kspace[None].to(device), s.mask[None].to(device)
-        pred = reconstruct(kind, model, k, m, tuple(s.target.shape))[0].float().cpu().numpy()
-        g = groups.setdefault((s.fname, s.accel), {"gt": [], "pred": [], "fg": [], "contrast": s.contrast})
-        g["gt"].append(s.target.numpy())
-        g["pred"].append(pred)
-        g["fg"].append(s.foreground.numpy() > 0)
-        if len(examples) < keep_examples and (s.fname, s.slice_index) == example_slice:
-            zf = center_crop(zero_filled_rss(k, m), tuple(s.target.shape))[0].abs().cpu().numpy()
-            examples.append({"accel": s.accel, "target": s.target.numpy(), "zf": zf, "pred": pred})
-    rows = []
-    for (fname, accel), g in groups.items():
-        r = metrics.evaluate_volume(np.stack(g["gt"]), np.stack(g["pred"]), np.stack(g["fg"]))
-        rows.append({"fname": fname, "accel": accel, "contrast": g["contrast"], **r})
+    example_file = Path(sorted(files)[0]).name
+
+    def keep_example(rec: dict) -> None:
+        if rec["file"] == example_file and len(examples) < keep_examples:
+            mid = len(rec["slices"]) // 2
+            s = rec["slices"][mid]
+            with torch.no_grad():
+                zf = zero_filled_rss(torch.from_numpy(s.kspace[None]), torch.from_numpy(s.mask[None]))
+            examples.append({"accel": s.accel, "target": s.target, "pred": rec["pred"][mid],
+                             "zf": center_crop(zf, tuple(s.target.shape))[0].abs().numpy()})
+
+    # one slice per call, as the model trains
+    records = evaluate({kind: torch_recon(model, device)}, held_out_volumes(sorted(files), accels, mask_kind),
+                       batch=1, on_volume=keep_example)
     summary = {}
-    for accel in sorted({r["accel"] for r in rows}):
-        agg = metrics.aggregate([{k: v for k, v in r.items() if k not in ("fname", "accel", "contrast")}
-                                 for r in rows if r["accel"] == accel])
-        for name, (mean, _std) in agg.items():
-            summary[f"val_{name}_{accel:g}x"] = float(mean)
-    agg = metrics.aggregate([{k: v for k, v in r.items() if k not in ("fname", "accel", "contrast")} for r in rows])
-    summary.update({f"val_{name}": float(mean) for name, (mean, _std) in agg.items()})
-    return summary, rows, examples
+    for accel in sorted({r["accel"] for r in records}):
+        summary.update({f"val_{k}_{accel:g}x": float(v)
+                        for k, v in mean_metrics([r for r in records if r["accel"] == accel]).items()})
+    summary.update({f"val_{k}": float(v) for k, v in mean_metrics(records).items()})
+    return summary, records, examples
 
 
 def validation_figure(kind: str, examples: list[dict], epoch: int):
@@ -481,7 +395,7 @@ def validation_figure(kind: str, examples: list[dict], epoch: int):
 # the loop
 
 
-def train_model(kind: str, data_dir: str | Path, preset: str = "cpu", accels: Sequence[float] = (4.0, 8.0),
+def train_model(kind: str, data_dir: str | Path, preset: str | Preset = "cpu", accels: Sequence[float] = (4.0, 8.0),
                 epochs: int | None = None, seed: int = 0, resume: str | Path | None = None,
                 register: bool = True, *, val_dir: str | Path | None = None, init_from: str | Path | None = None,
                 out_dir: str | Path = "checkpoints", batch_size: int | None = None, lr: float | None = None,
@@ -490,6 +404,7 @@ def train_model(kind: str, data_dir: str | Path, preset: str = "cpu", accels: Se
                 schedule_overrides: Mapping[str, Any] | None = None, mask_kind: str = "random") -> TrainResult:
     """Train `kind` ("sn", "sn-gan", "unet") on the volumes in `data_dir` and (rank 0) log/register it.
 
+    `preset`: a name in training.presets.PRESETS, or a Preset (an experiment's variant).
     `init_from`: the trained SN to fine-tune, an sn version/alias ("3", "champion") or a local
     checkpoint. SN-GAN always starts from one (default champion); SN starts from scratch unless given
     one, and is then fine-tuned with L_SN alone on the fine-tuning schedule, the paper's twin of SN-GAN.
@@ -506,9 +421,8 @@ def train_model(kind: str, data_dir: str | Path, preset: str = "cpu", accels: Se
         torch.cuda.set_device(dev)
     use_amp = (dev.type == "cuda") if amp is None else bool(amp and dev.type == "cuda")
     seed_everything(seed)
-    from training.presets import get_preset
-
-    preset_obj = get_preset(preset)
+    preset_obj = preset if isinstance(preset, Preset) else get_preset(preset)
+    preset = preset_obj.name
     finetune = kind == "sn-gan" or (kind == "sn" and init_from is not None)
     if kind == "unet" and init_from is not None:
         raise ConfigError("--init-from: the U-Net trains from scratch; only sn and sn-gan fine-tune an sn model")
@@ -552,8 +466,6 @@ def train_model(kind: str, data_dir: str | Path, preset: str = "cpu", accels: Se
         config["training_stages"] = [st.describe(branches) for st in stages]
         if ddp.main:
             log.info("sn stages: %s", "; ".join(config["training_stages"]))
-    val_ds = SliceDataset(val_files, accels, train=False, seed=seed, mask_kind=mask_kind,
-                          slices_per_volume=sched.val_slices_per_volume)
     sampler = DistributedSampler(train_ds, num_replicas=ddp.world, rank=ddp.rank, shuffle=True, seed=seed)
 
     wrapped = model
@@ -565,10 +477,9 @@ def train_model(kind: str, data_dir: str | Path, preset: str = "cpu", accels: Se
     optimizer = torch.optim.RMSprop(model.parameters(), lr=sched.lr)
     trainer = Trainer(kind, wrapped, optimizer, sched, dev, use_amp)
     if kind == "sn-gan":
-        disc = new_discriminator(preset_obj, config["model_config"]).to(dev).train()
+        disc = PatchDiscriminator(preset_obj.discriminator).to(dev).train()
         check_branch_adv_weights(sched, config["model_config"], preset)
-        trainer.discriminator = (torch.nn.parallel.DistributedDataParallel(
-            disc, find_unused_parameters=isinstance(disc, BranchCritics)) if ddp.world > 1 else disc)
+        trainer.discriminator = torch.nn.parallel.DistributedDataParallel(disc) if ddp.world > 1 else disc
         trainer.disc_optimizer = torch.optim.RMSprop(disc.parameters(), lr=sched.disc_lr or sched.lr)
 
     start_epoch, skip_batches, step, run_id = 0, 0, 0, None
@@ -671,7 +582,7 @@ def train_model(kind: str, data_dir: str | Path, preset: str = "cpu", accels: Se
             metrics = {"epoch": epoch + 1, "train_loss": float(np.mean(running)) if running else float("nan"),
                        "slices_per_s": seen / max(time.perf_counter() - t0, 1e-9)}
             if ddp.main:
-                val, _rows, examples = validate(kind, trainer.bare, val_ds, dev)
+                val, _records, examples = validate(kind, trainer.bare, val_files, accels, dev, mask_kind)
                 metrics.update(val)
                 trainer.history.append(metrics)
                 last_metrics = metrics

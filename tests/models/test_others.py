@@ -6,7 +6,7 @@ import torch
 from dnirecon.errors import ConfigError, ModelError
 from physics_helpers import random_kspace, random_mask, rel_err
 from training.baselines import zero_filled_rss
-from training.models.discriminator import BranchCritics, PatchDiscriminator
+from training.models.discriminator import PatchDiscriminator
 from training.models.downup import DownUpNetwork
 from training.models.signature import arch_signature, check_signature, weights_digest
 from training.models.sn import SensitivityNetwork
@@ -67,40 +67,6 @@ def test_patch_discriminator_scores_patches_of_magnitude_images():
     assert disc(torch.rand(2, 1, 64, 48)).shape == scores.shape
 
 
-def test_a_conditional_critic_scores_by_the_sampled_fraction_and_refuses_a_call_without_it():
-    torch.manual_seed(0)
-    disc = PatchDiscriminator(DiscriminatorConfig(chans=8, num_layers=3, sampling_input=True))
-    image = torch.rand(1, 64, 48).expand(2, -1, -1)  # the same image twice
-    scores = disc(image, torch.tensor([0.25, 0.125]))
-    assert scores.shape == (2, 1, 6, 4)
-    assert (scores[0] - scores[1]).abs().max() > 1e-4  # the fraction changes the verdict
-    with pytest.raises(ValueError, match="expected cond of 2 value"):
-        disc(image)
-    with pytest.raises(ValueError, match="does not take the sampled fraction"):
-        PatchDiscriminator(DiscriminatorConfig(chans=8, num_layers=3))(image, torch.tensor([0.25, 0.125]))
-    with pytest.raises(ConfigError, match="DiscriminatorConfig.sampling_input"):
-        DiscriminatorConfig(sampling_input=1)
-
-
-def test_a_critic_per_branch_judges_each_image_with_its_branch_critic():
-    from training.train import new_discriminator
-
-    torch.manual_seed(0)
-    critics = BranchCritics(DiscriminatorConfig(chans=8, num_layers=3, per_branch=True), branches=2)
-    images = torch.rand(3, 64, 48)
-    scores = critics(images, branch=torch.tensor([1, 0, 1]))
-    with torch.no_grad():
-        want = torch.cat([critics.critics[1](images[:1]), critics.critics[0](images[1:2]), critics.critics[1](images[2:])])
-    assert scores.shape == (3, 1, 6, 4) and torch.allclose(scores, want, atol=1e-6)
-    assert (critics.critics[0](images) - critics.critics[1](images)).abs().max() > 1e-4  # two critics
-    with pytest.raises(ValueError, match="needs the branch of each image"):
-        critics(images)
-    per_branch = {"discriminator": DiscriminatorConfig(chans=8, num_layers=3, per_branch=True)}
-    assert isinstance(new_discriminator(per_branch, {"accel_branches": [4.0, 8.0]}), BranchCritics)
-    with pytest.raises(ConfigError, match="needs an SN with accel_branches"):
-        new_discriminator(per_branch, {"accel_branches": []})
-
-
 def test_arch_signature_depends_on_names_and_shapes_not_values():
     a = SensitivityNetwork(SNConfig(cascades=2, width=4, blocks=1)).state_dict()
     b = SensitivityNetwork(SNConfig(cascades=2, width=4, blocks=1)).state_dict()
@@ -132,7 +98,7 @@ def test_check_signature_refuses_a_mismatch_naming_the_source():
 def test_presets_hold_the_paper_schedule():
     paper = get_preset("paper")
     assert (paper.sn.cascades, paper.sn.width, paper.sn.blocks) == (10, 128, 2)
-    assert (paper.sn_schedule.optimiser, paper.sn_schedule.lr, paper.sn_schedule.epochs) == ("rmsprop", 1e-4, 50)
+    assert (paper.sn_schedule.lr, paper.sn_schedule.epochs, paper.sn_schedule.lr_floor) == (1e-4, 50, 1.0)
     assert (paper.finetune_schedule.lr, paper.finetune_schedule.epochs) == (5e-5, 10)
     assert set(PRESETS) == {"cpu", "paper"}
 

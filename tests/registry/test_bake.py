@@ -9,7 +9,7 @@ import torch
 
 from dnirecon.errors import ConfigError, ModelError
 from registry import store
-from registry.bake import held_out_fingerprint, load_held_out, parse_model_ref, plot_perception_distortion
+from registry.bake import held_out_fingerprint, load_held_out, parse_model_ref
 from registry.export import check_onnx_file, check_parity, ort_session, relative_max_error, run_onnx, \
     run_torch, sha256_file
 from registry.interpolate import interpolate_pair
@@ -183,12 +183,16 @@ def test_baked_version_promotes_and_rollback_needs_history(baked, client):
         store.rollback(client, "staging")
 
 
-def test_perception_distortion_plot(baked, tmp_path):
-    out = plot_perception_distortion(baked.manifest, tmp_path / "pd.png")
+def test_perception_distortion_plot_of_a_baked_set(baked, tmp_path):
+    from training.report import manifest_points
+    from training.report_figures import perception_distortion
+
+    points = manifest_points(baked.manifest)
+    assert [p["alpha"] for p in points] == list(ALPHAS) and all("hf_ratio" in p for p in points)
+    out = perception_distortion(points, tmp_path / "pd.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
-    plot_perception_distortion(baked.directory, tmp_path / "from_dir.png")
     with pytest.raises(Exception, match="hf_ratio"):
-        plot_perception_distortion([{"alpha": 0.0, "psnr": 30.0}], tmp_path / "bad.png")
+        perception_distortion([{"accel": None, "method": "a", "alpha": 0.0, "psnr": 30.0}], tmp_path / "bad.png")
 
 
 def test_check_onnx_refuses_a_dft_node(tmp_path):
@@ -247,23 +251,6 @@ def test_cli_bake_without_registering_writes_set_and_plot(baked, held_out_dir, t
     assert "not empty" in capsys.readouterr().err
     assert main(["registry", "describe", "interpsn", "--version", baked.version]) == 0
     assert json.loads(capsys.readouterr().out)["tags"]["alphas"] == "0,0.25,0.5,0.75,1"
-
-
-def test_tradeoff_check_accepts_the_papers_shape_and_names_violations():
-    from registry.bake import tradeoff_check
-
-    good = [{"alpha": a, "psnr": 32.0 - 0.2 * a - 0.6 * a * a, "hf_ratio": 0.7 + 0.25 * a} for a in ALPHAS]
-    assert tradeoff_check(good) == []
-    jumpy = [dict(r) for r in good]
-    jumpy[4]["psnr"] -= 3.0
-    assert any("psnr jumps" in p and "0.75->1" in p for p in tradeoff_check(jumpy))
-    rising = [dict(r) for r in good]
-    rising[1]["psnr"] = 33.0
-    assert any("rises at 0.25->0.5" in p or "rises at 0->0.25" in p for p in tradeoff_check(rising))
-    far = [dict(r, psnr=32.0 - 2.0 * r["alpha"]) for r in good]
-    assert any("alpha 0.5 is 1.00 dB below SN" in p for p in tradeoff_check(far))
-    overshoot = [dict(r, hf_ratio=0.7 + 0.5 * r["alpha"]) for r in good]  # 1.2 at alpha 1: farther from 1
-    assert any("|hf_ratio - 1|" in p for p in tradeoff_check(overshoot))
 
 
 # ---------------------------------------------------------------- held-out fingerprint, NaN parity, roles

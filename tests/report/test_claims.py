@@ -147,3 +147,23 @@ def test_run_info_records_become_their_own_table(report_data):
     assert "| versions.sn | 3 |" in text
     assert "streamed passes:\n\n| accel | alpha_used | seconds |" in text
     assert "| 4 | 0.5 | 1.235 |" in text and "| 8 | 1 | 2 |" in text
+
+
+def test_a_baked_sets_curve_is_checked_by_the_same_tradeoff_claims():
+    """The bake command's verdict on a manifest (all accelerations together) uses tradeoff_claims, the
+    same code as the report: alpha 0 is SN."""
+    from training.report import manifest_points, tradeoff_claims
+
+    curve = [(0.0, 33.0, 0.70), (0.25, 32.9, 0.77), (0.5, 32.75, 0.84), (0.75, 32.45, 0.91), (1.0, 32.0, 0.98)]
+    manifest = {"alphas": [{"alpha": a, "metrics": {"psnr": p, "ssim": 0.8, "hf_ratio": h}} for a, p, h in curve]}
+    points = manifest_points(manifest)
+    good = tradeoff_claims(points, points[0]["psnr"], "4x and 8x")
+    assert [c.status for c in good] == ["PASS"] * 4
+    assert good[3].detail == "a=0.50 32.75 dB vs SN 33.00 dB (-0.25 dB)"
+    jumpy = [dict(p) for p in points]
+    jumpy[4]["psnr"] -= 3.0  # 0.75 -> 1: a 3.45 dB step
+    verdict = {c.claim: c.status for c in tradeoff_claims(jumpy, 33.0, "4x")}
+    assert verdict["4x: no jump in PSNR between neighbouring alphas larger than twice the mean step"] == "FAIL"
+    overshoot = [dict(p, hf_ratio=0.7 + 0.5 * p["alpha"]) for p in points]  # 1.2 at alpha 1: farther from 1
+    assert tradeoff_claims(overshoot, 33.0, "4x")[0].status == "FAIL"
+    assert tradeoff_claims(points[:1], 33.0, "4x")[0].status == "SKIP"

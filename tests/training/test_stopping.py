@@ -103,13 +103,20 @@ def test_an_error_mid_run_ends_the_run_failed(tiny_data, tmp_path, mlflow_store,
     assert run.info.status == "FAILED"
 
 
-def test_the_demo_continues_a_training_a_signal_stopped(tiny_data, tmp_path, mlflow_store):
+def test_the_demo_continues_a_training_a_signal_stopped(tiny_data, tmp_path, mlflow_store, monkeypatch):
     """dnirecon demo's training step: Ctrl-C (SIGINT) during SN, then the step run again continues from the
     checkpoint; the CLI's exit code for it is 130."""
+    import dataclasses
+
     from dnirecon.demo import Steps
     from dnirecon.demo_steps import train_step
+    from training import presets
 
-    state, work, epochs = {}, tmp_path / "work", {"sn-pretrained": EPOCHS, "unet": 1}
+    cpu = presets.PRESETS["cpu"]  # the demo's preset with short schedules, for this test only
+    monkeypatch.setitem(presets.PRESETS, "cpu", dataclasses.replace(
+        cpu, sn_schedule=dataclasses.replace(cpu.sn_schedule, epochs=EPOCHS),
+        unet_schedule=dataclasses.replace(cpu.unet_schedule, epochs=1)))
+    state, work = {}, tmp_path / "work"
 
     def signal_after_the_first_checkpoint():
         _wait_for(lambda: any(work.glob("checkpoints/sn-*/last.pt")), what="the first checkpoint")
@@ -118,7 +125,7 @@ def test_the_demo_continues_a_training_a_signal_stopped(tiny_data, tmp_path, mlf
     killer = threading.Thread(target=signal_after_the_first_checkpoint, daemon=True)
     killer.start()
     with pytest.raises(Interrupted, match="Run the demo again to continue from it") as exc:
-        train_step(Steps(total=1), state, work, "cpu", tiny_data / "train", tiny_data / "val", epochs)
+        train_step(Steps(total=1), state, work, "cpu", tiny_data / "train", tiny_data / "val")
     killer.join()
     assert exc.value.signum == signal.SIGINT
     stopped = state["interrupted"]["sn-pretrained"]
@@ -126,7 +133,7 @@ def test_the_demo_continues_a_training_a_signal_stopped(tiny_data, tmp_path, mlf
     first = torch.load(exc.value.saved, weights_only=True)
     assert 0 < first["step"] < EPOCHS * 4
 
-    train_step(Steps(total=1), state, work, "cpu", tiny_data / "train", tiny_data / "val", epochs)
+    train_step(Steps(total=1), state, work, "cpu", tiny_data / "train", tiny_data / "val")
     assert state["interrupted"] == {}
     assert set(state["versions"]) == {"sn-pretrained", "sn", "sn-gan", "unet"}
     sn = tracking.client().get_model_version("sn", state["versions"]["sn-pretrained"])

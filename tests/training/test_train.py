@@ -166,20 +166,21 @@ def test_sn_fine_tuned_from_a_version_is_the_paper_twin_of_sn_gan(tiny_data, tmp
 def test_a_routed_sn_trains_its_8x_branch_from_the_trained_4x_branch(tiny_data, tmp_path):
     """cpu preset (accel_branches 4 8): the first half of the epochs trains the 4x branch on 4x slices, the
     second starts the 8x branch from it and trains it on 8x slices; the stage boundary survives a resume."""
-    from training.models.sn import branch_key
+    from training.branches import branch_parameters
 
     kw = dict(preset="cpu", accels=(4.0, 8.0), epochs=2, seed=5, log_mlflow=False, progress=False,
               batch_size=1, out_dir=tmp_path / "ck")
-    n = get_preset("cpu").sn.cascades
     first = train_model("sn", tiny_data, max_steps=4, **kw)  # the 4x stage: one epoch of 4 slices
     a = torch.load(first.checkpoint_path, weights_only=True)
     assert (a["epoch"], a["batch_in_epoch"]) == (1, 0)
     assert json.loads(a["config"])["training_stages"] == [
         "4x branch: epochs 1-1 on --accel 4", "8x branch: epochs 2-2 on --accel 8, starting from the 4x branch"]
-    keys = [k for k in a["model"] if int(k.split(".")[1]) < n]  # one branch's keys: cascades.i.*, dc.i.*, i < n
+    config = json.loads(a["config"])["model_config"]
 
     def branch(state, b):
-        return torch.cat([state[branch_key(k, n, b)].flatten() for k in keys])
+        model = new_model("sn", config)
+        model.load_state_dict(state)
+        return torch.cat([p.detach().flatten() for p in branch_parameters(model, b)])
 
     one_more = train_model("sn", tiny_data, max_steps=5, resume=first.checkpoint_path, **kw)
     b = torch.load(one_more.checkpoint_path, weights_only=True)
@@ -240,7 +241,7 @@ def test_branch_adv_weights_scale_the_lsgan_term_of_each_branch_alone(tiny_data)
     assert gap(split[0], high[0]) > 1e-5 and gap(split[1], low[1]) > 1e-5  # the factors do change the step
     assert get_preset("cpu").finetune_schedule.branch_adv_weights == (0.25, 2.0)
     assert schedule_for(preset, "sn-gan").branch_adv_weights == (0.25, 2.0)
-    assert schedule_for(preset, "sn", finetune=True).branch_adv_weights == ()  # no LSGAN term there
+    assert schedule_for(preset, "sn", finetune=True) == preset.finetune_schedule  # the paper's twin runs
 
 
 def test_branch_adv_weights_must_give_one_factor_per_branch(tiny_data, tmp_path, monkeypatch):
@@ -264,22 +265,16 @@ def test_branch_adv_weights_must_give_one_factor_per_branch(tiny_data, tmp_path,
     assert torch.load(done.checkpoint_path, weights_only=True)["step"] == 1
 
 
-def test_sn_gan_with_a_critic_per_branch_trains_and_checkpoints_both_critics(tiny_data, tmp_path, monkeypatch):
+def test_a_variant_preset_trains_under_its_own_name_and_leaves_the_presets_alone(tiny_data, tmp_path):
+    """experiments/ pass a Preset of their own to train_model; the library's PRESETS stay cpu and paper."""
     import dataclasses
 
     from training import presets
 
-    base = presets.PRESETS["cpu"]
-    monkeypatch.setitem(presets.PRESETS, "cpu-critics", dataclasses.replace(
-        base, name="cpu-critics", discriminator=dataclasses.replace(base.discriminator, per_branch=True)))
-    kw = dict(accels=(4.0, 8.0), seed=5, log_mlflow=False, progress=False, batch_size=1, out_dir=tmp_path / "ck")
-    sn = train_model("sn", tiny_data, preset="cpu", epochs=2, max_steps=1, **kw)
-    gan = train_model("sn-gan", tiny_data, preset="cpu-critics", init_from=sn.checkpoint_path, max_steps=4, **kw)
-    ck = torch.load(gan.checkpoint_path, weights_only=True)
-    assert {k.split(".")[1] for k in ck["discriminator"]} == {"0", "1"}  # critics.0.*, critics.1.*
-    assert ck["step"] == 4
-    with pytest.raises(ConfigError, match="needs an SN with accel_branches"):
-        monkeypatch.setitem(presets.PRESETS, "cpu-one", dataclasses.replace(
-            presets.PRESETS["cpu-critics"], name="cpu-one", sn=dataclasses.replace(base.sn, accel_branches=())))
-        one = train_model("sn", tiny_data, preset="cpu-one", epochs=1, max_steps=1, **kw)
-        train_model("sn-gan", tiny_data, preset="cpu-one", init_from=one.checkpoint_path, max_steps=1, **kw)
+    variant = dataclasses.replace(get_preset("cpu"), name="cpu-variant",
+                                  sn=dataclasses.replace(get_preset("cpu").sn, accel_branches=()))
+    result = train_model("sn", tiny_data, preset=variant, epochs=1, max_steps=1, log_mlflow=False, progress=False,
+                         out_dir=tmp_path / "ck")
+    ck = torch.load(result.checkpoint_path, weights_only=True)
+    assert ck["preset"] == "cpu-variant" and json.loads(ck["config"])["model_config"]["accel_branches"] == []
+    assert sorted(presets.PRESETS) == ["cpu", "paper"]

@@ -1,6 +1,6 @@
 """Median time of one SN training step (forward, backward, RMSProp) on random 8-coil k-space.
 
-    python scripts/sn_step_time.py --cascades 6 --width 16 --oversampling 2 --height 192 --width-k 110
+    python experiments/sn_step_time.py --cascades 6 --width 16 --oversampling 2 --height 192 --width-k 110
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Fine-tune SN and SN-GAN from one parent SN and take their HF ratios apart (docs/training.md).
+"""Fine-tune SN and SN-GAN from one parent SN and take their HF ratios apart (docs/experiments/).
 
 The demo's second stage in isolation: from a trained `sn` (the parent), fine-tune SN with L_SN and
 SN-GAN with the given adversarial settings on the fine-tuning schedule, then score SN, interpSN at a
@@ -7,7 +7,7 @@ PSNR, SSIM, the HF ratio and its split into detail and excess (`dnirecon.metrics
 logged to MLflow or registered; checkpoints go under --out, and a run reuses the fine-tuned
 checkpoints it finds there.
 
-    python scripts/hf_ablation.py --data data/demo/cpu/train --val-data data/demo/cpu/val \\
+    python experiments/hf_ablation.py --data data/demo/cpu/train --val-data data/demo/cpu/val \\
         --parent runs/demo/cpu/checkpoints/sn-<run>/last.pt --critic-steps 3 --out runs/ablation/critic3
 """
 
@@ -19,41 +19,14 @@ import json
 from pathlib import Path
 
 
-def variant_preset(name: str, disc_chans: int | None = None, disc_layers: int | None = None,
-                   sampling_input: bool = False, disc_sampling: bool | None = None, film: bool = False,
-                   per_branch: bool | None = None) -> str:
-    """The name of `name` with another discriminator or an SN that sees the sampled fraction, added to
-    PRESETS for this process (the same schedules; `name` itself when nothing changes)."""
-    import dataclasses
-
-    from training.presets import PRESETS, DiscriminatorConfig
-
-    base = PRESETS[name]
-    if disc_chans is not None or disc_layers is not None or disc_sampling is not None or per_branch is not None:
-        cond = base.discriminator.sampling_input if disc_sampling is None else disc_sampling
-        split = base.discriminator.per_branch if per_branch is None else per_branch
-        disc = DiscriminatorConfig(chans=disc_chans or base.discriminator.chans,
-                                   num_layers=disc_layers or base.discriminator.num_layers, sampling_input=cond,
-                                   per_branch=split)
-        name = f"{name}-disc{disc.chans}x{disc.num_layers}{'c' if cond else ''}{'b' if split else ''}"
-        base = dataclasses.replace(base, name=name, discriminator=disc)
-    if sampling_input:
-        name = f"{name}-sampling"
-        base = dataclasses.replace(base, name=name, sn=dataclasses.replace(base.sn, sampling_input=True))
-    if film:
-        name = f"{name}-film"
-        base = dataclasses.replace(base, name=name, sn=dataclasses.replace(base.sn, sampling_input=True,
-                                                                         sampling_film=True))
-    PRESETS[name] = base
-    return name
-
-
 def main() -> int:
     from registry.export import run_torch
     from registry.interpolate import interpolate_pair
     from training import tracking
     from training.report import collect_report_data, hf_split_rows, interp_name
     from training.train import train_model
+
+    from experiments.presets import variant
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, required=True, help="training volumes")
@@ -73,14 +46,9 @@ def main() -> int:
                    help="factor on the LSGAN term per SN branch (default: the preset's)")
     p.add_argument("--disc-chans", type=int, default=None, help="PatchGAN features in its first layer")
     p.add_argument("--disc-layers", type=int, default=None, help="PatchGAN strided layers")
-    p.add_argument("--sampling-input", action="store_true",
-                   help="SN whose Down-Up networks see the sampled fraction (the parent must be one too)")
-    p.add_argument("--disc-sampling", choices=["yes", "no"], default=None,
-                   help="a critic that sees the sampled fraction (a conditional GAN), or not; default: the preset's")
-    p.add_argument("--critic-per-branch", choices=["yes", "no"], default=None,
-                   help="one critic per branch of an SN with accel_branches, or one for all; default: the preset's")
-    p.add_argument("--film", action="store_true",
-                   help="SN whose Down-Up features are also scaled and shifted by the sampled fraction (FiLM)")
+    p.add_argument("--sampling-input", choices=["yes", "no"], default=None,
+                   help="SN whose Down-Up networks see the sampled fraction, or not (the parent must match); "
+                        "default: the preset's")
     p.add_argument("--l1-weight", type=float, default=None, help="lambda of L_SN, for both fine-tunings")
     p.add_argument("--alphas", type=float, nargs="*", default=[0.25, 0.5, 0.75])
     p.add_argument("--accel", type=float, nargs="+", default=[4.0, 8.0],
@@ -94,11 +62,9 @@ def main() -> int:
                                                              else tuple(a.branch_adv_weights)).items()
                                        if v is not None})
     a.out.mkdir(parents=True, exist_ok=True)
-    base_preset, a.preset = a.preset, variant_preset(
-        a.preset, a.disc_chans, a.disc_layers, a.sampling_input,
-        None if a.disc_sampling is None else a.disc_sampling == "yes", a.film,
-        None if a.critic_per_branch is None else a.critic_per_branch == "yes")
-    settings = overrides if a.preset == base_preset else dict(overrides, preset=a.preset)
+    preset = variant(a.preset, a.disc_chans, a.disc_layers,
+                     None if a.sampling_input is None else a.sampling_input == "yes")
+    settings = overrides if preset.name == a.preset else dict(overrides, preset=preset.name)
     if a.epochs is not None:
         settings = dict(settings, epochs=a.epochs)
     if a.lr is not None:
@@ -108,7 +74,7 @@ def main() -> int:
         done = a.out / f"{kind}.checkpoint"
         if done.exists():
             return Path(done.read_text())
-        r = train_model(kind, a.data, preset=a.preset, accels=a.accel, epochs=a.epochs, lr=a.lr, val_dir=a.val_data,
+        r = train_model(kind, a.data, preset=preset, accels=a.accel, epochs=a.epochs, lr=a.lr, val_dir=a.val_data,
                         init_from=a.parent, register=False, log_mlflow=False, out_dir=a.out / "checkpoints",
                         schedule_overrides=extra)
         done.write_text(str(r.checkpoint_path))
@@ -138,6 +104,7 @@ def main() -> int:
     (a.out / "results.json").write_text(json.dumps(dict(settings=settings, parent=str(a.parent), rows=table),
                                                    indent=1))
     return 0
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

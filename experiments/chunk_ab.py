@@ -1,6 +1,6 @@
 """What gRPC adds to one slice for each client chunk size: an alternating A/B on one server.
 
-    python scripts/chunk_ab.py --chunks 4000000,1000000,262144,131072 --rounds 8 --size 15x640x368
+    python experiments/chunk_ab.py --chunks 4000000,1000000,262144,131072 --rounds 8 --size 15x640x368
 
 Builds the untrained cpu-preset SN (as `dnirecon bench` does), starts one server on loopback, and
 streams one slice at a time, cycling through the chunk sizes, so every size sees the same load.
