@@ -6,6 +6,8 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
+MAX_REQUEST_ID_CHARS = 256  # a longer request_id is refused per slice, never logged or echoed whole
+
 
 class Slots:
     """At most `limit` holders at once; take() answers at once, it never waits."""
@@ -96,6 +98,3 @@ class ByteBudget:
             used = self._used
         if self._on_change:
             self._on_change(used)
-
-
-MAX_REQUEST_ID_CHARS = 256  # a longer request_id is refused per slice, never logged or echoed whole

@@ -53,7 +53,7 @@ class Metrics:
         self.model_stale = Gauge("dnirecon_model_stale", "1 while the served set came from the cache because the registry "
                                  "could not be reached; 0 once the registry confirmed the alias", registry=r)
         self.model_swap_phase = Gauge("dnirecon_model_swap_phase_seconds", "Phases of the last alias move installed: poll "
-                                      "(alias moved to noticed, when the registry tells), resolve, download, verify, load, warmup",
+                                      "(the wait since the registry's previous answer), resolve, download, verify, load, warmup",
                                       ["phase"], registry=r)
         self.model_loads = Counter("dnirecon_model_loads", "Model set loads", ["outcome"], registry=r)
         if mallinfo() is not None:

@@ -306,9 +306,6 @@ class _Store:
 
         return read_baked_set(source, name=name, version=version, uri=uri)
 
-    def alias_moved_at(self, name):
-        return None
-
     def remember_served(self, uri, version):
         pass
 

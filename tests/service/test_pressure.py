@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from dnirecon.errors import ConfigError
 from dnirecon.v1 import recon_pb2, recon_pb2_grpc
 from service import wire
-from service.client import ReconClient, plan_sampling, reconstruct_file
+from service.client import ReconClient, reconstruct_file
 
 from .conftest import free_port, register, synthetic_kspace, test_mask, write_baked_set, write_volume_file
 from .test_lifecycle import SLOW_LAUNCHER
@@ -168,7 +168,7 @@ def big_slice_but_the_last_value(index: int) -> list:
 def test_twenty_streams_declaring_255_mib_slices_stay_within_the_memory_budget_and_give_it_back(baked_dir, start_server):
     budget = 512 * MiB
     server = start_server("--model-dir", str(baked_dir), "--drain-seconds", "1", "--warmup-shapes", "2x32x24",
-                          "--slice-memory-bytes", str(budget), "--malloc-mmap-threshold", "131072")
+                          "--malloc-mmap-threshold", "131072", env={"DNIRECON_SLICE_MEMORY_BYTES": str(budget)})
     time.sleep(0.5)
     before = rss_bytes(server.proc.pid)
     streams = []
@@ -208,7 +208,7 @@ def test_twenty_streams_declaring_255_mib_slices_stay_within_the_memory_budget_a
 
 def test_a_slice_idle_past_the_timeout_is_answered_with_the_timeout_error_and_its_memory_freed(baked_dir, start_server):
     server = start_server("--model-dir", str(baked_dir), "--drain-seconds", "1", "--warmup-shapes", "2x32x24",
-                          "--slice-idle-seconds", "1")
+                          env={"DNIRECON_SLICE_IDLE_SECONDS": "1"})
     with grpc.insecure_channel(server.target) as ch:
         s = HeldStream(ch)
         s.send(*stream_messages(0))  # a whole slice first: answered
@@ -320,8 +320,8 @@ def test_registry_unreachable_with_a_warm_cache_serves_the_cached_version_stale_
     port = free_port()
     t0 = time.monotonic()
     server = ServerProcess(["--model-uri", "models:/interpsn@production", "--tracking-uri", f"http://127.0.0.1:{port}",
-                            "--cache-dir", str(cache), "--alias-poll-seconds", "1", "--registry-timeout-seconds", "5",
-                            "--drain-seconds", "1", "--warmup-shapes", "2x32x24"], {}, tmp_path / "server.log")
+                            "--cache-dir", str(cache), "--alias-poll-seconds", "1", "--drain-seconds", "1",
+                            "--warmup-shapes", "2x32x24"], {"DNIRECON_REGISTRY_TIMEOUT_SECONDS": "5"}, tmp_path / "server.log")
     mlflow = None
     try:
         server.wait_serving(timeout=30)
@@ -357,9 +357,8 @@ def test_registry_unreachable_with_an_empty_cache_stays_not_serving_and_retries(
 
     port = free_port()
     server = ServerProcess(["--model-uri", "models:/interpsn@production", "--tracking-uri", f"http://127.0.0.1:{port}",
-                            "--cache-dir", str(tmp_path / "cache"), "--alias-poll-seconds", "1",
-                            "--registry-timeout-seconds", "2", "--drain-seconds", "1", "--warmup-shapes", "2x32x24"],
-                           {}, tmp_path / "server.log")
+                            "--cache-dir", str(tmp_path / "cache"), "--alias-poll-seconds", "1", "--drain-seconds", "1",
+                            "--warmup-shapes", "2x32x24"], {"DNIRECON_REGISTRY_TIMEOUT_SECONDS": "2"}, tmp_path / "server.log")
     mlflow = None
     try:
         _wait(lambda: server.log().count("NOT_SERVING: models:/interpsn@production cannot be served") >= 2, 30,
@@ -412,6 +411,8 @@ def test_an_undersampled_file_without_accel_is_sent_with_its_acquired_columns_an
 def test_re_undersample_keeps_the_acquired_columns_the_accel_mask_also_holds(tmp_path):
     import h5py
 
+    from service.client import plan_sampling
+
     path = _undersampled_file(tmp_path)
     with h5py.File(path) as f:
         k0 = f["kspace"][0]
@@ -422,6 +423,8 @@ def test_re_undersample_keeps_the_acquired_columns_the_accel_mask_also_holds(tmp
 
 
 def test_a_fully_sampled_file_says_which_mask_is_sent(tmp_path):
+    from service.client import plan_sampling
+
     path, k = write_volume_file(tmp_path / "full.h5", 1, seed=4)
     plan = plan_sampling(k[0], (1, 23), None, path.name)
     assert plan.fully_sampled and "fully sampled" in plan.text and "4x" in plan.text
