@@ -782,7 +782,7 @@ class ServiceProcess:
         log.info("gRPC listening on port %d (health NOT_SERVING until the model is warm)", self.port)
         if self._stopping("model download"):
             return
-        baked, store, stale = load_initial(self.settings, wait=self.shutdown.wait)
+        baked, store, stale = load_initial(self.settings, self.shutdown.wait)
         if baked is None or self._stopping("model load and warm-up"):
             return
         try:
