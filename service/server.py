@@ -40,13 +40,13 @@ SERVICE_NAME = recon_pb2.DESCRIPTOR.services_by_name["Reconstruction"].full_name
 SERVER_VERSION = "0.1.0"
 Code = grpc.StatusCode
 POLL_S = 0.25  # how often a blocked wait checks that its call is still alive
-STARTUP_JOIN_S = 2.0
+STARTUP_JOIN_S = 2.0  # after a drain, how long a start-up still in progress gets to notice it
 # The server reads messages up to 4x the protocol's 4 MiB, so that one over the protocol's limit is answered
 # per slice (its chunk is over max_chunk_bytes) after the slices before it; gRPC ends a stream whose message
 # is larger than this at once, without the results still to come.
 SERVER_MAX_RECEIVE_BYTES = 4 * wire.MAX_MESSAGE_BYTES
 SERVER_MESSAGE_OPTIONS = [("grpc.max_send_message_length", wire.MAX_MESSAGE_BYTES),
-                          ("grpc.max_receive_message_length", SERVER_MAX_RECEIVE_BYTES)]  # after a drain, how long a start-up still in progress gets to notice it
+                          ("grpc.max_receive_message_length", SERVER_MAX_RECEIVE_BYTES)]
 
 
 class SliceFault(Exception):
