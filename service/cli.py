@@ -52,7 +52,12 @@ def register_client(subparsers) -> None:
     r.add_argument("file", type=Path, help="FILE.h5")
     _add_connection(r)
     r.add_argument("--alpha", type=float, default=None, help="interpolation coefficient in [0, 1]")
-    r.add_argument("--accel", type=int, default=4, choices=(4, 8), help="retrospective acceleration (fully sampled files)")
+    r.add_argument("--accel", type=int, default=None, choices=(4, 8),
+                   help="undersample a fully sampled file to this acceleration (default 4); on a file that is already "
+                        "undersampled an error, unless --re-undersample")
+    r.add_argument("--re-undersample", action="store_true",
+                   help="with --accel on an already undersampled file: send only its acquired columns that the "
+                        "--accel mask also holds")
     r.add_argument("--model", default="", help="model name or alias the server must be serving")
     r.add_argument("--out", type=Path, default=Path("recon"), help="output folder (HDF5 and PNGs)")
     r.add_argument("--resumes", type=int, default=2,
@@ -118,7 +123,8 @@ def _reconstruct(args) -> int:
 
     with _client(args) as client:
         result = reconstruct_file(client, args.file, accel=args.accel, alpha=args.alpha, model=args.model,
-                                  timeout=args.timeout, progress=True, resumes=args.resumes)
+                                  timeout=args.timeout, progress=True, resumes=args.resumes,
+                                  re_undersample=args.re_undersample, on_plan=lambda plan: print(plan.text, flush=True))
     h5, pngs = write_outputs(result, args.file, args.out)
     print(f"{h5} ({len(pngs)} PNGs in {pngs[0].parent if pngs else args.out}); model {result.model}, alpha {result.alpha}, "
           f"{result.bytes_sent} k-space bytes sent")

@@ -7,7 +7,7 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,21 +139,59 @@ class VolumeResult:
     alpha: float | None = None
     model: str = ""
     bytes_sent: int = 0
+    sampling: str = ""  # what was done with the file's k-space (SamplingPlan.text)
 
 
-def volume_mask(kspace0: np.ndarray, padding: tuple[int, int], accel: int, seed: str) -> tuple[np.ndarray, bool]:
-    """The sampling mask of a volume from its first slice: the acquired columns if it is undersampled,
-    else (fully sampled) fastMRI's deterministic validation mask for accel, seeded by the file name."""
+DEFAULT_ACCEL = 4  # what a fully sampled file is undersampled to when no --accel is given
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """The mask a volume is sent with, and why: `text` says it to the user."""
+
+    mask: np.ndarray  # (W,) float32, 1 = column sent
+    fully_sampled: bool  # the file held every column inside its encoding limits
+    text: str
+
+
+def plan_sampling(kspace0: np.ndarray, padding: tuple[int, int], accel: int | None, name: str,
+                  re_undersample: bool = False) -> SamplingPlan:
+    """The mask of a volume from its first slice. Fully sampled (every column inside the header's encoding
+    limits acquired): fastMRI's deterministic validation mask for accel (default 4), seeded by the file
+    name. Already undersampled: its acquired columns; an accel is then a ConfigError naming the file, unless
+    re_undersample keeps only the acquired columns that the accel mask also holds."""
+    from dnirecon.subsample import mask_for
+
+    if re_undersample and accel is None:
+        raise ConfigError(f"{name}: --re-undersample needs --accel, the acceleration to re-undersample to")
     acquired = (np.abs(kspace0) > 0).any(axis=(0, 1))
     left, right = padding
+    width = acquired.size
     inside = np.zeros_like(acquired)
     inside[left:right] = True
-    if acquired[inside].all():
-        from dnirecon.subsample import mask_for
 
-        mask = np.asarray(mask_for(accel, seed=seed, width=kspace0.shape[-1], padding=(left, right)), np.float32)
-        return mask.reshape(-1), True
-    return acquired.astype(np.float32), False
+    def accel_mask(r: int) -> np.ndarray:
+        return np.asarray(mask_for(r, seed=name, width=width, padding=(left, right)), np.float32).reshape(-1)
+
+    if acquired[inside].all():
+        r = accel or DEFAULT_ACCEL
+        mask = accel_mask(r)
+        return SamplingPlan(mask, True, f"{name}: fully sampled ({right - left} columns inside the encoding limits); "
+                                        f"sending fastMRI's {r}x validation mask for this file: {int(mask.sum())} of {width} columns")
+    n_acq, n_in = int(acquired[inside].sum()), int(inside.sum())
+    held = f"{n_acq} of the {n_in} columns inside the encoding limits acquired, about {n_in / max(n_acq, 1):.1f}x"
+    if accel is None:
+        return SamplingPlan(acquired.astype(np.float32), False,
+                            f"{name}: already undersampled ({held}); sending its acquired columns as the mask")
+    if not re_undersample:
+        raise ConfigError(f"{name}: --accel {accel} cannot apply: the k-space is already undersampled ({held}). "
+                          f"Leave out --accel to reconstruct the columns it holds, or add --re-undersample to keep only "
+                          f"those that the {accel}x mask also holds")
+    mask = (acquired & (accel_mask(accel) > 0)).astype(np.float32)
+    if not mask.any():
+        raise ConfigError(f"{name}: --re-undersample --accel {accel}: no acquired column is in the {accel}x mask")
+    return SamplingPlan(mask, False, f"{name}: already undersampled ({held}); re-undersampled with fastMRI's {accel}x "
+                                     f"mask: sending {int(mask.sum())} of {width} columns")
 
 
 class VolumeCollector:
@@ -204,10 +242,12 @@ class VolumeCollector:
 RESUME_BACKOFF_S = 1.0
 
 
-def reconstruct_file(client: ReconClient, path: str | os.PathLike, *, accel: int = 4, alpha: float | None = None,
+def reconstruct_file(client: ReconClient, path: str | os.PathLike, *, accel: int | None = None, alpha: float | None = None,
                      model: str = "", timeout: float | None = None, progress: bool = False,
-                     resumes: int = 2) -> VolumeResult:
-    """Streams every slice of a fastMRI-layout file (retrospectively undersampled when fully sampled).
+                     resumes: int = 2, re_undersample: bool = False,
+                     on_plan: Callable[[SamplingPlan], None] | None = None) -> VolumeResult:
+    """Streams every slice of a fastMRI-layout file with the mask plan_sampling gives (accel and
+    re_undersample as it takes them; on_plan hears the plan before the first slice is sent).
 
     A stream that ends UNAVAILABLE (the server drained in a rolling update, a connection lost) and slices
     answered UNAVAILABLE are sent again on a new stream, up to `resumes` times (1 s, 2 s, ... apart);
@@ -224,9 +264,11 @@ def reconstruct_file(client: ReconClient, path: str | os.PathLike, *, accel: int
         hdr = vol.header
         n = vol.num_slices
         recon_size = tuple(hdr.recon_size)
-        mask, retro = volume_mask(vol.kspace(0), (hdr.padding_left, hdr.padding_right), accel, path.name)
-        log.info("%s: %d slices, %s mask with %d of %d columns", path.name, n,
-                 "retrospective" if retro else "acquired", int(mask.sum()), mask.size)
+        plan = plan_sampling(vol.kspace(0), (hdr.padding_left, hdr.padding_right), accel, path.name, re_undersample)
+        mask = plan.mask
+        log.info("%s slices: %d", plan.text, n)
+        if on_plan is not None:
+            on_plan(plan)
         sent = [0]
 
         def slices(indices: list[int]):
@@ -270,6 +312,7 @@ def reconstruct_file(client: ReconClient, path: str | os.PathLike, *, accel: int
                 bar.close()
     result = volume.result()
     result.bytes_sent = sent[0]
+    result.sampling = plan.text
     return result
 
 

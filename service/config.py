@@ -20,6 +20,7 @@ PROVIDER_NAMES = {
 }
 CUDNN_ALGO_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
 HEALTH_SERVICE_NAMES = ("", "dnirecon.v1.Reconstruction")
+CONTROL_THREADS = 8  # gRPC threads kept free of reconstruction calls: health, reflection, ListModels, refusals
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,11 @@ class Settings:
     max_queue: int = 64
     batch_wait_ms: float = 0.0  # 0: batch only what is already queued, never wait for company
     stream_inflight: int = 4  # slices of one stream being computed; more stops reading (push back)
-    max_workers: int = 64
+    max_streams: int = 48  # reconstruction calls open at once; one more is refused RESOURCE_EXHAUSTED at once
+    max_workers: int = 64  # gRPC threads: one per open call, so at least max_streams + CONTROL_THREADS
+    slice_memory_bytes: int = 2 * 1024**3  # zero-filled matrices of the slices being assembled, all streams together
+    slice_idle_seconds: float = 30.0  # an open slice with no message this long is answered DEADLINE_EXCEEDED
+    registry_timeout_seconds: float = 10.0  # start-up waits this long for the registry before serving the cache
     # connections (service.wire.server_connection_options; docs/service.md "Connections"):
     keepalive_seconds: float = 60.0  # ping a connection quiet this long; 0: gRPC's 2 h
     keepalive_timeout_seconds: float = 20.0  # no answer: the connection is closed, its streams cancelled
@@ -85,7 +90,9 @@ class Settings:
             ("DNIRECON_MAX_BATCH / --max-batch", self.max_batch, 1),
             ("DNIRECON_MAX_QUEUE / --max-queue", self.max_queue, 1),
             ("DNIRECON_STREAM_INFLIGHT / --stream-inflight", self.stream_inflight, 1),
+            ("DNIRECON_MAX_STREAMS / --max-streams", self.max_streams, 1),
             ("DNIRECON_MAX_WORKERS / --max-workers", self.max_workers, 1),
+            ("DNIRECON_SLICE_MEMORY_BYTES / --slice-memory-bytes", self.slice_memory_bytes, 1),
             ("DNIRECON_MAX_SLICE_BYTES / --max-slice-bytes", self.max_slice_bytes, 1),
             ("DNIRECON_INTRA_OP_THREADS / --intra-op-threads", self.intra_op_threads, 0),
             ("DNIRECON_MALLOC_MMAP_THRESHOLD / --malloc-mmap-threshold", self.malloc_mmap_threshold, 0),
@@ -105,6 +112,9 @@ class Settings:
             ("DNIRECON_BATCH_WAIT_MS / --batch-wait-ms", self.batch_wait_ms, self.batch_wait_ms >= 0, ">= 0"),
             ("DNIRECON_ALIAS_POLL_SECONDS / --alias-poll-seconds", self.alias_poll_seconds, self.alias_poll_seconds > 0, "> 0"),
             ("DNIRECON_DRAIN_SECONDS / --drain-seconds", self.drain_seconds, self.drain_seconds >= 0, ">= 0"),
+            ("DNIRECON_SLICE_IDLE_SECONDS / --slice-idle-seconds", self.slice_idle_seconds, self.slice_idle_seconds > 0, "> 0"),
+            ("DNIRECON_REGISTRY_TIMEOUT_SECONDS / --registry-timeout-seconds", self.registry_timeout_seconds,
+             self.registry_timeout_seconds > 0, "> 0"),
             ("DNIRECON_KEEPALIVE_SECONDS / --keepalive-seconds", self.keepalive_seconds, self.keepalive_seconds >= 0, ">= 0"),
             ("DNIRECON_KEEPALIVE_TIMEOUT_SECONDS / --keepalive-timeout-seconds", self.keepalive_timeout_seconds,
              self.keepalive_timeout_seconds > 0, "> 0"),
@@ -117,6 +127,10 @@ class Settings:
         ]:
             if not ok:
                 raise ConfigError(f"{opt} is {value}, expected a number {expected}")
+        if self.max_workers < self.max_streams + CONTROL_THREADS:
+            raise ConfigError(f"DNIRECON_MAX_WORKERS / --max-workers is {self.max_workers}, expected at least DNIRECON_MAX_STREAMS / "
+                              f"--max-streams ({self.max_streams}) + {CONTROL_THREADS}: each open reconstruction call holds a "
+                              f"gRPC thread, and health and control calls need threads of their own")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ConfigError("DNIRECON_TLS_CERT_FILE and DNIRECON_TLS_KEY_FILE must be set together")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
@@ -176,7 +190,16 @@ _OPTIONS = [
     ("--max-queue", "DNIRECON_MAX_QUEUE", "max_queue", int, "most slices waiting for compute"),
     ("--batch-wait-ms", "DNIRECON_BATCH_WAIT_MS", "batch_wait_ms", float, "wait this long for slices to batch with"),
     ("--stream-inflight", "DNIRECON_STREAM_INFLIGHT", "stream_inflight", int, "slices of one stream in compute at once"),
-    ("--max-workers", "DNIRECON_MAX_WORKERS", "max_workers", int, "gRPC worker threads"),
+    ("--max-streams", "DNIRECON_MAX_STREAMS", "max_streams", int,
+     "reconstruction calls (streams and single-slice) open at once; more are refused RESOURCE_EXHAUSTED"),
+    ("--max-workers", "DNIRECON_MAX_WORKERS", "max_workers", int,
+     f"gRPC worker threads, at least --max-streams + {CONTROL_THREADS}"),
+    ("--slice-memory-bytes", "DNIRECON_SLICE_MEMORY_BYTES", "slice_memory_bytes", int,
+     "bytes of zero-filled k-space all slices being assembled may hold together; a header beyond it is refused"),
+    ("--slice-idle-seconds", "DNIRECON_SLICE_IDLE_SECONDS", "slice_idle_seconds", float,
+     "a slice with no message for this long is answered DEADLINE_EXCEEDED and its stream ended"),
+    ("--registry-timeout-seconds", "DNIRECON_REGISTRY_TIMEOUT_SECONDS", "registry_timeout_seconds", float,
+     "at start, wait this long for the registry before serving the newest verified version in --cache-dir"),
     ("--keepalive-seconds", "DNIRECON_KEEPALIVE_SECONDS", "keepalive_seconds", float,
      "ping a connection after this long without traffic (0: gRPC's 2 h)"),
     ("--keepalive-timeout-seconds", "DNIRECON_KEEPALIVE_TIMEOUT_SECONDS", "keepalive_timeout_seconds", float,

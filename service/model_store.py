@@ -21,6 +21,7 @@ from dnirecon.errors import ConfigError, ModelError
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+SERVED_PREFIX = ".served-"  # cache_dir/NAME/.served-ALIAS.json: the version last served for that alias
 FORMAT = "dnirecon.interpsn/1"
 
 
@@ -195,8 +196,12 @@ class MlflowStore:
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self.cache_dir = Path(cache_dir).expanduser()
 
-    def resolve(self, name: str, alias: str | None, version: str | None) -> tuple[str, str]:
-        """-> (version, source) of models:/name@alias or models:/name/version."""
+    def resolve(self, name: str, alias: str | None, version: str | None, timeout: float | None = None) -> tuple[str, str]:
+        """-> (version, source) of models:/name@alias or models:/name/version. With a timeout, a registry that has
+        not answered within it is a ModelError (the call, retrying inside MLflow, is left to end on its own)."""
+        if timeout is not None:
+            return _within(lambda: self.resolve(name, alias, version), timeout,
+                           f"MLflow model {name}@{alias or version} at {self.tracking_uri}: no answer within {timeout:g} s")
         try:
             mv = self.client.get_model_version_by_alias(name, alias) if alias else self.client.get_model_version(name, version)
         except Exception as exc:  # MlflowException and connection errors alike
@@ -204,12 +209,17 @@ class MlflowStore:
             raise ModelError(f"MLflow model {what} at {self.tracking_uri}: cannot resolve ({exc})") from None
         return str(mv.version), str(mv.source)
 
-    def fetch(self, name: str, version: str, source: str, uri: str) -> BakedSet:
-        """The baked set of name/version: from the cache when it verifies, else downloaded and verified."""
+    def fetch(self, name: str, version: str, source: str, uri: str, timings: dict[str, float] | None = None) -> BakedSet:
+        """The baked set of name/version: from the cache when it verifies, else downloaded and verified.
+        timings, if given, gets the seconds spent in "download" and "verify"."""
+        timings = {} if timings is None else timings
         target = self.cache_dir / name / version
         if target.is_dir():
             try:
-                return read_baked_set(target, name=name, version=version, uri=uri)
+                t0 = time.monotonic()
+                cached = read_baked_set(target, name=name, version=version, uri=uri)
+                timings.update(download=0.0, verify=time.monotonic() - t0)
+                return cached
             except ModelError as exc:
                 log.warning("cached %s/%s fails verification (%s); downloading again", name, version, exc)
                 shutil.rmtree(target, ignore_errors=True)
@@ -218,15 +228,20 @@ class MlflowStore:
         sweep_abandoned(self.cache_dir / name)  # left by a download its process never finished (killed)
         tmp, lock = claim_download_dir(self.cache_dir / name, version)
         try:
+            t0 = time.monotonic()
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp), tracking_uri=self.tracking_uri))
+            timings["download"] = time.monotonic() - t0
             if not (local / MANIFEST).is_file():  # a source pointing at the run root holding one folder
                 found = list(local.rglob(MANIFEST))
                 if len(found) != 1:
                     raise ModelError(f"MLflow {name}/{version} source {source}: expected one {MANIFEST}, found {len(found)}")
                 local = found[0].parent
+            t0 = time.monotonic()
             read_baked_set(local, name=name, version=version, uri=uri)  # refuse before caching
             if not target.exists():  # another process may have cached it meanwhile
                 os.replace(local, target)
+            verified = read_baked_set(target, name=name, version=version, uri=uri)
+            timings["verify"] = time.monotonic() - t0
         except ModelError:
             raise
         except Exception as exc:  # download failures
@@ -234,24 +249,95 @@ class MlflowStore:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
             os.close(lock)
-        return read_baked_set(target, name=name, version=version, uri=uri)
+        return verified
 
-    def load(self, uri: str) -> BakedSet:
+    def load(self, uri: str, timeout: float | None = None) -> BakedSet:
+        """The set uri names, from the registry; timeout bounds the registry's first answer (resolve)."""
         name, alias, version = parse_model_uri(uri)
-        version, source = self.resolve(name, alias, version)
+        version, source = self.resolve(name, alias, version, timeout=timeout)
         return self.fetch(name, version, source, uri)
+
+    def _served_record(self, name: str, alias: str) -> Path:
+        return self.cache_dir / name / f"{SERVED_PREFIX}{alias}.json"
+
+    def remember_served(self, uri: str, version: str) -> None:
+        """Records that uri's alias resolved to version and was served, for a start with the registry unreachable."""
+        name, alias, _v = parse_model_uri(uri)
+        if not alias:
+            return
+        record = self._served_record(name, alias)
+        try:
+            record.parent.mkdir(parents=True, exist_ok=True)
+            tmp = record.with_name(f"{record.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"version": version, "time": time.time()}))
+            os.replace(tmp, record)
+        except OSError as exc:  # a read-only cache still serves; the fallback then picks the highest version
+            log.warning("cannot record the served version in %s: %s", record, exc)
+
+    def newest_cached(self, uri: str) -> BakedSet | None:
+        """The set to serve while the registry cannot be reached: the version last served for uri's alias if it
+        still verifies, else the highest-numbered cached version of its model that verifies; None if none."""
+        name, alias, version = parse_model_uri(uri)
+        folder = self.cache_dir / name
+        if version is not None:
+            candidates = [version]
+        else:
+            found = [d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")] if folder.is_dir() else []
+            candidates = sorted(found, key=lambda v: (v.isdigit(), int(v) if v.isdigit() else 0, v), reverse=True)
+            try:
+                last = json.loads(self._served_record(name, alias).read_text()).get("version")
+            except (OSError, ValueError, AttributeError):
+                last = None
+            if isinstance(last, str) and last in candidates:
+                candidates.remove(last)
+                candidates.insert(0, last)
+        for v in candidates:
+            try:
+                return read_baked_set(folder / v, name=name, version=v, uri=uri)
+            except ModelError as exc:
+                log.warning("cached %s/%s fails verification, not served: %s", name, v, exc)
+        return None
+
+
+def _within(call: Callable, timeout: float, message: str):
+    """call() in a daemon thread; its result or exception, or ModelError(message) once timeout has passed."""
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:
+            box["error"] = exc
+
+    t = threading.Thread(target=run, name="registry-call", daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        raise ModelError(message)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+PHASES = ("poll", "resolve", "download", "verify", "load", "warmup")
 
 
 class AliasFollower:
-    """Polls models:/NAME@ALIAS; a new version is handed to on_new (load + warm + swap), which
-    returns False or raises to refuse it; a refused version is not retried until the alias moves."""
+    """Polls models:/NAME@ALIAS; a new version is handed to on_new (load + warm + swap), which raises to
+    refuse it and may return the seconds of its own phases ({"load": ..., "warmup": ...}); a refused version
+    is not retried until the alias moves. on_confirmed(version) follows every answer of the registry, and
+    on_phases(phases) every version installed, with the seconds of each phase in PHASES that was measured."""
 
-    def __init__(self, store: MlflowStore, uri: str, current_version: str, poll_s: float,
-                 on_new: Callable[[BakedSet], None], on_refused: Callable[[str, Exception], None] | None = None):
+    def __init__(self, store: MlflowStore, uri: str, current_version: str | None, poll_s: float,
+                 on_new: Callable[[BakedSet], dict | None], on_refused: Callable[[str, Exception], None] | None = None,
+                 on_confirmed: Callable[[str], None] | None = None,
+                 on_phases: Callable[[dict[str, float]], None] | None = None):
         self.store, self.uri, self.poll_s = store, uri, poll_s
         self.name, self.alias, _v = parse_model_uri(uri)
         self.current, self.refused = current_version, None
         self.on_new, self.on_refused = on_new, on_refused
+        self.on_confirmed, self.on_phases = on_confirmed, on_phases
+        self._answered_at: float | None = None  # monotonic time of the registry's last answer
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="alias-follower", daemon=True)
 
@@ -264,12 +350,21 @@ class AliasFollower:
         self._stop.set()
 
     def check_once(self) -> None:
+        t0 = time.monotonic()
         version, source = self.store.resolve(self.name, self.alias, None)
+        phases = {"resolve": time.monotonic() - t0}
+        # the registry does not date an alias move: the move fell somewhere in the wait since the last answer
+        if self._answered_at is not None:
+            phases["poll"] = t0 - self._answered_at
+        self._answered_at = time.monotonic()
+        if self.on_confirmed:
+            self.on_confirmed(version)
         if version in (self.current, self.refused):
             return
         log.info("alias %s@%s moved to version %s; loading beside version %s", self.name, self.alias, version, self.current)
         try:
-            self.on_new(self.store.fetch(self.name, version, source, self.uri))
+            fetched = self.store.fetch(self.name, version, source, self.uri, timings=phases)
+            phases.update(self.on_new(fetched) or {})
         except Exception as exc:  # refusing keeps the old set serving
             self.refused = version
             log.error("version %s of %s refused, version %s keeps serving: %s", version, self.name, self.current, exc)
@@ -277,6 +372,10 @@ class AliasFollower:
                 self.on_refused(version, exc)
             return
         self.current, self.refused = version, None
+        self.store.remember_served(self.uri, version)
+        log.info("alias %s@%s: version %s serves new streams %s", self.name, self.alias, version, format_phases(phases))
+        if self.on_phases:
+            self.on_phases(phases)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.poll_s):
@@ -284,3 +383,11 @@ class AliasFollower:
                 self.check_once()
             except Exception as exc:  # a registry outage must not stop following
                 log.warning("alias check of %s failed: %s", self.uri, exc)
+
+
+def format_phases(phases: dict[str, float]) -> str:
+    """'12.3 s after the move (poll 1.2 s, resolve 0.1 s, ...)': the phases measured, in PHASES order."""
+    known = [p for p in PHASES if p in phases]
+    parts = ", ".join(f"{p} {phases[p]:.2f} s" for p in known)
+    total = sum(phases[p] for p in known)
+    return f"{total:.2f} s at most after the move ({parts})" if "poll" in phases else f"{total:.2f} s after the check that saw the move ({parts})"

@@ -22,14 +22,16 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from dnirecon.errors import ConfigError
+from dnirecon.errors import ConfigError, ModelError
 from dnirecon.fastmri_io import center_crop
 from dnirecon.v1 import recon_pb2, recon_pb2_grpc
 from service import wire
 from service.allocator import configure_malloc
 from service.config import HEALTH_SERVICE_NAMES, Settings, parse_bearer_token
+from service.limits import MAX_REQUEST_ID_CHARS, BudgetExceeded, ByteBudget, Reservation, Slots
+from service.logsafe import escape
 from service.engine import Batcher, Cancelled, Job, ModelSet, QueueFull, Selection, ShuttingDown, WarmupStopped
-from service.model_store import BakedSet, MlflowStore, read_baked_set
+from service.model_store import BakedSet, MlflowStore, parse_model_uri, read_baked_set
 from service.telemetry import Metrics
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,12 @@ SERVER_VERSION = "0.1.0"
 Code = grpc.StatusCode
 POLL_S = 0.25  # how often a blocked wait checks that its call is still alive
 STARTUP_JOIN_S = 2.0  # after a drain, how long a start-up still in progress gets to notice it
+# The server reads messages up to 4x the protocol's 4 MiB, so that one over the protocol's limit is answered
+# per slice (its chunk is over max_chunk_bytes) after the slices before it; gRPC ends a stream whose message
+# is larger than this at once, without the results still to come.
+SERVER_MAX_RECEIVE_BYTES = 4 * wire.MAX_MESSAGE_BYTES
+SERVER_MESSAGE_OPTIONS = [("grpc.max_send_message_length", wire.MAX_MESSAGE_BYTES),
+                          ("grpc.max_receive_message_length", SERVER_MAX_RECEIVE_BYTES)]
 
 
 class SliceFault(Exception):
@@ -85,9 +93,13 @@ class ModelHolder:
 DEFAULT_WARMUP_SHAPE = (2, 64, 64)  # coils, readout, phase when no --warmup-shapes
 
 
-def load_served(baked: BakedSet, settings: Settings, should_stop: Callable[[], bool] | None = None) -> Served:
+def load_served(baked: BakedSet, settings: Settings, should_stop: Callable[[], bool] | None = None,
+                timings: dict[str, float] | None = None) -> Served:
     """Builds the sessions of a baked set and warms them; raises ModelError if either fails, and
-    WarmupStopped once should_stop() is true between two warm-up runs."""
+    WarmupStopped once should_stop() is true between two warm-up runs. timings, if given, gets the
+    seconds of "load" (sessions built) and "warmup"."""
+    timings = {} if timings is None else timings
+    t0 = time.monotonic()
     models = ModelSet(
         baked.name,
         baked.version,
@@ -100,7 +112,10 @@ def load_served(baked: BakedSet, settings: Settings, should_stop: Callable[[], b
         spinning=settings.intra_op_spinning,
         cpu_mem_arena=settings.cpu_mem_arena,
     )
+    t1 = time.monotonic()
+    timings["load"] = t1 - t0
     models.warmup(list(settings.warmup_shapes) or [DEFAULT_WARMUP_SHAPE], max_batch=settings.max_batch, should_stop=should_stop)
+    timings["warmup"] = time.monotonic() - t1
     return Served(baked, models)
 
 
@@ -126,6 +141,38 @@ class _End:
     pass
 
 
+class _OpenSlice:
+    """The slice whose chunks are arriving on a stream: what its header declared and what it holds."""
+
+    def __init__(self, index: int, request_id: str):
+        self.index, self.rid = index, request_id
+        self.seq = 0
+        self.parsed: ParsedHeader | None = None
+        self.scatter: wire.LineScatter | None = None
+        self.reservation: Reservation | None = None
+        self.nbytes = 0
+        self.failed = False  # answered with an error: its remaining chunks are read and dropped
+        self.touched = time.monotonic()  # its last message, for slice_idle_seconds
+
+    def drop(self) -> None:
+        """Fails the slice and frees its matrix and its share of the memory budget."""
+        self.failed = True
+        self.scatter = None
+        if self.reservation is not None:
+            self.reservation.release()
+            self.reservation = None
+
+
+class _StreamState:
+    """What a stream's reader thread and its response generator share, under one lock."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.open: _OpenSlice | None = None
+        self.outstanding = 0  # slices handed to compute whose result is not yet sent
+        self.closed = False  # the stream is ending (idle): the reader hands nothing more to compute
+
+
 class _CallEnded(Exception):
     """The call was cancelled or its deadline passed while the reader waited."""
 
@@ -142,6 +189,9 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
         self.holder, self.batcher, self.settings, self.metrics = holder, batcher, settings, metrics
         self.token = token
         self.draining = threading.Event()
+        self.slots = Slots(settings.max_streams, on_change=metrics.calls_open.set)
+        self.budget = ByteBudget(settings.slice_memory_bytes, on_change=metrics.slice_memory_reserved.set)
+        metrics.slice_memory_budget.set(settings.slice_memory_bytes)
 
     # ---- shared checks -------------------------------------------------------------------------
     def _admit(self, context, rpc: str) -> None:
@@ -154,6 +204,25 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
         if self.draining.is_set():
             self._abort(context, Code.UNAVAILABLE, "server is shutting down")
 
+    def _take_slot(self, context) -> None:
+        """One of max_streams reconstruction calls, or RESOURCE_EXHAUSTED at once."""
+        if not self.slots.take():
+            self._abort(context, Code.RESOURCE_EXHAUSTED,
+                        f"{self.slots.limit} reconstruction calls already open on this server (max_streams); "
+                        "retry later or on another replica")
+
+    def reserve(self, parsed: ParsedHeader) -> Reservation:
+        """The slice's zero-filled matrix out of the memory budget shared by all streams, or a SliceFault."""
+        h = parsed.header
+        nbytes = h.coils * h.readout * h.phase * wire.COMPLEX64_BYTES
+        try:
+            return self.budget.reserve(nbytes)
+        except BudgetExceeded:
+            raise SliceFault(Code.RESOURCE_EXHAUSTED,
+                             f"slice of {nbytes} bytes zero-filled does not fit the memory for slices being assembled: "
+                             f"{self.budget.total - self.budget.used} of slice_memory_bytes={self.budget.total} left; "
+                             "send it again once other slices are answered") from None
+
     def _abort(self, context, code: grpc.StatusCode, reason: str) -> None:
         self.metrics.errors.labels(code=code.name).inc()
         context.abort(code, reason)
@@ -162,6 +231,8 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
         """Validates one slice's header against served, the set its call started with; SliceFault
         names what is wrong."""
         bad = Code.INVALID_ARGUMENT
+        if len(h.request_id) > MAX_REQUEST_ID_CHARS:
+            raise SliceFault(bad, f"request_id has {len(h.request_id)} characters, at most {MAX_REQUEST_ID_CHARS}")
         if h.dtype != recon_pb2.COMPLEX64:
             raise SliceFault(bad, f"dtype {recon_pb2.DType.Name(h.dtype) if h.dtype in recon_pb2.DType.values() else h.dtype} unsupported, expected COMPLEX64")
         if min(h.coils, h.readout, h.phase) == 0:
@@ -187,7 +258,7 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
         alias = b.uri.rsplit("@", 1)[1] if "@" in b.uri else None
         known = {"", b.name, b.uri, f"{b.name}/{b.version}"} | ({alias, f"{b.name}@{alias}"} if alias else set())
         if h.model not in known:
-            raise SliceFault(Code.NOT_FOUND, f"model {h.model!r} is not served (serving {b.name} version {b.version})")
+            raise SliceFault(Code.NOT_FOUND, f"model '{escape(h.model, 64)}' is not served (serving {b.name} version {b.version})")
         alpha = h.alpha if h.HasField("alpha") else None
         try:
             selection = served.models.select(alpha)
@@ -226,9 +297,9 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
     def error_result(self, index: int, request_id: str, code: grpc.StatusCode, reason: str) -> recon_pb2.SliceResult:
         self.metrics.errors.labels(code=code.name).inc()
         self.metrics.slices.labels(outcome="error").inc()
-        log.info("request %s slice %d: %s %s", request_id, index, code.name, reason)
+        log.info("request %s slice %d: %s %s", escape(request_id), index, code.name, escape(reason, 1024))
         return recon_pb2.SliceResult(
-            slice_index=index, request_id=request_id,
+            slice_index=index, request_id=request_id if len(request_id) <= MAX_REQUEST_ID_CHARS else "",
             error=recon_pb2.SliceError(code=code.value[0], code_name=code.name, reason=reason),
         )
 
@@ -242,7 +313,7 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
         except ShuttingDown as exc:
             return self.error_result(h.slice_index, h.request_id, Code.UNAVAILABLE, str(exc))
         except Exception as exc:  # an onnxruntime failure on this slice
-            log.error("request %s slice %d: compute failed: %s", h.request_id, h.slice_index, type(exc).__name__)
+            log.error("request %s slice %d: compute failed: %s", escape(h.request_id), h.slice_index, type(exc).__name__)
             return self.error_result(h.slice_index, h.request_id, Code.INTERNAL, f"compute failed: {type(exc).__name__}")
         sel = p.selection
         try:
@@ -254,7 +325,7 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
                 queue_ms=1e3 * r.queue_s, compute_ms=1e3 * r.compute_s, dc_residual=r.dc_residual, batch_size=r.batch_size,
             )
         except Exception as exc:  # e.g. a model image smaller than the recon size: this slice fails, not the stream
-            log.error("request %s slice %d: result failed: %s: %s", h.request_id, h.slice_index, type(exc).__name__, exc)
+            log.error("request %s slice %d: result failed: %s: %s", escape(h.request_id), h.slice_index, type(exc).__name__, exc)
             return self.error_result(h.slice_index, h.request_id, Code.INTERNAL, f"result failed: {type(exc).__name__}: {exc}")
         elapsed = time.perf_counter() - pending.t_last_chunk
         result.server_ms = 1e3 * elapsed
@@ -267,16 +338,20 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
     # ---- RPCs ----------------------------------------------------------------------------------
     def ReconstructStream(self, request_iterator, context):
         self._admit(context, "ReconstructStream")
+        self._take_slot(context)
         self.metrics.streams_active.inc()
         try:
             served = self.holder.get()  # every slice of this stream uses this set, even if another is swapped in
             out: queue.Queue = queue.Queue()
             cancelled = threading.Event()
             context.add_callback(cancelled.set)
+            state = _StreamState()
             reader = threading.Thread(
-                target=self._read_stream, args=(request_iterator, context, out, cancelled, served), name="stream-reader", daemon=True
+                target=self._read_stream, args=(request_iterator, context, out, cancelled, served, state),
+                name="stream-reader", daemon=True
             )
             reader.start()
+            ending: StreamFault | None = None  # set when an idle slice ends the stream: sent once in-flight results are out
             while True:
                 try:
                     item = out.get(timeout=POLL_S)
@@ -287,6 +362,14 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
                                  "connection lost or drained", context.peer())
                         cancelled.set()
                         return
+                    if ending is None:
+                        expired = self._expire_idle(state)
+                        if expired is not None:
+                            ending, result = expired
+                            if result is not None:
+                                yield result
+                    if ending is not None and state.outstanding == 0:
+                        self._abort(context, ending.code, ending.reason)
                     continue
                 if isinstance(item, _End):
                     return
@@ -298,14 +381,35 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
                     # gRPC asks for the next result once this one is written: only then is the slot free, so a
                     # client that does not read its results stops the server reading, computing and holding more
                     pending.release()
+                    with state.lock:
+                        state.outstanding -= 1
                     continue
                 yield item
         finally:
             self.metrics.streams_active.dec()
+            self.slots.give()
 
-    def _read_stream(self, request_iterator, context, out: queue.Queue, cancelled: threading.Event, served: Served | None) -> None:
+    def _expire_idle(self, state: "_StreamState") -> tuple[StreamFault, recon_pb2.SliceResult | None] | None:
+        """The open slice of a stream silent for slice_idle_seconds: its memory freed, its error result (None if
+        the slice was already answered with an error) and the status that then ends the stream."""
+        idle = self.settings.slice_idle_seconds
+        with state.lock:
+            o = state.open
+            if o is None or time.monotonic() - o.touched < idle:
+                return None
+            state.closed = True  # the reader submits nothing more
+            answered = o.failed
+            o.drop()
+        reason = f"no message for slice {o.index} in {idle:g} s (slice_idle_seconds)"
+        log.info("request %s slice %d: idle for %g s; stream ended, %d bytes of slice memory freed",
+                 escape(o.rid), o.index, idle, o.nbytes)
+        result = None if answered else self.error_result(
+            o.index, o.rid, Code.DEADLINE_EXCEEDED, f"{reason}; its memory is freed and the stream ends")
+        return StreamFault(Code.DEADLINE_EXCEEDED, reason), result
+
+    def _read_stream(self, request_iterator, context, out: queue.Queue, cancelled: threading.Event, served: Served | None,
+                     state: "_StreamState") -> None:
         inflight = threading.Semaphore(self.settings.stream_inflight)
-        open_: dict | None = None  # the slice whose chunks are arriving
         seen: set[int] = set()
 
         def done(pending: Pending) -> None:
@@ -313,62 +417,65 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
 
         try:
             for msg in request_iterator:
+                if state.closed:  # an idle slice ended the stream
+                    return
                 kind = msg.WhichOneof("item")
                 if kind == "header":
                     h = msg.header
-                    if open_ is not None:
-                        raise StreamFault(Code.INVALID_ARGUMENT, f"header of slice {h.slice_index} while slice {open_['index']} still open (no last chunk)")
-                    open_ = {"index": h.slice_index, "rid": h.request_id, "seq": 0, "scatter": None, "parsed": None, "failed": False}
+                    if state.open is not None:
+                        raise StreamFault(Code.INVALID_ARGUMENT, f"header of slice {h.slice_index} while slice {state.open.index} still open (no last chunk)")
+                    slice_ = _OpenSlice(h.slice_index, h.request_id)
                     try:
                         if h.slice_index in seen:
                             raise SliceFault(Code.ALREADY_EXISTS, f"slice index {h.slice_index} already sent on this stream")
-                        open_["parsed"] = self.parse_header(h, served)
+                        slice_.parsed = self.parse_header(h, served)
+                        slice_.reservation = self.reserve(slice_.parsed)
+                        slice_.nbytes = slice_.reservation.nbytes
                     except SliceFault as fault:
-                        open_["failed"] = True
+                        slice_.failed = True
                         out.put(self.error_result(h.slice_index, h.request_id, fault.code, fault.reason))
                     seen.add(h.slice_index)
+                    with state.lock:
+                        state.open = slice_
                 elif kind == "chunk":
                     c = msg.chunk
                     t_chunk = time.perf_counter()  # the last chunk's own scatter counts in its slice's server time
-                    if open_ is None:
+                    slice_ = state.open
+                    if slice_ is None:
                         raise StreamFault(Code.INVALID_ARGUMENT, f"chunk of slice {c.slice_index} without a header before it")
-                    if c.slice_index != open_["index"] or c.seq != open_["seq"]:
+                    if c.slice_index != slice_.index or c.seq != slice_.seq:
                         raise StreamFault(
                             Code.INVALID_ARGUMENT,
-                            f"chunk out of order: got slice {c.slice_index} seq {c.seq}, expected slice {open_['index']} seq {open_['seq']}",
+                            f"chunk out of order: got slice {c.slice_index} seq {c.seq}, expected slice {slice_.index} seq {slice_.seq}",
                         )
-                    open_["seq"] += 1
-                    if not open_["failed"]:
-                        try:
-                            self._take_chunk(open_, c)
-                            if c.last:
-                                scatter, open_["scatter"] = open_["scatter"], None
-                                t_last = t_chunk
-                                parsed = open_["parsed"]
-                                _acquire(inflight, cancelled, context)  # push back: stop reading while this stream has enough in compute
-                                try:
-                                    fut = self.submit(parsed, scatter, context, cancelled)
-                                except BaseException:
-                                    inflight.release()
-                                    raise
-                                pending = Pending(parsed, t_last, fut, inflight.release)
-                                fut.add_done_callback(lambda _f, p=pending: done(p))
-                        except SliceFault as fault:
-                            open_["failed"] = True
-                            open_["scatter"] = None
-                            out.put(self.error_result(c.slice_index, open_["rid"], fault.code, fault.reason))
-                    if c.last:
-                        open_ = None
+                    slice_.seq += 1
+                    complete = None
+                    with state.lock:  # against _expire_idle freeing the slice meanwhile
+                        slice_.touched = time.monotonic()
+                        if not slice_.failed:
+                            try:
+                                self._take_chunk(slice_, c)
+                            except SliceFault as fault:
+                                slice_.drop()
+                                out.put(self.error_result(c.slice_index, slice_.rid, fault.code, fault.reason))
+                            else:
+                                if c.last:
+                                    complete = (slice_.parsed, slice_.scatter, slice_.reservation)
+                                    slice_.scatter, slice_.reservation = None, None
+                        if c.last:
+                            state.open = None
+                    if complete is not None:
+                        self._hand_off(complete, t_chunk, context, cancelled, inflight, state, done, out)
                 else:
                     raise StreamFault(Code.INVALID_ARGUMENT, "empty StreamRequest: expected a header or a chunk")
-            if open_ is not None:
-                raise StreamFault(Code.INVALID_ARGUMENT, f"stream ended inside slice {open_['index']} (no last chunk)")
+            if state.open is not None:
+                raise StreamFault(Code.INVALID_ARGUMENT, f"stream ended inside slice {state.open.index} (no last chunk)")
         except StreamFault as fault:
             # the slices before the fault were good: their results go out before the stream's status
             self._wait_inflight(inflight, cancelled, context)
             out.put(fault)
             return
-        except (grpc.RpcError, _CallEnded) as exc:  # the call ended under us (cancelled, deadline, message too large)
+        except (grpc.RpcError, _CallEnded) as exc:  # the call ended under us (cancelled, deadline, idle, message too large)
             log.debug("stream reader stopped: %s", type(exc).__name__)
             out.put(_End())
             return
@@ -380,8 +487,43 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
                 log.exception("stream reader failed")
                 out.put(StreamFault(Code.INTERNAL, f"server error reading the stream: {type(exc).__name__}"))
             return
+        finally:
+            with state.lock:  # a slice left open by a cancelled, broken or idle stream gives its memory back
+                if state.open is not None:
+                    state.open.drop()
         self._wait_inflight(inflight, cancelled, context)
         out.put(_End())
+
+    def _hand_off(self, complete, t_last: float, context, cancelled: threading.Event, inflight: threading.Semaphore,
+                  state: "_StreamState", done: Callable[[Pending], None], out: queue.Queue) -> None:
+        """A complete slice to the batcher; its memory reservation is released once compute is done with it."""
+        parsed, scatter, reservation = complete
+        try:
+            _acquire(inflight, cancelled, context)  # push back: stop reading while this stream has enough in compute
+        except BaseException:
+            reservation.release()
+            raise
+        with state.lock:
+            if state.closed:
+                inflight.release()
+                reservation.release()
+                return
+            state.outstanding += 1
+        try:
+            fut = self.submit(parsed, scatter, context, cancelled)
+        except BaseException as exc:
+            inflight.release()
+            reservation.release()
+            with state.lock:
+                state.outstanding -= 1
+            if isinstance(exc, SliceFault):
+                h = parsed.header
+                out.put(self.error_result(h.slice_index, h.request_id, exc.code, exc.reason))
+                return
+            raise
+        fut.add_done_callback(lambda _f: reservation.release())
+        pending = Pending(parsed, t_last, fut, inflight.release)
+        fut.add_done_callback(lambda _f, p=pending: done(p))
 
     def _wait_inflight(self, inflight: threading.Semaphore, cancelled: threading.Event, context) -> None:
         """Until every slice of this stream handed to compute has had its result sent (or the call ended)."""
@@ -391,15 +533,15 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
         except _CallEnded:
             pass
 
-    def _take_chunk(self, open_: dict, c: recon_pb2.KspaceChunk) -> None:
+    def _take_chunk(self, slice_: "_OpenSlice", c: recon_pb2.KspaceChunk) -> None:
         data = c.data  # upb copies a bytes field on every access (2.8 ms for 4 MB): read it once
         if len(data) > wire.MAX_CHUNK_BYTES:
             raise SliceFault(Code.RESOURCE_EXHAUSTED, f"chunk seq {c.seq} has {len(data)} bytes, at most {wire.MAX_CHUNK_BYTES}")
         if wire.crc32(data) != c.crc32:
             raise SliceFault(Code.DATA_LOSS, f"chunk seq {c.seq}: crc32 mismatch (zlib.crc32 of data)")
-        if open_["scatter"] is None:  # the zero-filled matrix, filled as the chunks arrive
-            open_["scatter"] = self.scatter_for(open_["parsed"])
-        self.feed(open_["parsed"], open_["scatter"], data)
+        if slice_.scatter is None:  # the zero-filled matrix, filled as the chunks arrive
+            slice_.scatter = self.scatter_for(slice_.parsed)
+        self.feed(slice_.parsed, slice_.scatter, data)
 
     @staticmethod
     def feed(parsed: ParsedHeader, scatter: wire.LineScatter, data: bytes) -> None:
@@ -410,9 +552,17 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
 
     def Reconstruct(self, request, context):
         self._admit(context, "Reconstruct")
+        self._take_slot(context)
+        try:
+            return self._reconstruct(request, context)
+        finally:
+            self.slots.give()
+
+    def _reconstruct(self, request, context):
         h = request.header
         cancelled = threading.Event()
         context.add_callback(cancelled.set)
+        reservation = None
         try:
             data = request.data  # read once: upb copies a bytes field on every access
             if len(data) > wire.MAX_CHUNK_BYTES:
@@ -420,13 +570,18 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
             if wire.crc32(data) != request.crc32:
                 raise SliceFault(Code.DATA_LOSS, "crc32 mismatch (zlib.crc32 of data)")
             parsed = self.parse_header(h, self.holder.get())
+            reservation = self.reserve(parsed)
             t_last = time.perf_counter()
             scatter = self.scatter_for(parsed)
             self.feed(parsed, scatter, data)
             fut = self.submit(parsed, scatter, context, cancelled)
+            del scatter  # the batcher holds the matrix now; the reservation is released when it is done
         except (SliceFault, StreamFault) as fault:
+            if reservation is not None:
+                reservation.release()
             self.error_result(h.slice_index, h.request_id, fault.code, fault.reason)
             context.abort(fault.code, fault.reason)
+        fut.add_done_callback(lambda _f: reservation.release())
         while not futures.wait([fut], timeout=POLL_S).done:  # the Future's own failure is reported by finish()
             if not context.is_active():
                 left = context.time_remaining()
@@ -476,12 +631,30 @@ def _read(path) -> bytes:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
 
 
-def load_initial(settings: Settings) -> tuple[BakedSet, MlflowStore | None]:
-    """The set to serve first: --model-dir if given, else the MLflow model URI."""
+def load_initial(settings: Settings, wait: Callable[[float], bool] | None = None) -> tuple[BakedSet | None, MlflowStore | None, bool]:
+    """(set, store, stale): the set to serve first. --model-dir if given; else the model URI from the registry;
+    with the registry unreachable (no answer within registry_timeout_seconds), the newest verified version in
+    the cache, stale. With neither, it retries every alias_poll_seconds until wait(seconds) returns True
+    (a drain began), then gives (None, store, False)."""
     if settings.model_dir is not None:
-        return read_baked_set(settings.model_dir, uri=str(settings.model_dir)), None
+        return read_baked_set(settings.model_dir, uri=str(settings.model_dir)), None, False
     store = MlflowStore(settings.tracking_uri, settings.cache_dir)
-    return store.load(settings.model_uri), store
+    wait = wait or (lambda seconds: time.sleep(seconds) or False)
+    while True:
+        try:
+            return store.load(settings.model_uri, timeout=settings.registry_timeout_seconds), store, False
+        except ModelError as exc:
+            cached = store.newest_cached(settings.model_uri)
+            if cached is not None:
+                log.warning("STALE: %s cannot be served from the registry (%s); serving version %s from the cache %s "
+                            "until the registry answers (metric dnirecon_model_stale 1)",
+                            settings.model_uri, exc, cached.version, cached.directory)
+                return cached, store, True
+            log.error("NOT_SERVING: %s cannot be served from the registry (%s) and %s holds no verified version of it; "
+                      "trying again in %g s (alias_poll_seconds)", settings.model_uri, exc,
+                      store.cache_dir / parse_model_uri(settings.model_uri)[0], settings.alias_poll_seconds)
+        if wait(settings.alias_poll_seconds):
+            return None, store, False
 
 
 class ServiceProcess:
@@ -500,7 +673,7 @@ class ServiceProcess:
                  settings.malloc_arena_max if applied["arena_max"] else "default")
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="grpc"),
-            options=[*wire.CHANNEL_OPTIONS, ("grpc.so_reuseport", 0),  # a port in use is an error, not shared
+            options=[*SERVER_MESSAGE_OPTIONS, ("grpc.so_reuseport", 0),  # a port in use is an error, not shared
                      *wire.server_connection_options(settings)],
         )
         self.port = self._bind()
@@ -516,6 +689,7 @@ class ServiceProcess:
         )
         self.mrd = self._bind_mrd()
         self.follower = None
+        self.stale = False  # the set served came from the cache, the registry unreachable
         self.stopped = threading.Event()
         self.shutdown = threading.Event()  # set when draining begins, also during start-up
         self._lock = threading.Lock()  # orders SERVING / follower start against drain
@@ -563,26 +737,49 @@ class ServiceProcess:
         for name in HEALTH_SERVICE_NAMES:
             self.health.set(name, status)
 
-    def install(self, baked: BakedSet, should_stop: Callable[[], bool] | None = None) -> None:
-        """Load and warm beside the current set, then swap; raises if the set is refused (the caller counts it)."""
-        served = load_served(baked, self.settings, should_stop)
+    def install(self, baked: BakedSet, should_stop: Callable[[], bool] | None = None, stale: bool = False) -> dict[str, float]:
+        """Load and warm beside the current set, then swap; raises if the set is refused (the caller counts it).
+        stale: the set came from the cache because the registry could not be reached. -> seconds of load and warmup."""
+        timings: dict[str, float] = {}
+        served = load_served(baked, self.settings, should_stop, timings)
         self.holder.swap(served)
+        self.stale = stale
+        self.metrics.model_stale.set(1 if stale else 0)
         self.metrics.model_loads.labels(outcome="ok").inc()
         m = served.models
         self.metrics.set_model(baked.name, baked.version, m.providers, m.fallback)
-        log.info("serving %s version %s (alphas %s, continuous %s) on %s",
-                 baked.name, baked.version, m.alphas, m.continuous is not None, m.providers)
+        log.info("serving %s version %s%s (alphas %s, continuous %s) on %s", baked.name, baked.version,
+                 " (STALE: from the cache, the registry unreachable)" if stale else "",
+                 m.alphas, m.continuous is not None, m.providers)
+        return timings
+
+    def confirmed(self, version: str) -> None:
+        """The alias follower's on_confirmed: the registry answered; the set served is no longer stale once the
+        alias names it."""
+        served = self.holder.get()
+        if served is not None and served.baked.version == version and self.stale:
+            self.stale = False
+            self.metrics.model_stale.set(0)
+            log.info("registry reachable again: %s is at version %s, the one served; no longer stale",
+                     self.settings.model_uri, version)
+
+    def swapped(self, phases: dict[str, float]) -> None:
+        """The alias follower's on_phases: the phases of the last alias move, as metrics."""
+        self.metrics.model_swap_phase.clear()
+        for phase, seconds in phases.items():
+            self.metrics.model_swap_phase.labels(phase=phase).set(seconds)
 
     def refused(self, version: str, exc: Exception) -> None:
         """The alias follower's on_refused: one count per refused version, whether fetch or load refused it."""
         self.metrics.model_loads.labels(outcome="refused").inc()
 
     def follow(self, store: MlflowStore, version: str):
-        """The (unstarted) alias follower: installs new versions, counts refused ones."""
+        """The (unstarted) alias follower: installs new versions, counts refused ones, clears the stale flag once
+        the registry names the version served, and publishes the phases of each move."""
         from service.model_store import AliasFollower
 
         return AliasFollower(store, self.settings.model_uri, version, self.settings.alias_poll_seconds, self.install,
-                             on_refused=self.refused)
+                             on_refused=self.refused, on_confirmed=self.confirmed, on_phases=self.swapped)
 
     def _stopping(self, step: str) -> bool:
         if self.shutdown.is_set():
@@ -605,11 +802,11 @@ class ServiceProcess:
             self.mrd.start()  # sessions get "ERR no model loaded yet" until the model is warm
         if self._stopping("model download"):
             return
-        baked, store = load_initial(self.settings)
-        if self._stopping("model load and warm-up"):
+        baked, store, stale = load_initial(self.settings, self.shutdown.wait)
+        if baked is None or self._stopping("model load and warm-up"):
             return
         try:
-            self.install(baked, should_stop=self.shutdown.is_set)
+            self.install(baked, should_stop=self.shutdown.is_set, stale=stale)
         except WarmupStopped as exc:
             log.info("shutdown requested during start-up: %s; SERVING skipped", exc)
             return
@@ -620,6 +817,8 @@ class ServiceProcess:
             if self._stopping("SERVING"):
                 return
             if store is not None and parse_model_uri_alias(self.settings.model_uri):
+                if not stale:
+                    store.remember_served(self.settings.model_uri, baked.version)
                 self.follower = self.follow(store, baked.version).start()
             self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("SERVING")

@@ -44,6 +44,17 @@ class Metrics:
         self.provider_fallback = Gauge(
             "dnirecon_provider_fallback", "1 when a requested provider (e.g. CUDA) is not in use", registry=r
         )
+        self.calls_open = Gauge("dnirecon_reconstruct_calls_open", "ReconstructStream and Reconstruct calls open "
+                                "(at most max_streams; more are refused RESOURCE_EXHAUSTED)", registry=r)
+        self.slice_memory_reserved = Gauge("dnirecon_slice_memory_reserved_bytes",
+                                           "Zero-filled bytes reserved by the slices being assembled or computed", registry=r)
+        self.slice_memory_budget = Gauge("dnirecon_slice_memory_budget_bytes", "slice_memory_bytes: the most they may reserve",
+                                         registry=r)
+        self.model_stale = Gauge("dnirecon_model_stale", "1 while the served set came from the cache because the registry "
+                                 "could not be reached; 0 once the registry confirmed the alias", registry=r)
+        self.model_swap_phase = Gauge("dnirecon_model_swap_phase_seconds", "Phases of the last alias move installed: poll "
+                                      "(the wait since the registry's previous answer), resolve, download, verify, load, warmup",
+                                      ["phase"], registry=r)
         self.model_loads = Counter("dnirecon_model_loads", "Model set loads", ["outcome"], registry=r)
         if mallinfo() is not None:
             r.register(_MallocCollector())

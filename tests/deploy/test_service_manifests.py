@@ -176,3 +176,24 @@ def test_connections_age_out_so_replicas_the_hpa_adds_get_traffic(rendered, over
     from service import wire
 
     assert s.min_client_ping_seconds <= wire.CLIENT_KEEPALIVE_S  # the client's default pings are accepted
+
+
+def _bytes(quantity: str) -> int:
+    units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
+    m = re.fullmatch(r"(\d+)(Ki|Mi|Gi|Ti)?", str(quantity))
+    assert m, f"memory quantity {quantity!r}"
+    return int(m.group(1)) * units.get(m.group(2) or "", 1)
+
+
+@pytest.mark.parametrize("overlay", SERVICE_OVERLAYS)
+def test_slice_memory_budget_leaves_most_of_the_pod_memory_limit_to_the_sessions(rendered, overlay):
+    """Slices being assembled may hold at most DNIRECON_SLICE_MEMORY_BYTES; with the sessions, the batch in
+    compute and the runtime beside them, the pod stays under its limit (docs/service.md)."""
+    config = pytest.importorskip("service.config")
+    objs = rendered[overlay]
+    _, c = service_container(objs)
+    settings = config.settings_from(None, environ=configmap_env(objs, c))
+    limit = _bytes(c["resources"]["limits"]["memory"])
+    assert settings.slice_memory_bytes <= limit // 2
+    assert settings.max_slice_bytes <= settings.slice_memory_bytes  # the largest slice allowed fits the budget
+    assert settings.max_workers >= settings.max_streams + config.CONTROL_THREADS

@@ -301,10 +301,13 @@ class _Store:
     def resolve(self, name, alias, version):
         return self.version, str(self.dirs[self.version])
 
-    def fetch(self, name, version, source, uri):
+    def fetch(self, name, version, source, uri, timings=None):
         from service.model_store import read_baked_set
 
         return read_baked_set(source, name=name, version=version, uri=uri)
+
+    def remember_served(self, uri, version):
+        pass
 
 
 def test_refused_versions_are_counted_once_whether_fetch_or_load_refused_them(baked_dir, onnx_models, make_process, tmp_path):
