@@ -18,9 +18,9 @@ from pathlib import Path
 
 
 def main() -> int:
-    from dnirecon.bench import build_untrained, parse_sizes, test_slice
-    from dnirecon.procs import ServerProcess, free_port
-    from service import wire
+    from commands.bench import build_untrained, parse_sizes, test_slice
+    from commands.procs import ServerProcess, free_port
+    from dnirecon import wire
     from service.client import ReconClient
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -16,7 +16,7 @@ import numpy as np
 
 from dnirecon.errors import ConfigError, DataError
 from dnirecon.v1 import recon_pb2, recon_pb2_grpc
-from service import wire
+from dnirecon import wire
 
 log = logging.getLogger(__name__)
 

@@ -47,7 +47,7 @@ class Settings:
     slice_memory_bytes: int = 2 * 1024**3  # zero-filled matrices of the slices being assembled, all streams together
     slice_idle_seconds: float = 30.0  # an open slice with no message this long is answered DEADLINE_EXCEEDED
     registry_timeout_seconds: float = 10.0  # start-up waits this long for the registry before serving the cache
-    # connections (service.wire.server_connection_options; docs/service.md "Connections"):
+    # connections (dnirecon.wire.server_connection_options; docs/service.md "Connections"):
     keepalive_seconds: float = 60.0  # ping a connection quiet this long; 0: gRPC's 2 h
     keepalive_timeout_seconds: float = 20.0  # no answer: the connection is closed, its streams cancelled
     min_client_ping_seconds: float = 10.0  # clients pinging more often are sent GOAWAY (too_many_pings)

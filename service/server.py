@@ -25,7 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from dnirecon.errors import ConfigError, ModelError
 from dnirecon.fastmri_io import center_crop
 from dnirecon.v1 import recon_pb2, recon_pb2_grpc
-from service import wire
+from dnirecon import wire
 from service.allocator import configure_malloc
 from service.config import HEALTH_SERVICE_NAMES, Settings, parse_bearer_token
 from service.limits import MAX_REQUEST_ID_CHARS, BudgetExceeded, ByteBudget, Reservation, Slots

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fastmri.data import SliceDataset
-from dnirecon.cli import main
+from commands.cli import main
 from dnirecon.errors import ConfigError
 from dnirecon.fastmri_io import FastMRIVolume, center_crop
 from dnirecon.fftc import ifft2c

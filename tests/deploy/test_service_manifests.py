@@ -173,7 +173,7 @@ def test_connections_age_out_so_replicas_the_hpa_adds_get_traffic(rendered, over
     assert 0 < s.max_connection_age_seconds <= 900
     assert s.max_connection_age_grace_seconds == 0  # a volume's stream is never cut by the rebalancing
     assert 0 < s.keepalive_seconds and s.keepalive_seconds + s.keepalive_timeout_seconds <= 120
-    from service import wire
+    from dnirecon import wire
 
     assert s.min_client_ping_seconds <= wire.CLIENT_KEEPALIVE_S  # the client's default pings are accepted
 

@@ -209,7 +209,7 @@ def test_check_onnx_refuses_a_dft_node(tmp_path):
 
 
 def test_cli_list_and_promote_refusal(baked, capsys):
-    from dnirecon.cli import main
+    from commands.cli import main
 
     assert main(["registry", "list", "--model", "interpsn"]) == 0
     out = capsys.readouterr().out
@@ -234,7 +234,7 @@ def test_cuda_placement_check_refuses_without_an_active_cuda_provider(baked):
 
 
 def test_cli_bake_without_registering_writes_set_and_plot(baked, held_out_dir, tmp_path, client, capsys):
-    from dnirecon.cli import main
+    from commands.cli import main
 
     before = len(client.search_model_versions("name='interpsn'"))
     out = tmp_path / "cli-set"
@@ -302,7 +302,7 @@ def test_bake_with_a_nan_onnx_output_fails_parity_naming_the_alpha(tiny_pair, he
 
 
 def test_bake_refuses_wrong_roles_and_the_same_version_on_both_sides(tiny_pair, held_out_dir, tmp_path, capsys):
-    from dnirecon.cli import main
+    from commands.cli import main
     from registry.bake import bake
 
     sn, gan, v_sn, v_gan = tiny_pair
@@ -319,7 +319,7 @@ def test_bake_refuses_wrong_roles_and_the_same_version_on_both_sides(tiny_pair, 
 
 
 def test_cli_list_on_an_empty_store_names_the_tracking_uri(tmp_path, monkeypatch, capsys):
-    from dnirecon.cli import main
+    from commands.cli import main
 
     uri = f"sqlite:///{tmp_path / 'empty.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -329,7 +329,7 @@ def test_cli_list_on_an_empty_store_names_the_tracking_uri(tmp_path, monkeypatch
 
 
 def test_cli_describe_and_promote_reserved_alias(baked, capsys):
-    from dnirecon.cli import main
+    from commands.cli import main
 
     assert main(["registry", "promote", "--alias", "latest", "--version", baked.version]) == 2
     assert "--alias 'latest' is reserved by MLflow" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from dnirecon import bench
+from commands import bench
 from service.cli import main as service_main
 
 

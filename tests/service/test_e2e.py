@@ -14,7 +14,7 @@ import pytest
 
 from dnirecon.fastmri_io import center_crop
 from dnirecon.subsample import mask_for
-from service import wire
+from dnirecon import wire
 from service.client import ReconClient, reconstruct_file, write_outputs
 
 from .conftest import ROOT, ort_reference, synthetic_kspace, test_mask, write_volume_file

@@ -12,7 +12,7 @@ import urllib.request
 import grpc
 import pytest
 
-from service import wire
+from dnirecon import wire
 from service.client import ReconClient
 
 from .conftest import ServerProcess, synthetic_kspace, test_mask

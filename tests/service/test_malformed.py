@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dnirecon.v1 import recon_pb2, recon_pb2_grpc
-from service import wire
+from dnirecon import wire
 from service.client import ReconClient
 
 from .conftest import synthetic_kspace, test_mask

@@ -11,7 +11,7 @@ import pytest
 
 from dnirecon.fastmri_io import center_crop
 from dnirecon.ismrmrd_io import fastmri_to_ismrmrd, flag, slice_geometry
-from service import wire
+from dnirecon import wire
 from service.client import ReconClient
 from service.mrd_client import acquisition_bytes, read_raw, stream, stream_file, write_outputs
 
@@ -140,7 +140,7 @@ def test_unknown_config_name_gets_err_naming_the_known_ones(mrd_server, raw_file
 def test_client_command_writes_ismrmrd_images_and_pngs(mrd_server, raw_file, tmp_path):
     raw, _k, _mask = raw_file
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-c", "import sys; sys.modules['torch'] = None; from dnirecon.cli import main; "
+    proc = subprocess.run([sys.executable, "-c", "import sys; sys.modules['torch'] = None; from commands.cli import main; "
                            "sys.exit(main(sys.argv[1:]))", "client", "mrd", str(raw), "--server", mrd_server.mrd_target,
                            "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

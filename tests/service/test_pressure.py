@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dnirecon.errors import ConfigError
 from dnirecon.v1 import recon_pb2, recon_pb2_grpc
-from service import wire
+from dnirecon import wire
 from service.client import ReconClient, reconstruct_file
 
 from .conftest import free_port, register, synthetic_kspace, test_mask, write_baked_set, write_volume_file

@@ -10,7 +10,7 @@ import pytest
 
 PARENT = r"""
 import sys, time
-from dnirecon.procs import popen_tied_to_parent
+from commands.procs import popen_tied_to_parent
 child = popen_tied_to_parent([sys.executable, "-c", "import time; time.sleep(120)"])
 print(child.pid, flush=True)
 time.sleep(120)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dnirecon.errors import ConfigError, ModelError
-from service import wire
+from dnirecon import wire
 from service.config import Settings, settings_from
 from service.engine import Batcher, Job, ModelSet
 from service.model_store import parse_model_uri, read_baked_set

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from dnirecon.cli import main
+from commands.cli import main
 
 
 def test_train_then_eval_checkpoint(tiny_data, tmp_path, capsys):

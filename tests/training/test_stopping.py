@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dnirecon.cli import main
+from commands.cli import main
 from dnirecon.errors import Interrupted
 from training import tracking
 from training.stopping import StopOnSignal
@@ -54,7 +54,7 @@ def test_sigterm_saves_a_checkpoint_ends_the_run_killed_and_resume_finishes_it(t
     cmd = ["train", "sn", "--data", str(tiny_data), "--epochs", str(EPOCHS), "--batch-size", "1",
            "--accel", "4", "--no-progress", "--out", str(tmp_path / "ck")]
     with out.open("w") as o, err.open("w") as e:
-        proc = subprocess.Popen([sys.executable, "-m", "dnirecon.cli", *cmd], stdout=o, stderr=e, env=env)
+        proc = subprocess.Popen([sys.executable, "-m", "commands.cli", *cmd], stdout=o, stderr=e, env=env)
         try:
             _wait_for(lambda: "sn epoch 1:" in err.read_text(), what="the first epoch")
             proc.send_signal(sig)
@@ -108,8 +108,8 @@ def test_the_demo_continues_a_training_a_signal_stopped(tiny_data, tmp_path, mlf
     checkpoint; the CLI's exit code for it is 130."""
     import dataclasses
 
-    from dnirecon.demo import Steps
-    from dnirecon.demo_steps import train_step
+    from commands.demo import Steps
+    from commands.demo_steps import train_step
     from training import presets
 
     cpu = presets.PRESETS["cpu"]  # the demo's preset with short schedules, for this test only

@@ -80,7 +80,7 @@ class ServerProcess:
         self._log = None
 
     def start(self) -> "ServerProcess":
-        cmd = [sys.executable, "-m", "dnirecon.cli", "serve", *self.args]
+        cmd = [sys.executable, "-m", "commands.cli", "serve", *self.args]
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "ab")

@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-log = logging.getLogger("dnirecon.demo")
+log = logging.getLogger("commands.demo")
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -103,7 +103,7 @@ def run_demo(preset: str = "cpu", data_root: Path = Path("data/demo"), work: Pat
         steps.done(t, f"reused {len(list_volumes(data_root / 'train'))} + {len(list_volumes(data_root / 'val'))} volumes")
     train_dir, val_dir = data_root / "train", data_root / "val"
 
-    from dnirecon.demo_steps import baselines_step, bake_step, promote_step, report_step, serve_step, train_step
+    from commands.demo_steps import baselines_step, bake_step, promote_step, report_step, serve_step, train_step
 
     baselines_step(steps, state, work, val_dir)
     _save_state(work, state)

@@ -200,7 +200,7 @@ def _rss_mb(pid: int) -> float:
 def _grpc_sequential(client, kspace, mask, n: int, inproc) -> dict:
     """One stream, one slice at a time: round trip, server time, bytes both ways per slice. The
     in-process run (inproc()) is timed between the gRPC slices, so both see the same machine load."""
-    from service import wire
+    from dnirecon import wire
 
     rtt, server_ms, compute_ms, local = [], [], [], []
     sent = sum(m.ByteSize() for m in wire.slice_messages(0, kspace, mask, kspace.shape[-2:]))
@@ -283,7 +283,7 @@ def _throughput(target: str, kspace, mask, streams: int, total: int) -> float:
 
 
 def run_bench(args) -> int:
-    from dnirecon.procs import ServerProcess, free_port
+    from commands.procs import ServerProcess, free_port
     from service.client import ReconClient
     from service.config import PROVIDER_NAMES, parse_providers
     from service.engine import OnnxModel

@@ -34,7 +34,7 @@ def _versions_key(state: dict, *names: str) -> str:
 def serve_step(steps, state: dict, work: Path, val_dir: Path, alphas) -> None:
     """Start `dnirecon serve` on models:/interpsn@production, stream one held-out volume at 4x and 8x
     at every alpha through the client library, then stop the server with SIGTERM (its drain path)."""
-    from dnirecon.procs import ServerProcess
+    from commands.procs import ServerProcess
     from service.client import ReconClient, reconstruct_file, write_outputs
 
     t = steps.start("serve the promoted alias over gRPC and stream a held-out volume at each alpha")

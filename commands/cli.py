@@ -22,8 +22,8 @@ _COMMANDS = [
     ("registry", "registry.cli", "register"),
     ("serve", "service.cli", "register_serve"),
     ("client", "service.cli", "register_client"),
-    ("demo", "dnirecon.demo", "register"),
-    ("bench", "dnirecon.bench", "register"),
+    ("demo", "commands.demo", "register"),
+    ("bench", "commands.bench", "register"),
 ]
 
 
