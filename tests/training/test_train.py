@@ -166,8 +166,6 @@ def test_sn_fine_tuned_from_a_version_is_the_paper_twin_of_sn_gan(tiny_data, tmp
 def test_a_routed_sn_trains_its_8x_branch_from_the_trained_4x_branch(tiny_data, tmp_path):
     """cpu preset (accel_branches 4 8): the first half of the epochs trains the 4x branch on 4x slices, the
     second starts the 8x branch from it and trains it on 8x slices; the stage boundary survives a resume."""
-    from training.models.sn import branch_key
-
     kw = dict(preset="cpu", accels=(4.0, 8.0), epochs=2, seed=5, log_mlflow=False, progress=False,
               batch_size=1, out_dir=tmp_path / "ck")
     n = get_preset("cpu").sn.cascades
@@ -178,8 +176,9 @@ def test_a_routed_sn_trains_its_8x_branch_from_the_trained_4x_branch(tiny_data, 
         "4x branch: epochs 1-1 on --accel 4", "8x branch: epochs 2-2 on --accel 8, starting from the 4x branch"]
     keys = [k for k in a["model"] if int(k.split(".")[1]) < n]  # one branch's keys: cascades.i.*, dc.i.*, i < n
 
-    def branch(state, b):
-        return torch.cat([state[branch_key(k, n, b)].flatten() for k in keys])
+    def branch(state, b):  # set b's weights, in the order of set 0's keys (cascades.(b n + i).*)
+        split = [k.split(".", 2) for k in keys]
+        return torch.cat([state[f"{group}.{b * n + int(i)}.{rest}"].flatten() for group, i, rest in split])
 
     one_more = train_model("sn", tiny_data, max_steps=5, resume=first.checkpoint_path, **kw)
     b = torch.load(one_more.checkpoint_path, weights_only=True)
