@@ -386,7 +386,9 @@ def render(rows, throughput, rss, info, cpu, cores, peak, args, small, have_torc
     ]
     if not gpu:
         lines += ["No GPU machine was at hand: every figure is on the CPU provider; the CUDA-provider run "
-                  "(every node on CUDA, IOBinding) is still to be measured.", ""]
+                  "(every node on CUDA, IOBinding, parity with TF32 on and off) is still to be measured. The CUDA "
+                  "sessions' settings (TF32 off unless `--use-tf32`, HEURISTIC conv-algorithm search) are covered by "
+                  "unit tests of the provider options the sessions are built with (docs/service.md).", ""]
     if not gpu and (baked.preset or args.preset) == "paper":
         lines += ["Training step (issue 3): one `paper`-preset SN training step (GPU memory and step time) was not "
                   "measured: no GPU machine was at hand. `dnirecon train sn --preset paper` runs it on a GPU "
