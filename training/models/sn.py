@@ -169,8 +169,8 @@ class SensitivityNetwork(nn.Module):
 
         def run(index: int, sel: Tensor | None) -> Tensor:
             if sel is None:
-                return self.unroll(x, self.set_modules(index), cond, consistency)
-            return self.unroll(x[sel], self.set_modules(index), None if cond is None else cond[sel],
+                return self.unroll(x, self.branch_modules(index), cond, consistency)
+            return self.unroll(x[sel], self.branch_modules(index), None if cond is None else cond[sel],
                                consistency.rows(sel))
 
         out = run(0, None) if self.cascade_sets == 1 else by_branch(self.branch_of(m), run)
@@ -185,7 +185,7 @@ class SensitivityNetwork(nn.Module):
             x = consistency(x, dc)
         return x
 
-    def set_modules(self, index: int):
+    def branch_modules(self, index: int):
         """(Down-Up network, DC) pairs of cascade set `index` (0 without accel_branches), in order."""
         n = self.config.cascades
         return zip(self.cascades[index * n: (index + 1) * n], self.dc[index * n: (index + 1) * n])
