@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dnirecon.routing import nearest_set, sampled_fraction as mask_fraction
+from dnirecon import routing
 from training.models.downup import DownUpNetwork, by_branch, sampled_fraction
 from training.physics.columns import ColumnDomain
 from training.physics.complex_ops import mul_real
@@ -193,7 +193,7 @@ class SensitivityNetwork(nn.Module):
     def branch_of(self, mask: Tensor) -> Tensor:
         """The cascade set each sample runs, (B,) int64, by `dnirecon.routing.nearest_set` on its (B, W)
         mask (4x and 8x split at 1 / fraction = 5.66); 0 for every sample of a one-set SN."""
-        which = nearest_set(mask_fraction(mask.detach().cpu().numpy()), self.config.accel_branches)
+        which = routing.nearest_set(routing.sampled_fraction(mask.detach().cpu().numpy()), self.config.accel_branches)
         return torch.from_numpy(which).to(mask.device)
 
     def cascade_set(self, index: int) -> "SensitivityNetwork":
