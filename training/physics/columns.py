@@ -9,9 +9,11 @@ the H transforms cancel. Data consistency on coil images is then a forward and a
 along W with the mask between them, instead of a forward and an inverse 2-D transform per cascade;
 only the input needs a transform along H. Every transform is `training.physics.fft.centred_dft`
 (factorised, about N1 + N2 complex multiply-adds a point). The projector F_W^H diag(m) F_W has rank
-equal to the sampled columns r, so it could be two thin W x r products (2 r a point); the factorised
-pair costs 2 (N1 + N2) a point (78 at W = 368 against 2 r = 184 at 4x), the cheaper exact form at every
-acceleration the service sees. The operators are exact rewrites of the k-space form in
+equal to the sampled columns r, so it could also be two thin W x r products (2 r a point, with the
+columns gathered per slice); the factorised pair costs 2 (N1 + N2) a point: 78 at W = 368 against
+2 r = 184 at 4x and 92 at 8x. On a narrow grid at 8x the thin form is cheaper (W = 110: 42 against
+about 28), but there the projectors are about 5 % of the graph's count, so one form serves all sizes.
+The operators are exact rewrites of the k-space form in
 `training.models.sn`; `tests/models/test_columns.py` checks the two agree.
 """
 
