@@ -94,19 +94,27 @@ test_slice.__test__ = False  # pytest: not a test
 
 
 def build_untrained(preset: str, out_dir: Path):
-    """An untrained SN of the preset, exported as a one-alpha baked set; returns (model, directory)."""
+    """An untrained SN of the preset, exported as a one-alpha baked set (a graph per set of cascades);
+    returns (model, directory)."""
     import torch
 
-    from registry.export import export_reconstruction, sha256_file
+    from registry.bake import cascade_sets, graph_file
+    from dnirecon.files import sha256_file
+    from registry.export import export_reconstruction
+    from registry.store import MANIFEST_FORMAT
     from training.models.sn import SensitivityNetwork
     from training.presets import get_preset
 
     torch.manual_seed(0)
     model = SensitivityNetwork(get_preset(preset).sn).eval()
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = export_reconstruction(model, out_dir / "alpha_0.00.onnx")
-    manifest = {"format": "dnirecon.interpsn/1", "preset": preset, "name": f"untrained-sn-{preset}", "version": "bench",
-                "sources": {}, "alphas": [{"alpha": 0.0, "file": path.name, "sha256": sha256_file(path)}]}
+    sets = cascade_sets(model.config)
+    graphs = []
+    for i, cascade_set in enumerate(sets):
+        path = export_reconstruction(model.cascade_set(i), out_dir / graph_file("alpha_0.00", cascade_set["accel"]))
+        graphs.append({"file": path.name, "sha256": sha256_file(path)})
+    manifest = {"format": MANIFEST_FORMAT, "preset": preset, "name": f"untrained-sn-{preset}", "version": "bench",
+                "sources": {}, "cascade_sets": sets, "alphas": [{"alpha": 0.0, "graphs": graphs}]}
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return model, out_dir
 
@@ -167,8 +175,9 @@ def onnx_gflop(path: Path, kspace: np.ndarray, mask: np.ndarray) -> float:
 
 
 def graph_gflop(model, onnx_path: Path, kspace: np.ndarray, mask: np.ndarray) -> float:
-    """GFLOP of the exported graph for one slice. With the torch SN at hand: torch's flop_counter on its
-    MATMUL_FFT twin, the same matmul-DFT and convolution arithmetic the ONNX graph holds, in eager
+    """GFLOP of the exported graph for one slice. With the torch SN (the one-set SN the graph was
+    exported from) at hand: torch's flop_counter on its MATMUL_FFT twin, the same factorised-FFT
+    matrix products and convolutions the ONNX graph holds, in eager
     no-grad memory. Without it: onnx_gflop, which materialises every MatMul/Conv operand at once (at
     the paper preset and 15x640x368 that is ~20 GB: the OOM kill of the first paper-preset bench)."""
     if model is None:
@@ -302,13 +311,17 @@ def run_bench(args) -> int:
     else:
         model_dir = args.model_dir
     baked = read_baked_set(model_dir)
-    onnx_path = baked.baked[0][1] if baked.baked else baked.continuous
+    graphs = baked.baked[0][1] if baked.baked else baked.continuous
+    accels = [a for a, _p in graphs if a is not None]
     cpu, cores, peak = cpu_description()
 
+    from dnirecon.routing import nearest_set, sampled_fraction
     from service.config import parse_bool
 
     spinning, arena = parse_bool(args.spinning), parse_bool(args.cpu_mem_arena)
-    inproc = OnnxModel(onnx_path, providers, intra_op_threads=args.threads, spinning=spinning, cpu_mem_arena=arena)
+
+    def graph_for(mask) -> int:  # the set of cascades the server runs for this mask
+        return int(nearest_set(sampled_fraction(mask), accels))
     rows = []
     port = free_port()
 
@@ -326,11 +339,17 @@ def run_bench(args) -> int:
             for c, h, w in sizes:
                 kspace, mask = test_slice(c, h, w)
                 ri = np.stack([kspace.real, kspace.imag], -1)[None].astype(np.float32)
-                row = {"size": f"{c}x{h}x{w}"}
+                index = graph_for(mask)
+                onnx_path = graphs[index][1]
+                inproc = OnnxModel(onnx_path, providers, intra_op_threads=args.threads, spinning=spinning,
+                                   cpu_mem_arena=arena)
+                row = {"size": f"{c}x{h}x{w}", "graph": onnx_path.name}
                 row.update(_grpc_sequential(client, kspace, mask, args.slices, lambda: inproc.run(ri, mask[None])))
                 row.update(_mrd_sequential(f"127.0.0.1:{server.mrd_port}", kspace, mask, args.slices))
+                del inproc
                 row["zero_filled_bytes"] = kspace.nbytes
-                row["onnx_gflop"] = graph_gflop(model, onnx_path, kspace, mask)
+                row["onnx_gflop"] = graph_gflop(None if model is None else model.cascade_set(index), onnx_path,
+                                                kspace, mask)
                 rows.append(row)
                 log.info("%s", row)
         small = sizes[-1]
@@ -354,7 +373,6 @@ def run_bench(args) -> int:
     if model is not None:
         # torch eager after the server has exited and the in-process session is freed: at the paper
         # size the three together do not fit in 24 GB
-        del inproc
         import gc
 
         gc.collect()
@@ -397,7 +415,9 @@ def render(rows, throughput, rss, info, cpu, cores, peak, args, small, have_torc
     ]
     if not gpu:
         lines += ["No GPU machine was at hand: every figure is on the CPU provider; the CUDA-provider run "
-                  "(every node on CUDA, IOBinding) is still to be measured.", ""]
+                  "(every node on CUDA, IOBinding, parity with TF32 on and off) is still to be measured. The CUDA "
+                  "sessions' settings (TF32 off unless `--use-tf32`, HEURISTIC conv-algorithm search) are covered by "
+                  "unit tests of the provider options the sessions are built with (docs/service.md).", ""]
     if not gpu and (baked.preset or args.preset) == "paper":
         lines += ["Training step (issue 3): one `paper`-preset SN training step (GPU memory and step time) was not "
                   "measured: no GPU machine was at hand. `dnirecon train sn --preset paper` runs it on a GPU "
@@ -407,8 +427,8 @@ def render(rows, throughput, rss, info, cpu, cores, peak, args, small, have_torc
         "",
         "| slice (CxHxW) | in-process ms | gRPC round trip ms | round trip / in-process | server: last chunk -> image sent ms | "
         "compute ms | added by gRPC (round trip - compute) | bytes sent / slice | bytes back / slice | zero-filled bytes | "
-        "torch eager ms | GFLOP / slice, ONNX graph | GFLOP / slice, torch flop_counter |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "torch eager ms | GFLOP / slice, ONNX graph | GFLOP / slice, torch flop_counter | in-process / torch eager | graph |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in rows:
         over = 100 * (r["rtt_ms"] / r["inproc_ms"] - 1)
@@ -417,13 +437,15 @@ def render(rows, throughput, rss, info, cpu, cores, peak, args, small, have_torc
             f"| {r['size']} | {r['inproc_ms']:.2f} | {r['rtt_ms']:.2f} | {over:+.1f}% | {r['server_ms']:.2f} | {r['compute_ms']:.2f} | "
             f"{added:.2f} ms ({100 * added / r['compute_ms']:.1f}%) | "
             f"{r['sent_bytes']:,} | {r['received_bytes']:,} | {r['zero_filled_bytes']:,} | "
-            f"{r.get('torch_ms', float('nan')):.2f} | {r['onnx_gflop']:.4g} | {r.get('gflop', float('nan')):.4g} |"
+            f"{r.get('torch_ms', float('nan')):.2f} | {r['onnx_gflop']:.4g} | {r.get('gflop', float('nan')):.4g} | "
+            f"{r['inproc_ms'] / r.get('torch_ms', float('nan')):.2f} | {r['graph']} |"
         )
     lines += ["", "In-process runs are timed between the gRPC slices (same load); torch eager runs after the server "
               "has exited. On a shared machine the ratio "
               "is noisy, the 'added by gRPC' column (same slice, same server) less so. "
               "Bytes are protobuf message sizes (HTTP/2 and TLS framing not counted). "
-              "Target of issue 5: gRPC adds under 5% at 15x640x368.", ""]
+              "Each slice runs the graph of the set of cascades its mask routes it to (the graph column); "
+              "torch eager runs the whole SN, which routes the same way.", ""]
     lines += [
         "### MRD (ISMRMRD streaming) next to gRPC, same server, same slices",
         "",
@@ -441,10 +463,10 @@ def render(rows, throughput, rss, info, cpu, cores, peak, args, small, have_torc
         lines += ["### FLOPs vs the machine's peak", ""]
         for r in rows:
             achieved = r["onnx_gflop"] / (r["inproc_ms"] / 1e3)
-            lines.append(f"- {r['size']}: {r['onnx_gflop']:.3f} GFLOP per slice (ONNX MatMul/Conv nodes, matmul DFT "
-                         f"included; counted on the torch MATMUL_FFT twin when the bench built the model), {achieved:.1f} GFLOP/s in onnxruntime = {100 * achieved / peak:.1f}% of an "
+            lines.append(f"- {r['size']}: {r['onnx_gflop']:.3f} GFLOP per slice (ONNX MatMul/Conv nodes, the factorised "
+                         f"FFTs' products included; counted on the torch MATMUL_FFT twin when the bench built the model), {achieved:.1f} GFLOP/s in onnxruntime = {100 * achieved / peak:.1f}% of an "
                          f"estimated fp32 peak of {peak:.0f} GFLOP/s (cores x clock x FMA width)")
-        lines += ["", "torch's flop_counter does not count FFTs, so its figure omits the Fourier transforms "
+        lines += ["", "torch's flop_counter does not count torch.fft, so its figure omits the Fourier transforms "
                   "that the ONNX graph does as matrix products.", ""]
     c, h, w = small
     if throughput:

@@ -201,7 +201,8 @@ def promote_step(steps, state: dict, work: Path) -> None:
 
 def report_methods(state: dict, alphas) -> dict:
     """Every method of the report as a training.evaluate.Recon."""
-    from registry.export import ort_session, run_onnx, run_torch
+    from registry.bake import alpha_runner
+    from registry.export import run_torch
     from training.evaluate import baseline_methods, torch_recon
     from training.report import interp_name
     from training.tracking import load_registered_model
@@ -217,10 +218,8 @@ def report_methods(state: dict, alphas) -> dict:
         "SN": lambda k, m: run_torch(sn, k, m),
         "SN-GAN": lambda k, m: run_torch(gan, k, m),
     }
-    by_alpha = {float(a["alpha"]): a["file"] for a in manifest["alphas"]}
     for alpha in alphas:
-        session = ort_session(Path(state["bake"]["dir"]) / by_alpha[float(alpha)])
-        methods[interp_name(alpha)] = (lambda s: (lambda k, m: run_onnx(s, k, m)))(session)
+        methods[interp_name(alpha)] = alpha_runner(state["bake"]["dir"], manifest, alpha)
     return methods
 
 

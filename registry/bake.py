@@ -24,7 +24,7 @@ from training.evaluate import HeldOutSlice, load_held_out, mean_metrics, score
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-CONTINUOUS_FILE = "continuous.onnx"
+CONTINUOUS_STEM = "continuous"
 EXPERIMENT = "dnirecon-registry"
 ARTIFACT_DIR = "interpsn"
 
@@ -110,19 +110,73 @@ def _load_pair(sn: ModelRef, gan: ModelRef):
     return loaded_sn, loaded_gan
 
 
+def cascade_sets(config) -> list[dict]:
+    """The manifest's `cascade_sets`: for each set of cascades of an SN with `config`, its acceleration
+    (None for a one-set SN) and the accelerations 1 / sampled fraction it serves, [low, high) (high None:
+    no bound), by the rule of `dnirecon.routing.nearest_set`."""
+    from dnirecon.routing import served_range
+
+    accels = [float(a) for a in getattr(config, "accel_branches", ())]
+    if not accels:
+        return [{"accel": None, "serves": [1.0, None]}]
+    return [{"accel": a, "serves": list(served_range(accels, i))} for i, a in enumerate(accels)]
+
+
+def graph_file(stem: str, accel: float | None) -> str:
+    """The ONNX file of one set of cascades: alpha_0.25.onnx for a one-set SN, alpha_0.25_8x.onnx else."""
+    return f"{stem}.onnx" if accel is None else f"{stem}_{accel:g}x.onnx"
+
+
+def set_router(sets: Sequence[Mapping]):
+    """masks (..., W) -> the index (...) of the set of cascades that serves each (dnirecon.routing)."""
+    from dnirecon.routing import nearest_set, sampled_fraction
+
+    accels = [float(s["accel"]) for s in sets if s["accel"] is not None]
+    return lambda mask: nearest_set(sampled_fraction(mask), accels)
+
+
+def alpha_runner(directory: Path | str, manifest: Mapping, alpha: float, threads: int | None = None):
+    """(kspace (C, H, W) or (B, C, H, W), mask (W,) or (B, W)) -> (image, dc_residual) through the baked
+    graphs of `alpha`, each slice through the graph of its set of cascades."""
+    from registry.export import ort_session, run_onnx
+
+    entry = next(e for e in manifest["alphas"] if round(float(e["alpha"]), 6) == round(float(alpha), 6))
+    sessions = [ort_session(Path(directory) / g["file"], threads) for g in entry["graphs"]]
+    route = set_router(manifest["cascade_sets"])
+
+    def run(kspace, mask):
+        k, m = np.asarray(kspace), np.asarray(mask, np.float32)
+        which = route(m)
+        if which.ndim == 0:
+            return run_onnx(sessions[int(which)], k, m)
+        image = residual = None
+        for i in np.unique(which):
+            rows = which == i
+            part, part_res = run_onnx(sessions[int(i)], k[rows], m[rows])
+            if image is None:
+                image = np.zeros((len(m), *part.shape[1:]), part.dtype)
+                residual = np.zeros(len(m), part_res.dtype)
+            image[rows], residual[rows] = part, part_res
+        return image, residual
+
+    return run
+
+
 def bake_models(sn_model, gan_model, alphas: Sequence[float], held_out: Sequence[HeldOutSlice],
                 out_dir: Path | str, *, continuous: bool = False, preset: str = "",
                 sources: Mapping[str, Mapping[str, str]] | None = None,
                 tolerance: float = PARITY_TOLERANCE, threads: int | None = None) -> dict:
-    """Export theta(alpha) for each alpha (and the continuous model) into `out_dir`; returns the manifest.
+    """Export theta(alpha) for each alpha (and the continuous model) into `out_dir`, one graph per set of
+    cascades; returns the manifest. Each held-out slice is checked on the graph of its set against the
+    whole SN in torch (which routes it by the same rule).
 
     Raises ModelError after writing everything when an ONNX model misses the parity tolerance, so the
     caller never registers such a set (the files stay in out_dir for inspection).
     """
     import torch
 
-    from registry.export import export_reconstruction, ort_session, relative_max_error, run_onnx, run_torch, \
-        sha256_file
+    from dnirecon.files import sha256_file
+    from registry.export import export_reconstruction, ort_session, relative_max_error, run_onnx, run_torch
     from registry.interpolate import interpolate_pair
 
     alphas = check_alphas(alphas)
@@ -133,27 +187,41 @@ def bake_models(sn_model, gan_model, alphas: Sequence[float], held_out: Sequence
     sn_state = {k: v.detach().clone() for k, v in sn_model.state_dict().items()}
     gan_state = {k: v.detach().clone() for k, v in gan_model.state_dict().items()}
     work = type(sn_model)(sn_model.config).eval()  # theta(alpha) lives here, TORCH_FFT as in training
+    sets = cascade_sets(sn_model.config)
+    route = set_router(sets)
+    routes = [int(route(s.mask)) for s in held_out]
+
+    def export_sets(model, stem: str, gan=None) -> list[dict]:
+        graphs = []
+        for i, cascade_set in enumerate(sets):
+            path = export_reconstruction(model.cascade_set(i), out_dir / graph_file(stem, cascade_set["accel"]),
+                                         alpha_input=gan is not None,
+                                         gan_state=None if gan is None else gan.cascade_set(i).state_dict())
+            graphs.append({"file": path.name, "sha256": sha256_file(path)})
+        return graphs
 
     entries, baked_images = [], {}
     for alpha in _progress(alphas, desc="bake alphas", unit="alpha"):
         work.load_state_dict(interpolate_pair(sn_state, gan_state, alpha))
-        path = export_reconstruction(work, out_dir / f"{alpha_key(alpha)}.onnx")
-        session = ort_session(path, threads)
+        graphs = export_sets(work, alpha_key(alpha))
+        sessions = [ort_session(out_dir / g["file"], threads) for g in graphs]
         worst, images = 0.0, []  # export.check_parity fused with the evaluation: one ORT run per slice
-        for s in _progress(held_out, desc=f"alpha {alpha:.2f} parity+metrics", unit="slice", leave=False):
-            out, _ = run_onnx(session, s.kspace, s.mask)
+        for s, i in _progress(list(zip(held_out, routes)), desc=f"alpha {alpha:.2f} parity+metrics", unit="slice",
+                              leave=False):
+            out, _ = run_onnx(sessions[i], s.kspace, s.mask)
             ref, _ = run_torch(work, s.kspace, s.mask)
             worst = max(worst, relative_max_error(ref, out))  # never NaN: non-finite outputs give inf
             images.append(out)
         baked_images[alpha] = images
-        entries.append({"alpha": alpha, "file": path.name, "sha256": sha256_file(path),
-                        "parity_max_err": worst, "metrics": mean_metrics(score(held_out, images))})
+        entries.append({"alpha": alpha, "graphs": graphs, "parity_max_err": worst,
+                        "metrics": mean_metrics(score(held_out, images))})
         log.info("alpha %.2f: parity %.2e, metrics %s", alpha, worst, entries[-1]["metrics"])
 
     manifest: dict[str, Any] = {
         "format": MANIFEST_FORMAT,
         "preset": preset,
         "sources": {k: dict(v) for k, v in (sources or {}).items()},
+        "cascade_sets": sets,
         "alphas": entries,
         "parity_tolerance": tolerance,
         "held_out": {"volumes": sorted({s.volume for s in held_out}), "slices": len(held_out),
@@ -163,17 +231,18 @@ def bake_models(sn_model, gan_model, alphas: Sequence[float], held_out: Sequence
         "torch": torch.__version__,
     }
     if continuous:
-        sn_model_cpu = type(sn_model)(sn_model.config).eval()
-        sn_model_cpu.load_state_dict(sn_state)
-        path = export_reconstruction(sn_model_cpu, out_dir / CONTINUOUS_FILE, alpha_input=True,
-                                     gan_state=gan_state)
-        session = ort_session(path, threads)
+        with torch.random.fork_rng(devices=[]):
+            sn_cpu, gan_cpu = (type(sn_model)(sn_model.config).eval() for _ in range(2))
+        sn_cpu.load_state_dict(sn_state)
+        gan_cpu.load_state_dict(gan_state)
+        graphs = export_sets(sn_cpu, CONTINUOUS_STEM, gan=gan_cpu)
+        sessions = [ort_session(out_dir / g["file"], threads) for g in graphs]
         worst = 0.0
         for alpha in _progress(alphas, desc="continuous vs baked", unit="alpha"):
-            for s, baked in zip(held_out, baked_images[alpha]):
-                out, _ = run_onnx(session, s.kspace, s.mask, alpha=alpha)
+            for s, i, baked in zip(held_out, routes, baked_images[alpha]):
+                out, _ = run_onnx(sessions[i], s.kspace, s.mask, alpha=alpha)
                 worst = max(worst, relative_max_error(baked, out))
-        manifest["continuous"] = {"file": CONTINUOUS_FILE, "sha256": sha256_file(path), "max_err_vs_baked": worst}
+        manifest["continuous"] = {"graphs": graphs, "max_err_vs_baked": worst}
     _write_json_atomic(out_dir / MANIFEST, manifest)
 
     failures = [f"alpha {e['alpha']:g}: {e['parity_max_err']:.3e}" for e in entries

@@ -8,8 +8,6 @@ parameter inside the graph from an `alpha` input.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -20,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from dnirecon.errors import ModelError
-from training.physics.fft import MATMUL_FFT, TORCH_FFT, FourierPair
+from training.physics.fft import MATMUL_FFT, TORCH_FFT, FourierPair, onnx_translation_table
 
 log = logging.getLogger(__name__)
 
@@ -74,44 +72,6 @@ def _dynamic_shapes():
     # fail (torch 2.13) while the hints export with all four sizes symbolic (mask W tied to kspace W).
     d = Dim.DYNAMIC
     return {"kspace": {0: d, 1: d, 2: d, 3: d}, "mask": {0: d, 1: d}}
-
-
-def _complex_unsqueeze(self, dim: int):
-    """aten.unsqueeze on a complex tensor, which the exporter holds as real with a trailing axis of 2."""
-    from onnxscript import opset18 as op
-
-    complex_rank = len(self.shape) - 1
-    if dim < 0:
-        dim += complex_rank + 1  # count from the end of the complex shape, not the real view's
-    return op.Unsqueeze(self, op.Constant(value_ints=[dim]))
-
-
-@contextlib.contextmanager
-def _complex_ops_registered():
-    """torch 2.13's ONNX registry lacks a complex `unsqueeze` (SenseOp's `x[:, None]`), and
-    custom_translation_table registers real-only functions: add it to the registry the exporter builds."""
-    from torch.onnx._internal.exporter import _registration
-
-    original = _registration.ONNXRegistry.from_torchlib
-
-    def from_torchlib(cls, *args, **kwargs):
-        registry = original(*args, **kwargs)
-        registry.register_op(torch.ops.aten.unsqueeze.default, _complex_unsqueeze, is_complex=True)
-        return registry
-
-    _registration.ONNXRegistry.from_torchlib = classmethod(from_torchlib)
-    try:
-        yield
-    finally:
-        _registration.ONNXRegistry.from_torchlib = original
-
-
-def sha256_file(path: Path | str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_onnx_file(path: Path | str) -> None:
@@ -170,11 +130,12 @@ def _trace(module: nn.Module, args: tuple, tmp: Path, opset: int):
     import onnx
 
     input_names = INPUT_NAMES
-    with torch.no_grad(), _complex_ops_registered():
+    with torch.no_grad():
         torch.onnx.export(
             module, args, str(tmp), dynamo=True, external_data=False, opset_version=opset,
             input_names=input_names, output_names=OUTPUT_NAMES,
             dynamic_shapes=_dynamic_shapes(), verbose=False, optimize=False,
+            custom_translation_table=onnx_translation_table(),
         )
     if Path(str(tmp) + ".data").exists():
         raise ModelError(f"{tmp}: the exporter wrote an external-data sidecar despite external_data=False")
@@ -260,7 +221,8 @@ def make_continuous(model, sn_weights: Mapping[str, np.ndarray], gan_weights: Ma
 def export_reconstruction(model: nn.Module, path: Path | str, alpha_input: bool = False, *,
                           gan_state: Mapping[str, Tensor] | None = None, config=None,
                           opset: int = OPSET) -> Path:
-    """Export `model` (an SN) as the whole reconstruction to one self-contained ONNX file at `path`.
+    """Export `model` (a one-set SN: `SensitivityNetwork.cascade_set(i)` of one with accel_branches)
+    as the whole reconstruction to one self-contained ONNX file at `path`.
 
     alpha_input=True exports the continuous model: `model`'s weights are theta_SN and `gan_state`
     the SN-GAN state_dict; the graph gets a third input `alpha` (float32 (1,)).
@@ -269,6 +231,9 @@ def export_reconstruction(model: nn.Module, path: Path | str, alpha_input: bool 
     import onnx
 
     config = config if config is not None else getattr(model, "config", None)
+    if getattr(config, "accel_branches", ()):
+        raise ModelError(f"{path}: the SN has a set of cascades per acceleration {list(config.accel_branches)}; "
+                         "export each set on its own (SensitivityNetwork.cascade_set(i)): a slice runs one set")
     net = with_fourier(model, MATMUL_FFT, config)
     boundary = ReconstructionBoundary(net, MATMUL_FFT).eval()
     path = Path(path)
@@ -366,53 +331,3 @@ def check_parity(model: nn.Module, onnx_path: Path | str, slices: Iterable[Seque
         out, _ = run_onnx(session, kspace, mask, alpha)
         worst = max(worst, relative_max_error(ref, out))  # never NaN: non-finite outputs give inf
     return worst
-
-
-# ---------------------------------------------------------------- GPU placement (issue 4, item 5; not run here)
-def check_cuda_placement(onnx_path: Path | str, coils: int = 4, height: int = 64, width: int = 48,
-                         alpha: float | None = None) -> dict[str, list[str]]:
-    """Run the model once on onnxruntime's CUDA provider with profiling on; returns
-    {"cpu_nodes": [...], "cuda_nodes": [...]} from the profile's per-node provider field.
-
-    Raises ModelError when the CUDA provider is not active (onnxruntime-gpu lists it as available even
-    without a GPU: the session's get_providers() is what counts) or when any compute node ran on the CPU.
-    Written for a GPU machine; not run in this project's CPU-only tests.
-    """
-    import json as _json
-
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.enable_profiling = True
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(str(onnx_path), opts,
-                                   providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
-    if "CUDAExecutionProvider" not in session.get_providers():
-        session.end_profiling()
-        raise ModelError(f"{onnx_path}: onnxruntime did not activate CUDAExecutionProvider "
-                         f"(active: {session.get_providers()}); a GPU and CUDA 13 / cuDNN 9 are needed")
-    rng = np.random.default_rng(0)
-    k = (rng.standard_normal((1, coils, height, width)) + 1j * rng.standard_normal((1, coils, height, width)))
-    mask = np.zeros((1, width), np.float32)
-    mask[:, width // 2 - 4: width // 2 + 4] = 1
-    mask[:, ::4] = 1
-    run_onnx(session, (k * mask[:, None, None, :]).astype(np.complex64), mask, alpha)
-    profile = Path(session.end_profiling())
-    events = _json.loads(profile.read_text())
-    profile.unlink(missing_ok=True)
-    placement: dict[str, list] = {"cpu_nodes": [], "cuda_nodes": [], "_cpu_sizes": []}
-    for ev in events:
-        args = ev.get("args", {})
-        if ev.get("cat") == "Node" and "provider" in args and ev.get("name", "").endswith("_kernel_time"):
-            node = f"{args.get('op_name', '?')}:{ev['name'][:-len('_kernel_time')]}"
-            key = "cuda_nodes" if args["provider"] == "CUDAExecutionProvider" else "cpu_nodes"
-            placement[key].append(node)
-            if key == "cpu_nodes":
-                placement["_cpu_sizes"].append((node, int(args.get("output_size", 0) or 0)))
-    # onnxruntime keeps shape arithmetic (a few int64 values) on the CPU by design; image-sized
-    # outputs on the CPU are the silent fallback this check exists for.
-    compute_on_cpu = [n for n, size in placement.pop("_cpu_sizes") if size > 1024]
-    if compute_on_cpu:
-        raise ModelError(f"{onnx_path}: {len(compute_on_cpu)} compute node(s) ran on the CPU provider: "
-                         + ", ".join(compute_on_cpu[:10]))
-    return placement

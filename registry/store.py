@@ -22,7 +22,7 @@ from dnirecon.errors import ConfigError, ModelError
 log = logging.getLogger(__name__)
 
 INTERPSN = "interpsn"
-MANIFEST_FORMAT = "dnirecon.interpsn/1"
+MANIFEST_FORMAT = "dnirecon.interpsn/2"
 # Contract: ONNX vs torch within 1e-4 of the image maximum (issue 4, acceptance 2 and 5).
 PARITY_TOLERANCE = 1e-4
 # Metric gate: the candidate may be this much worse than the version it replaces (evaluation noise).
@@ -83,7 +83,7 @@ def manifest_tags(manifest: dict) -> dict[str, str]:
         tags[f"{role.replace('-', '_')}_version"] = str(src["version"])
     for a in alphas:
         k = alpha_key(a["alpha"])
-        tags[f"sha256.{k}"] = a["sha256"]
+        tags[f"sha256.{k}"] = ",".join(g["sha256"] for g in a["graphs"])  # in cascade_sets order
         tags[f"parity.{k}"] = f"{a['parity_max_err']:.3e}"
         tags[f"metrics.{k}"] = json.dumps({m: round(float(v), 6) for m, v in a["metrics"].items()},
                                          sort_keys=True)
@@ -91,7 +91,7 @@ def manifest_tags(manifest: dict) -> dict[str, str]:
     tags["metrics_summary"] = json.dumps(summary, sort_keys=True)
     if manifest.get("continuous"):
         cont = manifest["continuous"]
-        tags["sha256.continuous"] = cont["sha256"]
+        tags["sha256.continuous"] = ",".join(g["sha256"] for g in cont["graphs"])
         tags["continuous_max_err_vs_baked"] = f"{cont['max_err_vs_baked']:.3e}"
     return tags
 

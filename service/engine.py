@@ -1,4 +1,5 @@
-"""onnxruntime execution of baked sets: sessions, alpha selection, warm-up and micro-batching.
+"""onnxruntime execution of baked sets: sessions, alpha and cascade-set selection, warm-up and
+micro-batching.
 
 Knows onnxruntime and numpy; nothing of gRPC or MLflow.
 """
@@ -18,6 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from dnirecon.errors import ModelError
+from dnirecon.routing import nearest_set, sampled_fraction
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +28,14 @@ INPUTS = ("kspace", "mask")
 OUTPUTS = ("image", "dc_residual")
 
 
-def provider_list(providers: list[str], cudnn_conv_algo_search: str = "EXHAUSTIVE") -> list:
-    """onnxruntime's providers argument, with the CUDA options from the settings."""
+def provider_list(providers: list[str], cudnn_conv_algo_search: str = "HEURISTIC", use_tf32: bool = False) -> list:
+    """onnxruntime's providers argument, with the CUDA options from the settings. TF32 is off unless
+    asked for: onnxruntime turns it on for FP32 MatMul and Conv on Ampere and later, ~1e-3 relative
+    error, and the graph's Fourier transforms are matrix products."""
     out: list = []
     for p in providers:
         if p == CUDA:
-            out.append((CUDA, {"cudnn_conv_algo_search": cudnn_conv_algo_search}))
+            out.append((CUDA, {"cudnn_conv_algo_search": cudnn_conv_algo_search, "use_tf32": "1" if use_tf32 else "0"}))
         else:
             out.append(p)
     return out
@@ -40,8 +44,8 @@ def provider_list(providers: list[str], cudnn_conv_algo_search: str = "EXHAUSTIV
 class OnnxModel:
     """One ONNX reconstruction (contract: kspace (B,C,H,W,2), mask (B,W)[, alpha (1,)] -> image, dc_residual)."""
 
-    def __init__(self, path: Path, providers: list[str], *, intra_op_threads: int = 0, cudnn_conv_algo_search: str = "EXHAUSTIVE",
-                 spinning: bool = True, cpu_mem_arena: bool = True):
+    def __init__(self, path: Path, providers: list[str], *, intra_op_threads: int = 0, cudnn_conv_algo_search: str = "HEURISTIC",
+                 use_tf32: bool = False, spinning: bool = True, cpu_mem_arena: bool = True):
         self.path = Path(path)
         opts = ort.SessionOptions()
         opts.enable_cpu_mem_arena = cpu_mem_arena
@@ -50,10 +54,9 @@ class OnnxModel:
         if not spinning:  # idle onnxruntime threads otherwise spin on cores the gRPC threads need
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3
+        self.provider_options = provider_list(providers, cudnn_conv_algo_search, use_tf32)
         try:
-            self.session = ort.InferenceSession(
-                str(self.path), sess_options=opts, providers=provider_list(providers, cudnn_conv_algo_search)
-            )
+            self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=self.provider_options)
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable or invalid graphs
             raise ModelError(f"{self.path}: onnxruntime cannot load it: {exc}") from None
         self.requested = list(providers)
@@ -102,19 +105,24 @@ class Selection:
     feed_alpha: float | None  # fed to a continuous model, None for a baked one
 
 
+Graphs = tuple  # ((acceleration of the set of cascades or None, onnx file), ...), model_store.BakedSet's
+
+
 class ModelSet:
-    """The sessions of one baked set: one per baked alpha, plus the continuous model if any."""
+    """The sessions of one baked set: for each baked alpha (and the continuous model, if any) one per set
+    of cascades; a slice runs the set `dnirecon.routing.nearest_set` picks for its mask."""
 
     def __init__(
         self,
         name: str,
         version: str,
-        baked: list[tuple[float, Path]],
-        continuous: Path | None,
+        baked: list[tuple[float, Graphs]],
+        continuous: Graphs | None,
         providers: list[str],
         *,
         intra_op_threads: int = 0,
-        cudnn_conv_algo_search: str = "EXHAUSTIVE",
+        cudnn_conv_algo_search: str = "HEURISTIC",
+        use_tf32: bool = False,
         default_alpha: float | None = None,
         spinning: bool = True,
         cpu_mem_arena: bool = True,
@@ -122,12 +130,20 @@ class ModelSet:
         if not baked and continuous is None:
             raise ModelError(f"model set {name} version {version} has no ONNX file")
         self.name, self.version = name, version
-        kw = dict(intra_op_threads=intra_op_threads, cudnn_conv_algo_search=cudnn_conv_algo_search, spinning=spinning,
-                  cpu_mem_arena=cpu_mem_arena)
-        self.baked = [(float(a), OnnxModel(p, providers, **kw)) for a, p in sorted(baked)]
-        self.continuous = OnnxModel(continuous, providers, **kw) if continuous is not None else None
-        if self.continuous is not None and not self.continuous.has_alpha:
-            raise ModelError(f"{continuous}: the continuous model has no 'alpha' input")
+        kw = dict(intra_op_threads=intra_op_threads, cudnn_conv_algo_search=cudnn_conv_algo_search, use_tf32=use_tf32,
+                  spinning=spinning, cpu_mem_arena=cpu_mem_arena)
+        accels = {tuple(a for a, _p in graphs) for _alpha, graphs in baked} | ({tuple(a for a, _p in continuous)} if continuous else set())
+        if len(accels) != 1:
+            raise ModelError(f"model set {name} version {version}: its graphs serve different sets of cascades {sorted(accels, key=str)}")
+        self.accels = [a for a in accels.pop() if a is not None]
+
+        def sessions(graphs: Graphs) -> list[OnnxModel]:
+            return [OnnxModel(p, providers, **kw) for _a, p in graphs]
+
+        self.baked = [(float(a), sessions(graphs)) for a, graphs in sorted(baked, key=lambda e: e[0])]
+        self.continuous = sessions(continuous) if continuous else None
+        if self.continuous is not None and not all(m.has_alpha for m in self.continuous):
+            raise ModelError(f"{continuous[0][1]}: the continuous model has no 'alpha' input")
         self.default_alpha = _default_alpha(name, version, default_alpha, self.baked)
         self.requested = list(providers)
         self.providers: list[str] = []
@@ -143,36 +159,47 @@ class ModelSet:
             log.info("onnxruntime providers in use: %s", self.providers)
 
     def models(self) -> list[OnnxModel]:
-        return [m for _a, m in self.baked] + ([self.continuous] if self.continuous else [])
+        return [m for _a, ms in self.baked for m in ms] + (list(self.continuous) if self.continuous else [])
 
     @property
     def alphas(self) -> list[float]:
         return [a for a, _m in self.baked]
 
-    def select(self, alpha: float | None) -> Selection:
-        """Nearest baked alpha, or exactly the requested one when the continuous model is served."""
+    def cascade_set(self, mask: np.ndarray | None) -> int:
+        """The set of cascades a slice with this (W,) mask runs (dnirecon.routing.nearest_set)."""
+        if not self.accels:
+            return 0
+        if mask is None:
+            raise ValueError(f"a mask is needed to choose among the sets of cascades for {self.accels}x")
+        return int(nearest_set(sampled_fraction(mask), self.accels))
+
+    def select(self, alpha: float | None, mask: np.ndarray | None = None) -> Selection:
+        """Nearest baked alpha, or exactly the requested one when the continuous model is served; the
+        graph of the set of cascades that serves `mask` (W,) (any mask of a one-set model)."""
         if alpha is None:
             alpha = self.default_alpha
         if not (0.0 <= alpha <= 1.0):  # also false for NaN
             raise ValueError(f"alpha {alpha} is outside [0, 1]")
+        index = self.cascade_set(mask)
         if self.baked:
-            best, model = min(self.baked, key=lambda am: abs(am[0] - alpha))
+            best, models = min(self.baked, key=lambda am: abs(am[0] - alpha))
             if self.continuous is None or abs(best - alpha) < 1e-6:
-                return Selection(model, best, None)
-        return Selection(self.continuous, float(np.float32(alpha)), float(alpha))
+                return Selection(models[index], best, None)
+        return Selection(self.continuous[index], float(np.float32(alpha)), float(alpha))
 
     def warmup(self, shapes: list[tuple[int, int, int]], max_batch: int = 1,
                should_stop: Callable[[], bool] | None = None) -> None:
-        """Runs every session on each (coils, readout, phase) shape, at batch 1 and at max_batch;
-        raises ModelError on failure (a graph with a fixed batch of 1 fails here, not on a batch), and
-        WarmupStopped before the next run once should_stop() is true."""
+        """Runs every session (every alpha, every set of cascades) on each (coils, readout, phase) shape,
+        at batch 1 and at max_batch; raises ModelError on failure (a graph with a fixed batch of 1 fails
+        here, not on a batch), and WarmupStopped before the next run once should_stop() is true."""
         rng = np.random.default_rng(0)
+        runs = [(a, m) for a, ms in self.baked for m in ms] + [(0.5, m) for m in (self.continuous or [])]
         for coils, h, w in shapes:
             for b in sorted({1, max(1, int(max_batch))}):
                 kspace = (rng.standard_normal((b, coils, h, w, 2)) * 1e-3).astype(np.float32)
                 mask = np.repeat(warmup_mask(w)[None], b, 0)
                 kspace *= mask[:, None, None, :, None]
-                for alpha, model in [(a, m) for a, m in self.baked] + ([(0.5, self.continuous)] if self.continuous else []):
+                for alpha, model in runs:
                     if should_stop is not None and should_stop():
                         raise WarmupStopped(f"warm-up of {self.name} version {self.version} stopped before {b}x{coils}x{h}x{w}")
                     t0 = time.perf_counter()
@@ -258,17 +285,16 @@ def _batched(arrays: list[np.ndarray]) -> np.ndarray:
 
 
 class Batcher:
-    """A bounded queue and worker threads that run jobs of the same model, alpha and shape together."""
+    """A bounded queue and a worker thread that runs jobs of the same model, alpha and shape together."""
 
-    def __init__(self, max_batch: int = 4, max_queue: int = 64, wait_ms: float = 0.0, workers: int = 1, metrics=None):
+    def __init__(self, max_batch: int = 4, max_queue: int = 64, wait_ms: float = 0.0, metrics=None):
         self.max_batch, self.max_queue, self.wait_s = max_batch, max_queue, wait_ms / 1e3
         self.metrics = metrics
         self._q: collections.deque[Job] = collections.deque()
         self._cv = threading.Condition()
         self._stopped = False
-        self._threads = [threading.Thread(target=self._loop, name=f"batcher-{i}", daemon=True) for i in range(workers)]
-        for t in self._threads:
-            t.start()
+        self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
+        self._thread.start()
 
     def depth(self) -> int:
         return len(self._q)

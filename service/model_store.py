@@ -4,7 +4,6 @@ cache and an alias follower. Knows MLflow and files; nothing of onnxruntime or g
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -17,12 +16,13 @@ from pathlib import Path
 from typing import Callable
 
 from dnirecon.errors import ConfigError, ModelError
+from dnirecon.files import sha256_file
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 SERVED_PREFIX = ".served-"  # cache_dir/NAME/.served-ALIAS.json: the version last served for that alias
-FORMAT = "dnirecon.interpsn/1"
+FORMAT = "dnirecon.interpsn/2"
 
 
 @dataclass(frozen=True)
@@ -33,30 +33,44 @@ class BakedSet:
     uri: str
     manifest: dict
     manifest_sha256: str
-    baked: tuple[tuple[float, Path], ...]  # (alpha, onnx file)
-    continuous: Path | None
+    # (alpha, ((acceleration of the set of cascades or None for a one-set model, onnx file), ...))
+    baked: tuple[tuple[float, tuple[tuple[float | None, Path], ...]], ...]
+    continuous: tuple[tuple[float | None, Path], ...] | None
 
     @property
     def preset(self) -> str:
         return str(self.manifest.get("preset", ""))
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _check_file_fields(mpath: Path, where: str, entry: dict) -> None:
+def _check_file_fields(mpath: Path, where: str, entry) -> None:
+    if not isinstance(entry, dict) or not {"file", "sha256"} <= entry.keys():
+        raise ModelError(f"{mpath}: {where} needs 'file' and 'sha256'")
     for key in ("file", "sha256"):
         if not isinstance(entry[key], str) or not entry[key]:
             raise ModelError(f"{mpath}: {where}.{key} is {entry[key]!r}, expected a non-empty string")
 
 
+def _set_accels(mpath: Path, manifest: dict) -> list[float | None]:
+    """The acceleration of each set of cascades ('cascade_sets'): one null (one set serves all), or
+    two or more increasing numbers >= 1 (each slice runs the set dnirecon.routing.nearest_set picks)."""
+    sets = manifest.get("cascade_sets")
+    if not isinstance(sets, list) or not sets or not all(isinstance(e, dict) and "accel" in e for e in sets):
+        raise ModelError(f"{mpath}: field 'cascade_sets' is {sets!r:.200}, expected a non-empty list of "
+                         "{accel, serves}")
+    accels = [e["accel"] for e in sets]
+    if accels == [None]:
+        return accels
+    numbers = all(isinstance(a, (int, float)) and not isinstance(a, bool) and a >= 1 for a in accels)
+    if len(accels) < 2 or not numbers or accels != sorted(set(accels)):
+        raise ModelError(f"{mpath}: cascade_sets accelerations are {accels!r:.200}, expected [null] or two or "
+                         "more increasing numbers >= 1")
+    return [float(a) for a in accels]
+
+
 def read_baked_set(directory: str | os.PathLike, *, name: str = "", version: str = "", uri: str = "") -> BakedSet:
-    """Reads manifest.json and checks every listed file's sha256 (ModelError on any mismatch)."""
+    """Reads manifest.json and checks every listed file's sha256 (ModelError on any mismatch).
+
+    Each alpha (and the continuous model) lists one graph per set of cascades, in 'cascade_sets' order."""
     directory = Path(directory)
     mpath = directory / MANIFEST
     if not mpath.is_file():
@@ -67,40 +81,54 @@ def read_baked_set(directory: str | os.PathLike, *, name: str = "", version: str
         raise ModelError(f"{mpath}: not readable JSON ({exc})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise ModelError(f"{mpath}: field 'format' is {got!r}, expected {FORMAT!r}")
+        older = " (an older layout with one graph for all accelerations: bake the set again)" \
+            if got == "dnirecon.interpsn/1" else ""
+        raise ModelError(f"{mpath}: field 'format' is {got!r:.100}, expected {FORMAT!r}{older}")
+    accels = _set_accels(mpath, manifest)
     entries = manifest.get("alphas") or []
     if not isinstance(entries, list):
-        raise ModelError(f"{mpath}: field 'alphas' must be a list of {{alpha, file, sha256}}")
-    files: list[tuple[float | None, dict]] = []
+        raise ModelError(f"{mpath}: field 'alphas' must be a list of {{alpha, graphs}}")
+
+    def graphs_of(where: str, entry: dict) -> list[dict]:
+        graphs = entry.get("graphs")
+        if not isinstance(graphs, list) or len(graphs) != len(accels):
+            raise ModelError(f"{mpath}: {where}.graphs is {graphs!r:.200}, expected a list of {len(accels)} "
+                             "{file, sha256}, one per entry of cascade_sets")
+        for j, g in enumerate(graphs):
+            _check_file_fields(mpath, f"{where}.graphs[{j}]", g)
+        return graphs
+
+    files: list[tuple[float | None, list[dict]]] = []
     for i, entry in enumerate(entries):
-        if not isinstance(entry, dict) or not {"alpha", "file", "sha256"} <= entry.keys():
-            raise ModelError(f"{mpath}: alphas[{i}] needs 'alpha', 'file' and 'sha256'")
+        if not isinstance(entry, dict) or not {"alpha", "graphs"} <= entry.keys():
+            raise ModelError(f"{mpath}: alphas[{i}] needs 'alpha' and 'graphs'")
         value = entry["alpha"]
         alpha = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
         if not 0.0 <= alpha <= 1.0:  # also false for NaN, null, strings and booleans
-            raise ModelError(f"{mpath}: alphas[{i}].alpha is {value!r}, expected a number in [0, 1]")
-        _check_file_fields(mpath, f"alphas[{i}]", entry)
-        files.append((alpha, entry))
+            raise ModelError(f"{mpath}: alphas[{i}].alpha is {value!r:.100}, expected a number in [0, 1]")
+        files.append((alpha, graphs_of(f"alphas[{i}]", entry)))
     cont = manifest.get("continuous")
     if cont:
-        if not isinstance(cont, dict) or not {"file", "sha256"} <= cont.keys():
-            raise ModelError(f"{mpath}: 'continuous' needs 'file' and 'sha256'")
-        _check_file_fields(mpath, "continuous", cont)
-        files.append((None, cont))
+        if not isinstance(cont, dict):
+            raise ModelError(f"{mpath}: 'continuous' needs 'graphs'")
+        files.append((None, graphs_of("continuous", cont)))
     if not files:
         raise ModelError(f"{mpath}: lists no ONNX file (empty 'alphas' and no 'continuous')")
     baked, continuous = [], None
-    for alpha, entry in files:
-        path = directory / entry["file"]
-        if Path(entry["file"]).name != entry["file"] or not path.is_file():
-            raise ModelError(f"{mpath}: file {entry['file']!r} is not a file in {directory}")
-        digest = sha256_file(path)
-        if digest != entry["sha256"]:
-            raise ModelError(f"{path}: sha256 {digest} does not match manifest.json ({entry['sha256']})")
+    for alpha, graphs in files:
+        paths = []
+        for accel, entry in zip(accels, graphs):
+            path = directory / entry["file"]
+            if Path(entry["file"]).name != entry["file"] or not path.is_file():
+                raise ModelError(f"{mpath}: file {entry['file']!r:.200} is not a file in {directory}")
+            digest = sha256_file(path)
+            if digest != entry["sha256"]:
+                raise ModelError(f"{path}: sha256 {digest} does not match manifest.json ({entry['sha256']!r:.100})")
+            paths.append((accel, path))
         if alpha is None:
-            continuous = path
+            continuous = tuple(paths)
         else:
-            baked.append((alpha, path))
+            baked.append((alpha, tuple(paths)))
     return BakedSet(
         directory=directory,
         name=name or str(manifest.get("name", directory.name)),
@@ -108,7 +136,7 @@ def read_baked_set(directory: str | os.PathLike, *, name: str = "", version: str
         uri=uri or str(directory),
         manifest=manifest,
         manifest_sha256=sha256_file(mpath),
-        baked=tuple(sorted(baked)),
+        baked=tuple(sorted(baked, key=lambda e: e[0])),
         continuous=continuous,
     )
 

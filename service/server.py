@@ -108,6 +108,7 @@ def load_served(baked: BakedSet, settings: Settings, should_stop: Callable[[], b
         settings.ort_providers,
         intra_op_threads=settings.intra_op_threads,
         cudnn_conv_algo_search=settings.cudnn_conv_algo_search,
+        use_tf32=settings.use_tf32,
         default_alpha=baked.manifest.get("default_alpha"),
         spinning=settings.intra_op_spinning,
         cpu_mem_arena=settings.cpu_mem_arena,
@@ -261,7 +262,7 @@ class ReconstructionServicer(recon_pb2_grpc.ReconstructionServicer):
             raise SliceFault(Code.NOT_FOUND, f"model '{escape(h.model, 64)}' is not served (serving {b.name} version {b.version})")
         alpha = h.alpha if h.HasField("alpha") else None
         try:
-            selection = served.models.select(alpha)
+            selection = served.models.select(alpha, mask)
         except ValueError as exc:
             raise SliceFault(bad, f"unknown alpha: {exc}") from None
         return ParsedHeader(h, mask, served, selection)

@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from training.models.downup import nearest_accel
+from dnirecon.routing import nearest_set
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class Stage:
 def nearest_branch(accel: float, branches: Sequence[float]) -> int:
     """The branch a mask of acceleration `accel` runs (the rule SensitivityNetwork.branch_of applies to
     a mask's sampled fraction)."""
-    return int(nearest_accel(torch.tensor([[1.0 / accel]], dtype=torch.float64), branches)[0])
+    return int(nearest_set(1.0 / accel, branches))
 
 
 def branch_stages(model_config: Mapping, accels: Sequence[float], epochs: int) -> list[Stage] | None:

@@ -33,15 +33,13 @@ class SNConfig:
     readout_oversampling: int = 1
     # True: each Down-Up network also sees the fraction of k-space columns sampled (a constant channel)
     sampling_input: bool = False
-    # True (with sampling_input): that fraction also scales and shifts the features at every scale (FiLM)
-    sampling_film: bool = False
     # (a1, a2, ...): one set of cascades (Down-Up networks and DC weights) per acceleration; a slice runs
     # the set whose acceleration is nearest, on a log scale, to 1 / its sampled fraction. (): one set.
     accel_branches: tuple[float, ...] = ()
 
     def __post_init__(self):
         _check_fields(self, ("cascades", "width", "blocks", "readout_oversampling"),
-                      ("sampling_input", "sampling_film"))
+                      ("sampling_input",))
         branches = self.accel_branches
         if not isinstance(branches, (list, tuple)) or any(
                 isinstance(a, bool) or not isinstance(a, (int, float)) or not a >= 1 for a in branches):
@@ -50,9 +48,6 @@ class SNConfig:
             raise ConfigError(f"SNConfig.accel_branches: expected none, or two or more accelerations in increasing "
                               f"order without repeats, got {list(branches)}")
         object.__setattr__(self, "accel_branches", tuple(float(a) for a in branches))  # JSON gives a list
-        if self.sampling_film and not self.sampling_input:
-            raise ConfigError("SNConfig.sampling_film needs sampling_input: the features are modulated by the "
-                              "sampled fraction the Down-Up networks are given")
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from physics_helpers import export_onnx, random_kspace, random_mask, rel_err
-from training.models.sn import SensitivityNetwork, routed_state_dict
+from training.models.downup import sampled_fraction
+from training.models.sn import SensitivityNetwork
 from training.physics.fft import MATMUL_FFT, TORCH_FFT
 from training.physics.sense import data_residual
 from dnirecon.errors import ConfigError
@@ -135,7 +136,7 @@ def test_the_sampling_input_is_the_sampled_fraction_seen_by_every_cascade():
     assert all(c.head[0].in_channels == 3 for c in model.cascades)
     mask = torch.zeros(2, 16)
     mask[0, ::4], mask[1, ::8] = 1, 1
-    assert model._sampling(mask).flatten().tolist() == [0.25, 0.125]
+    assert sampled_fraction(mask).flatten().tolist() == [0.25, 0.125]
     # with its weights for that channel at zero it is the plain SN with the same other weights
     plain = _model(TINY).eval()
     plain.load_state_dict({n: (p[:, :2] if n.endswith("head.0.weight") else p)
@@ -167,49 +168,26 @@ def test_the_sampling_input_survives_export_and_is_refused_by_a_plain_sn(tmp_pat
         SensitivityNetwork(SNConfig(cascades=1, width=2, blocks=1)).load_state_dict(model.state_dict())
 
 
-def test_film_starts_as_the_channel_only_sn_and_then_acts_on_the_sampled_fraction(tmp_path):
-    film = _model(SNConfig(cascades=2, width=4, blocks=2, sampling_input=True, sampling_film=True)).eval()
-    channel = _model(SNConfig(cascades=2, width=4, blocks=2, sampling_input=True)).eval()
-    extra = set(film.state_dict()) - set(channel.state_dict())
-    assert all(".film." in n for n in extra)
-    assert len(extra) == 2 * 2 * 3 * 2  # 2 cascades x 2 blocks x 3 scales, a weight and a bias each
-    channel.load_state_dict({n: p for n, p in film.state_dict().items() if n not in extra})
-    k, mask = random_kspace(2, 3, 12, 16), torch.zeros(2, 16)
-    mask[0, ::4], mask[1, ::8], mask[:, 6:10] = 1, 1, 1
-    with torch.no_grad():
-        assert rel_err(film(k, mask), channel(k, mask)) < 1e-6  # zero-initialised: the identity
-        for n, p in film.named_parameters():
-            if ".film." in n:
-                p.normal_(0, 0.5)
-        assert rel_err(film(k, mask), channel(k, mask)) > 1e-3
-    small = _model(SNConfig(cascades=1, width=2, blocks=1, sampling_input=True, sampling_film=True),
-                   fourier=MATMUL_FFT).eval()
-    with torch.no_grad():
-        for n, p in small.named_parameters():
-            if ".film." in n:
-                p.normal_(0, 0.5)
-    assert _onnx_error(small, k, mask, tmp_path / "film.onnx")[0] < 1e-5
-    with pytest.raises(ConfigError, match="sampling_film needs sampling_input"):
-        SNConfig(sampling_film=True)
-
-
-def test_accel_branches_route_each_slice_by_its_sampled_fraction_in_torch_and_in_onnx(tmp_path):
+def test_accel_branches_route_each_slice_to_its_cascade_set_and_each_set_exports_alone(tmp_path):
     routed = _model(SNConfig(cascades=2, width=4, blocks=1, accel_branches=(4, 8))).eval()
     one = _model(SNConfig(cascades=2, width=4, blocks=1)).eval()
     keys = list(one.state_dict())
-    assert set(keys) < set(routed.state_dict())  # branch 0 keeps a one-branch SN's keys
+    assert set(keys) < set(routed.state_dict())  # set 0 keeps a one-set SN's keys
     assert len(routed.state_dict()) == 2 * len(keys)
     k, mask = random_kspace(3, 3, 12, 16), torch.zeros(3, 16)
     mask[0, ::4], mask[1, ::8], mask[2, ::4] = 1, 1, 1  # fractions 0.25, 0.125, 0.25
     assert routed.branch_of(mask).tolist() == [0, 1, 0]
-    four, eight = (_model(SNConfig(cascades=2, width=4, blocks=1), seed=s).eval() for s in (1, 2))
-    routed.load_state_dict(routed_state_dict([four.state_dict(), eight.state_dict()], cascades=2))
+    rng = torch.random.get_rng_state()
+    four, eight = routed.cascade_set(0), routed.cascade_set(1)
+    assert torch.equal(torch.random.get_rng_state(), rng)  # building a set leaves training's RNG alone
+    assert list(eight.state_dict()) == keys
+    assert torch.equal(eight.state_dict()["cascades.0.head.0.weight"], routed.state_dict()["cascades.2.head.0.weight"])
     with torch.no_grad():
         got = routed(k, mask)
         want = torch.stack([four(k[:1], mask[:1])[0], eight(k[1:2], mask[1:2])[0], four(k[2:], mask[2:])[0]])
         assert rel_err(got, want) < 1e-6
-        assert rel_err(eight(k[:1], mask[:1]), four(k[:1], mask[:1])) > 1e-3  # the branches differ
-    with torch.enable_grad():  # training: each branch's weights learn from its own slices only
+        assert rel_err(eight(k[:1], mask[:1]), four(k[:1], mask[:1])) > 1e-3  # the sets differ
+    with torch.enable_grad():  # training: each set's weights learn from its own slices only
         routed.train()
         routed(k[1:2], mask[1:2]).abs().mean().backward()
         moved = {int(n.split(".")[1]) >= 2 for n, p in routed.named_parameters()  # cascades 2, 3: 8x
@@ -217,12 +195,21 @@ def test_accel_branches_route_each_slice_by_its_sampled_fraction_in_torch_and_in
         routed.zero_grad()
     assert moved == {True}
     small = _model(SNConfig(cascades=1, width=2, blocks=1, accel_branches=(4, 8)), fourier=MATMUL_FFT).eval()
-    error, wrapper = _onnx_error(small, k, mask, tmp_path / "routed.onnx")
-    assert error < 1e-5  # the graph runs both branches and picks per slice
-    k0 = torch.view_as_real(k).contiguous()
-    with torch.no_grad():  # a slice gets the same image whatever else is in its batch
-        assert rel_err(wrapper(k0, mask)[1:2], wrapper(k0[1:2], mask[1:2])) < 1e-5
+    error, _ = _onnx_error(small.cascade_set(1), k[1:2], mask[1:2], tmp_path / "eight.onnx")
+    assert error < 1e-5
+    with torch.no_grad():  # the 8x graph on an 8x slice is what the whole SN gives that slice
+        assert rel_err(small.cascade_set(1)(k[1:2], mask[1:2]), small(k[1:2], mask[1:2])) < 1e-6
     for bad in ((4,), (8, 4), (4, 4), (0.5, 4), ("4", 8)):
         with pytest.raises(ConfigError, match="accel_branches"):
             SNConfig(accel_branches=bad)
     assert SNConfig(accel_branches=[4, 8]).accel_branches == (4.0, 8.0)
+
+
+def test_an_sn_with_several_cascade_sets_is_exported_one_set_at_a_time(tmp_path):
+    from dnirecon.errors import ModelError
+    from registry.export import export_reconstruction
+
+    routed = _model(SNConfig(cascades=1, width=2, blocks=1, accel_branches=(4, 8))).eval()
+    with pytest.raises(ModelError, match=r"a set of cascades per acceleration \[4.0, 8.0\]; export each set"):
+        export_reconstruction(routed, tmp_path / "both.onnx")
+    assert not (tmp_path / "both.onnx").exists()

@@ -56,10 +56,13 @@ def export_onnx(module: torch.nn.Module, kspace_ri: torch.Tensor, mask: torch.Te
     import onnx
     import onnxruntime as ort
 
+    from training.physics.fft import onnx_translation_table
+
     dyn = torch.export.Dim.DYNAMIC
     torch.onnx.export(module, (kspace_ri, mask), str(path), dynamo=True, external_data=False,
                       input_names=["kspace", "mask"], output_names=["image"], verbose=False,
-                      dynamic_shapes={"kspace": {0: dyn, 1: dyn, 2: dyn, 3: dyn}, "mask": {0: dyn, 1: dyn}})
+                      dynamic_shapes={"kspace": {0: dyn, 1: dyn, 2: dyn, 3: dyn}, "mask": {0: dyn, 1: dyn}},
+                      custom_translation_table=onnx_translation_table())
     ops = {node.op_type for node in onnx.load(str(path)).graph.node}
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session, ops

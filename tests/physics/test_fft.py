@@ -55,3 +55,44 @@ def test_image_centre_maps_to_flat_kspace():
     x[..., 3, 3] = 1.0
     k = MATMUL_FFT.fft(x)
     assert torch.allclose(k, torch.full_like(k, 1 / np.sqrt(42)), atol=1e-6)
+
+
+@pytest.mark.parametrize("n, split", [(368, (16, 23)), (640, (20, 32)), (320, (16, 20)), (110, (10, 11)),
+                                      (101, (1, 101)), (1, (1, 1)), (49, (7, 7))])
+def test_transform_lengths_split_at_their_largest_divisor_up_to_the_square_root(n, split):
+    from training.physics.fft import split_length
+
+    assert split_length(n) == split
+
+
+class _Fourier2d(torch.nn.Module):
+    """kspace (B, C, H, W, 2) -> the real and imaginary parts of fft2c then ifft2c of each (MATMUL_FFT)."""
+
+    def forward(self, kspace, mask):
+        x = torch.complex(kspace[..., 0], kspace[..., 1]) * mask[:, None, None, :]
+        k, i = MATMUL_FFT.fft(x), MATMUL_FFT.ifft(x)
+        return torch.stack([k.real, k.imag, i.real, i.imag], dim=-1)
+
+
+@pytest.fixture(scope="module")
+def fourier_graph(tmp_path_factory):
+    from physics_helpers import export_onnx
+
+    k = torch.view_as_real(random_kspace(2, 3, 10, 8)).contiguous()
+    return export_onnx(_Fourier2d(), k, torch.ones(2, 8), tmp_path_factory.mktemp("fft") / "fft.onnx")
+
+
+def test_the_exported_transforms_are_matrix_products_without_a_dft_node(fourier_graph):
+    _, ops = fourier_graph
+    assert "DFT" not in ops and "MatMul" in ops and "Transpose" in ops
+
+
+@pytest.mark.parametrize("c, h, w", [(1, 13, 17), (2, 97, 101), (1, 7, 1), (2, 21, 45), (1, 640, 368),
+                                     (1, 320, 320), (8, 192, 110)])
+def test_the_exported_graph_matches_torch_fft_within_1e5_at_primes_odd_and_scanner_sizes(fourier_graph, c, h, w):
+    session, _ = fourier_graph
+    x = random_kspace(1, c, h, w, seed=h + w)
+    got = session.run(None, {"kspace": torch.view_as_real(x).contiguous().numpy(), "mask": np.ones((1, w), np.float32)})[0]
+    for i, want in enumerate((TORCH_FFT.fft(x), TORCH_FFT.ifft(x))):
+        out = got[..., 2 * i] + 1j * got[..., 2 * i + 1]
+        assert np.abs(out - want.numpy()).max() / want.abs().max().item() < 1e-5

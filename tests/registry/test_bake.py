@@ -10,8 +10,9 @@ import torch
 from dnirecon.errors import ConfigError, ModelError
 from registry import store
 from registry.bake import held_out_fingerprint, load_held_out, parse_model_ref
+from dnirecon.files import sha256_file
 from registry.export import check_onnx_file, check_parity, ort_session, relative_max_error, run_onnx, \
-    run_torch, sha256_file
+    run_torch
 from registry.interpolate import interpolate_pair
 
 from .conftest import ALPHAS, TINY_SN, register_tiny
@@ -36,14 +37,14 @@ def test_every_baked_alpha_matches_torch_on_held_out_slices(baked, tiny_pair, he
     for e in entries:
         assert 0.0 <= e["parity_max_err"] <= TOL
         # independent re-check: the file on disk against theta(alpha) in torch (TORCH_FFT)
-        err = check_parity(_theta(tiny_pair, e["alpha"]), baked.directory / e["file"], held_out)
+        err = check_parity(_theta(tiny_pair, e["alpha"]), baked.directory / e["graphs"][0]["file"], held_out)
         assert err <= TOL and err == pytest.approx(e["parity_max_err"], rel=1e-3, abs=1e-9)
 
 
 def test_alphas_give_different_models(baked, held_out_dir):
     held_out = load_held_out(held_out_dir, slices=1, accels=(4.0,))
     s = held_out[0]
-    out = {e["alpha"]: run_onnx(ort_session(baked.directory / e["file"]), s.kspace, s.mask)[0]
+    out = {e["alpha"]: run_onnx(ort_session(baked.directory / e["graphs"][0]["file"]), s.kspace, s.mask)[0]
            for e in baked.manifest["alphas"]}
     assert relative_max_error(out[0.0], out[1.0]) > 100 * TOL  # the grid is not one model five times
 
@@ -61,10 +62,12 @@ def test_registered_version_tags_and_manifest_show_lineage(baked, tiny_pair, cli
                                                           rel=1e-3)
     assert float(tags["continuous_max_err_vs_baked"]) <= TOL
     on_disk = json.loads((baked.directory / "manifest.json").read_text())
-    assert on_disk["format"] == "dnirecon.interpsn/1" and on_disk["preset"] == "cpu"
+    assert on_disk["format"] == "dnirecon.interpsn/2" and on_disk["preset"] == "cpu"
+    assert on_disk["cascade_sets"] == [{"accel": None, "serves": [1.0, None]}]  # one set serves every slice
     for e in on_disk["alphas"]:
-        assert e["file"] == f"alpha_{e['alpha']:.2f}.onnx"
-        assert tags[f"sha256.alpha_{e['alpha']:.2f}"] == e["sha256"] == sha256_file(baked.directory / e["file"])
+        [graph] = e["graphs"]
+        assert graph["file"] == f"alpha_{e['alpha']:.2f}.onnx"
+        assert tags[f"sha256.alpha_{e['alpha']:.2f}"] == graph["sha256"] == sha256_file(baked.directory / graph["file"])
         assert set(e["metrics"]) >= {"nmse", "psnr", "ssim", "hfen", "hf_ratio"}
         assert json.loads(tags[f"metrics.alpha_{e['alpha']:.2f}"])["psnr"] == pytest.approx(e["metrics"]["psnr"])
         assert 0 < e["metrics"]["ssim"] <= 1 and np.isfinite(e["metrics"]["psnr"])
@@ -132,7 +135,7 @@ def test_continuous_equals_baked_at_grid_alphas(baked, held_out_dir, tiny_pair):
     held_out = load_held_out(held_out_dir, slices=1, accels=(8.0,))
     cont = ort_session(baked.directory / "continuous.onnx")
     for e in baked.manifest["alphas"]:
-        grid = ort_session(baked.directory / e["file"])
+        grid = ort_session(baked.directory / e["graphs"][0]["file"])
         for s in held_out:
             a = run_onnx(grid, s.kspace, s.mask)[0]
             b = run_onnx(cont, s.kspace, s.mask, alpha=e["alpha"])[0]
@@ -218,19 +221,34 @@ def test_cli_list_and_promote_refusal(baked, capsys):
     assert "has no version 999" in capsys.readouterr().err
 
 
-def test_cuda_placement_check_refuses_without_an_active_cuda_provider(baked):
-    import onnxruntime as ort
+def test_an_sn_with_two_cascade_sets_bakes_one_graph_per_set_and_each_slice_is_checked_on_its_own(
+        held_out_dir, tmp_path):
+    from dnirecon.routing import nearest_set, sampled_fraction
+    from registry.bake import bake_models
+    from service.model_store import read_baked_set
+    from training.models.sn import SensitivityNetwork
+    from training.presets import SNConfig
 
-    from registry.export import check_cuda_placement
-
-    probe = ort_session(baked.directory / "alpha_0.00.onnx")
-    assert probe.get_providers() == ["CPUExecutionProvider"]
-    try:
-        placement = check_cuda_placement(baked.directory / "alpha_0.00.onnx", coils=3, height=32, width=18)
-    except ModelError as exc:  # the CPU-only machines of this project
-        assert "CUDAExecutionProvider" in str(exc)
-    else:  # a GPU machine: every image-sized node ran on CUDA
-        assert placement["cuda_nodes"] and "CUDAExecutionProvider" in ort.get_available_providers()
+    # the tiny held-out grid samples 1/9 of its columns at 4x and 1/18 at 8x (padded columns count)
+    config = SNConfig(**TINY_SN, accel_branches=(8.0, 16.0))
+    torch.manual_seed(3)
+    sn, gan = SensitivityNetwork(config).eval(), SensitivityNetwork(config).eval()
+    held_out = load_held_out(held_out_dir, slices=1, accels=(4.0, 8.0))
+    routes = [int(nearest_set(sampled_fraction(s.mask), [8.0, 16.0])) for s in held_out]
+    assert sorted(set(routes)) == [0, 1]  # both sets are exercised
+    manifest = bake_models(sn, gan, [0.0, 1.0], held_out, tmp_path / "set", continuous=True, threads=1)
+    assert manifest["cascade_sets"] == [{"accel": 8.0, "serves": [1.0, pytest.approx(128 ** 0.5)]},
+                                        {"accel": 16.0, "serves": [pytest.approx(128 ** 0.5), None]}]
+    assert [g["file"] for g in manifest["alphas"][1]["graphs"]] == ["alpha_1.00_8x.onnx", "alpha_1.00_16x.onnx"]
+    assert [g["file"] for g in manifest["continuous"]["graphs"]] == ["continuous_8x.onnx", "continuous_16x.onnx"]
+    assert all(e["parity_max_err"] <= TOL for e in manifest["alphas"]) and manifest["continuous"]["max_err_vs_baked"] <= TOL
+    for s, route in zip(held_out, routes):  # the other set's graph is another model: routing matters
+        ours = run_onnx(ort_session(tmp_path / "set" / manifest["alphas"][0]["graphs"][route]["file"]), s.kspace, s.mask)[0]
+        other = run_onnx(ort_session(tmp_path / "set" / manifest["alphas"][0]["graphs"][1 - route]["file"]), s.kspace, s.mask)[0]
+        ref = run_torch(sn, s.kspace, s.mask)[0]
+        assert relative_max_error(ref, ours) <= TOL < relative_max_error(ref, other)
+    served = read_baked_set(tmp_path / "set")
+    assert [a for a, _p in served.continuous] == [8.0, 16.0] and len(served.baked) == 2
 
 
 def test_cli_bake_without_registering_writes_set_and_plot(baked, held_out_dir, tmp_path, client, capsys):

@@ -15,17 +15,17 @@ def _manifest(psnr0: float, ssim0: float, parity: float = 2e-6, alphas=(0.0, 0.5
               held_out: str | None = HELD_OUT, continuous: bool = False) -> dict:
     entries = []
     for i, a in enumerate(alphas):
-        entries.append({"alpha": a, "file": f"{store.alpha_key(a)}.onnx", "sha256": f"{i:064x}",
+        entries.append({"alpha": a, "graphs": [{"file": f"{store.alpha_key(a)}.onnx", "sha256": f"{i:064x}"}],
                         "parity_max_err": parity,
                         "metrics": {"psnr": psnr0 - 0.5 * i, "ssim": ssim0 - 0.01 * i, "nmse": 0.01,
                                     "hfen": 0.2, "hf_ratio": 0.8 + 0.05 * i}})
     m = {"format": store.MANIFEST_FORMAT, "preset": "cpu",
          "sources": {"sn": {"name": "sn", "version": "1"}, "sn-gan": {"name": "sn-gan", "version": "2"}},
-         "alphas": entries}
+         "cascade_sets": [{"accel": None, "serves": [1.0, None]}], "alphas": entries}
     if held_out is not None:
         m["held_out"] = {"volumes": ["file1000.h5"], "slices": 4, "accels": [4.0, 8.0], "fingerprint": held_out}
     if continuous:
-        m["continuous"] = {"file": "continuous.onnx", "sha256": "c" * 64, "max_err_vs_baked": 1e-7}
+        m["continuous"] = {"graphs": [{"file": "continuous.onnx", "sha256": "c" * 64}], "max_err_vs_baked": 1e-7}
     return m
 
 

@@ -93,20 +93,33 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def write_baked_set(directory: Path, onnx_files: dict, continuous: Path | None = None, preset: str = "test") -> Path:
-    """A baked-set directory (manifest.json + one ONNX per alpha) following docs/architecture.md."""
+def write_baked_set(directory: Path, onnx_files: dict, continuous: Path | None = None, preset: str = "test",
+                    sets: dict | None = None) -> Path:
+    """A baked-set directory (manifest.json + one ONNX per alpha) following docs/architecture.md; with
+    `sets` {acceleration: {alpha: onnx file}} (and `continuous` {acceleration: file}) one graph per set
+    of cascades instead."""
     directory.mkdir(parents=True, exist_ok=True)
+    by_set = sets if sets is not None else {None: onnx_files}
+    accels = list(by_set)
     entries = []
-    for alpha, src in sorted(onnx_files.items()):
-        name = f"alpha_{alpha:.2f}.onnx"
-        (directory / name).write_bytes(Path(src).read_bytes())
-        entries.append({"alpha": alpha, "file": name, "sha256": sha256(directory / name), "parity_max_err": 0.0, "metrics": {}})
-    manifest = {"format": "dnirecon.interpsn/1", "preset": preset,
+    for alpha in sorted(next(iter(by_set.values()))):
+        graphs = []
+        for accel in accels:
+            name = f"alpha_{alpha:.2f}.onnx" if accel is None else f"alpha_{alpha:.2f}_{accel:g}x.onnx"
+            (directory / name).write_bytes(Path(by_set[accel][alpha]).read_bytes())
+            graphs.append({"file": name, "sha256": sha256(directory / name)})
+        entries.append({"alpha": alpha, "graphs": graphs, "parity_max_err": 0.0, "metrics": {}})
+    manifest = {"format": "dnirecon.interpsn/2", "preset": preset,
                 "sources": {"sn": {"name": "sn", "version": "1"}, "sn-gan": {"name": "sn-gan", "version": "1"}},
-                "alphas": entries}
+                "cascade_sets": [{"accel": a} for a in accels], "alphas": entries}
     if continuous is not None:
-        (directory / "continuous.onnx").write_bytes(Path(continuous).read_bytes())
-        manifest["continuous"] = {"file": "continuous.onnx", "sha256": sha256(directory / "continuous.onnx"), "max_err_vs_baked": 0.0}
+        graphs = []
+        for accel in accels:
+            name = "continuous.onnx" if accel is None else f"continuous_{accel:g}x.onnx"
+            src = continuous if sets is None else continuous[accel]
+            (directory / name).write_bytes(Path(src).read_bytes())
+            graphs.append({"file": name, "sha256": sha256(directory / name)})
+        manifest["continuous"] = {"graphs": graphs, "max_err_vs_baked": 0.0}
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return directory
 

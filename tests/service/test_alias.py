@@ -33,7 +33,7 @@ def test_alias_move_swaps_without_failed_request_and_broken_version_is_refused(t
     broken = write_baked_set(tmp_path / "v3", baked)
     (broken / "alpha_0.00.onnx").write_bytes(b"not an onnx graph")  # sha256 re-recorded: it downloads fine, fails to load
     manifest = json.loads((broken / "manifest.json").read_text())
-    manifest["alphas"][0]["sha256"] = hashlib.sha256(b"not an onnx graph").hexdigest()
+    manifest["alphas"][0]["graphs"][0]["sha256"] = hashlib.sha256(b"not an onnx graph").hexdigest()
     (broken / "manifest.json").write_text(json.dumps(manifest))
     v3 = register(mc, exp, broken)
     mc.set_registered_model_alias("interpsn", "production", v1)

@@ -324,7 +324,7 @@ def test_refused_versions_are_counted_once_whether_fetch_or_load_refused_them(ba
     broken = write_baked_set(tmp_path / "broken", {a: p for a, p in onnx_models.items() if a is not None})
     (broken / "alpha_0.00.onnx").write_bytes(b"not an onnx graph")  # verifies, onnxruntime refuses it
     manifest = json.loads((broken / "manifest.json").read_text())
-    manifest["alphas"][0]["sha256"] = hashlib.sha256(b"not an onnx graph").hexdigest()
+    manifest["alphas"][0]["graphs"][0]["sha256"] = hashlib.sha256(b"not an onnx graph").hexdigest()
     (broken / "manifest.json").write_text(json.dumps(manifest))
 
     proc = make_process(model_uri="models:/interpsn@production", warmup_shapes=((2, 32, 24),))

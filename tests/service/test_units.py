@@ -129,14 +129,16 @@ def test_model_uri_forms():
     ("alpha", None, r"alphas\[0\].alpha is None, expected a number in \[0, 1\]"),
     ("alpha", "0.5", r"alphas\[0\].alpha is '0.5', expected a number"),
     ("alpha", True, r"alphas\[0\].alpha is True, expected a number"),
-    ("file", 3, r"alphas\[0\].file is 3, expected a non-empty string"),
-    ("sha256", None, r"alphas\[0\].sha256 is None, expected a non-empty string"),
+    ("file", 3, r"alphas\[0\].graphs\[0\].file is 3, expected a non-empty string"),
+    ("sha256", None, r"alphas\[0\].graphs\[0\].sha256 is None, expected a non-empty string"),
+    ("graphs", [], r"alphas\[0\].graphs is \[\], expected a list of 1 \{file, sha256\}"),
 ])
 def test_a_malformed_manifest_value_is_a_model_error_naming_the_field(baked_dir, tmp_path, field, value, message):
     copy = tmp_path / "set"
     shutil.copytree(baked_dir, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["alphas"][0][field] = value
+    entry = manifest["alphas"][0]
+    (entry["graphs"][0] if field in ("file", "sha256") else entry)[field] = value
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelError, match=message):  # was a TypeError traceback from float(None)
         read_baked_set(copy)
@@ -157,6 +159,95 @@ def test_baked_set_with_a_tampered_file_is_refused(baked_dir, tmp_path):
         read_baked_set(copy)
 
 
+def test_a_baked_set_of_the_older_one_graph_layout_is_refused_naming_the_format_field(baked_dir, tmp_path):
+    copy = tmp_path / "set"
+    shutil.copytree(baked_dir, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["format"] = "dnirecon.interpsn/1"
+    manifest["alphas"] = [{"alpha": e["alpha"], **e.pop("graphs")[0]} for e in manifest["alphas"]]
+    del manifest["cascade_sets"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match=r"field 'format' is 'dnirecon.interpsn/1', expected 'dnirecon.interpsn/2'"
+                                         r" \(an older layout .*bake the set again\)"):
+        read_baked_set(copy)
+
+
+@pytest.mark.parametrize("sets, message", [
+    (None, r"field 'cascade_sets' is None"),
+    ([{"accel": 8.0}, {"accel": 4.0}], r"cascade_sets accelerations are \[8.0, 4.0\], expected \[null\] or two"),
+    ([{"accel": 4.0}], r"cascade_sets accelerations are \[4.0\]"),
+])
+def test_cascade_sets_that_route_nowhere_are_refused(baked_dir, tmp_path, sets, message):
+    copy = tmp_path / "set"
+    shutil.copytree(baked_dir, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["cascade_sets"] = sets
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match=message):
+        read_baked_set(copy)
+
+
+@pytest.fixture(scope="module")
+def two_set_dir(onnx_models, tmp_path_factory):
+    """A baked set with a 4x and an 8x graph per alpha: the stand-ins of alpha 0 and alpha 1 (gain 1
+    and 2), so the image tells which graph ran."""
+    a, b = onnx_models[0.0], onnx_models[1.0]
+    from .conftest import write_baked_set
+
+    return write_baked_set(tmp_path_factory.mktemp("two_sets"), {}, sets={4.0: {0.0: a, 1.0: a}, 8.0: {0.0: b, 1.0: b}})
+
+
+def test_each_slice_runs_the_graph_of_the_set_nearest_its_acceleration(two_set_dir):
+    b = read_baked_set(two_set_dir)
+    assert b.baked[0][1] == ((4.0, two_set_dir / "alpha_0.00_4x.onnx"), (8.0, two_set_dir / "alpha_0.00_8x.onnx"))
+    models = ModelSet("m", "1", list(b.baked), None, ["CPUExecutionProvider"])
+    width = 64
+    four, eight, five = (np.zeros(width, np.float32) for _ in range(3))
+    four[::4] = 1  # 1 / fraction = 4
+    eight[::8] = 1  # 8
+    five[:11] = 1  # 64 / 11 = 5.82: past the split at sqrt(32) = 5.66, so the 8x set
+    assert [models.cascade_set(m) for m in (four, eight, five)] == [0, 1, 1]
+    k = synthetic_kspace(1, 2, 16, width, seed=3)
+    ri = np.stack([k.real, k.imag], -1).astype(np.float32)
+    one = models.select(0.0, four).model.run(ri * four[None, None, :, None], four[None])[0]
+    two = models.select(0.0, eight).model.run(ri * four[None, None, :, None], four[None])[0]
+    np.testing.assert_allclose(two, 2 * one, rtol=1e-5)  # the 8x graph is the gain-2 stand-in
+    with pytest.raises(ValueError, match="a mask is needed"):
+        models.select(0.0)
+
+
+def test_the_routing_rule_splits_at_the_geometric_midpoint_and_sends_an_empty_mask_to_the_highest_set():
+    from dnirecon.routing import nearest_set, served_range
+
+    fractions = np.array([1.0, 0.25, 1 / 5.6, 1 / 5.7, 0.125, 0.01, 0.0])
+    assert nearest_set(fractions, [4.0, 8.0]).tolist() == [0, 0, 0, 1, 1, 1, 1]
+    assert nearest_set(fractions, []).tolist() == [0] * 7
+    assert served_range([4.0, 8.0], 0) == (1.0, pytest.approx(32 ** 0.5))
+    assert served_range([4.0, 8.0], 1) == (pytest.approx(32 ** 0.5), None)
+
+
+def test_cuda_sessions_get_tf32_off_and_a_search_that_does_not_stall_an_unwarmed_shape():
+    from service.engine import provider_list
+
+    default = Settings()
+    assert (default.use_tf32, default.cudnn_conv_algo_search) == (False, "HEURISTIC")
+    assert provider_list(["CUDAExecutionProvider", "CPUExecutionProvider"]) == [
+        ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC", "use_tf32": "0"}), "CPUExecutionProvider"]
+    allowed = settings_from(None, {"DNIRECON_USE_TF32": "true", "DNIRECON_CUDNN_CONV_ALGO_SEARCH": "exhaustive"})
+    assert provider_list(["CUDAExecutionProvider"], allowed.cudnn_conv_algo_search, allowed.use_tf32) == [
+        ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "EXHAUSTIVE", "use_tf32": "1"})]
+    with pytest.raises(ConfigError, match="DNIRECON_USE_TF32"):
+        settings_from(None, {"DNIRECON_USE_TF32": "sometimes"})
+
+
+def test_sessions_are_built_with_the_settings_provider_options(baked_dir):
+    b = read_baked_set(baked_dir)
+    models = ModelSet("m", "1", list(b.baked), None, ["CUDAExecutionProvider", "CPUExecutionProvider"], use_tf32=True,
+                      cudnn_conv_algo_search="DEFAULT")
+    for model in models.models():
+        assert model.provider_options[0] == ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "DEFAULT", "use_tf32": "1"})
+
+
 def test_alpha_selection_nearest_baked_or_continuous(continuous_dir):
     b = read_baked_set(continuous_dir)
     baked_only = ModelSet("m", "1", list(b.baked), None, ["CPUExecutionProvider"])
@@ -166,7 +257,7 @@ def test_alpha_selection_nearest_baked_or_continuous(continuous_dir):
         baked_only.select(-0.1)
     cont = ModelSet("m", "1", list(b.baked), b.continuous, ["CPUExecutionProvider"])
     sel = cont.select(0.3)
-    assert sel.alpha == pytest.approx(0.3) and sel.feed_alpha == 0.3 and sel.model is cont.continuous
+    assert sel.alpha == pytest.approx(0.3) and sel.feed_alpha == 0.3 and sel.model is cont.continuous[0]
     assert cont.select(1.0).feed_alpha is None  # a baked alpha uses its baked file
 
 
@@ -181,7 +272,7 @@ def test_batcher_batches_same_shape_and_skips_cancelled(continuous_dir):
     models = ModelSet("m", "1", list(b.baked), b.continuous, ["CPUExecutionProvider"])
     k = synthetic_kspace(3, 2, 32, 24, seed=5)
     mask = test_mask()
-    ref, _ = ort_reference(b.continuous, k, mask, alpha=0.25)
+    ref, _ = ort_reference(b.continuous[0][1], k, mask, alpha=0.25)
     batcher = Batcher(max_batch=4, max_queue=8, wait_ms=200)
     zf = k * mask
     ri = np.stack([zf.real, zf.imag], -1).astype(np.float32)
@@ -306,7 +397,7 @@ def test_warmup_runs_max_batch_and_refuses_a_graph_fixed_at_batch_one(baked_dir)
         def run(self, kspace, mask, alpha=None):
             return super().run(kspace[:1], mask[:1], alpha)
 
-    models.baked[0] = (0.0, BatchOfOne())
+    models.baked[0] = (0.0, [BatchOfOne()])
     models.warmup([(2, 16, 12)], max_batch=1)
     with pytest.raises(ModelError, match=r"batch 3 .* expected \(3, 16, 12\)"):
         models.warmup([(2, 16, 12)], max_batch=3)
@@ -369,7 +460,7 @@ def test_outputs_are_copied_out_of_the_onnxruntime_arena(baked_dir):
     """onnxruntime returns CPU outputs as views of its arena; held by the server while the next batch
     runs, they fragment it and RSS creeps up (docs/benchmarks.md). run() must hand back owned arrays."""
     b = read_baked_set(baked_dir)
-    model = ModelSet("m", "1", list(b.baked), None, ["CPUExecutionProvider"]).baked[0][1]
+    model = ModelSet("m", "1", list(b.baked), None, ["CPUExecutionProvider"]).baked[0][1][0]
     kspace = synthetic_kspace(2, 4, 16, 12)
     mask = np.stack([test_mask(12)] * 2)
     image, dc = model.run(np.stack([kspace.real, kspace.imag], -1).astype(np.float32), mask)
@@ -382,7 +473,7 @@ def test_outputs_are_copied_out_of_the_onnxruntime_arena(baked_dir):
 def test_the_cpu_memory_arena_can_be_turned_off_with_the_same_images(baked_dir):
     assert Settings().cpu_mem_arena and not settings_from(None, {"DNIRECON_CPU_MEM_ARENA": "false"}).cpu_mem_arena
     b = read_baked_set(baked_dir)
-    on, off = (ModelSet("m", "1", list(b.baked), None, ["CPUExecutionProvider"], cpu_mem_arena=a).baked[0][1] for a in (True, False))
+    on, off = (ModelSet("m", "1", list(b.baked), None, ["CPUExecutionProvider"], cpu_mem_arena=a).baked[0][1][0] for a in (True, False))
     assert on.session.get_session_options().enable_cpu_mem_arena
     assert not off.session.get_session_options().enable_cpu_mem_arena
     kspace = synthetic_kspace(2, 4, 16, 12)

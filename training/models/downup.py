@@ -7,7 +7,7 @@ with pixel shuffle, joins the skip connection of each scale, and adds its own in
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -24,13 +24,6 @@ def sampled_fraction(mask: Tensor) -> Tensor:
     """The fraction of k-space columns sampled, (B, 1), from a (B, W) mask (0.25 at 4x): what a network
     conditioned on the acceleration is told (SNConfig.sampling_input, DiscriminatorConfig.sampling_input)."""
     return mask.mean(dim=-1, keepdim=True)
-
-
-def nearest_accel(fraction: Tensor, accels: Sequence[float]) -> Tensor:
-    """For sampled fractions (B, 1), the index (B,) int64 of the entry of `accels` nearest, on a log
-    scale, to 1 / fraction: the routing rule of an SN with accel_branches (4x and 8x split at 5.66x)."""
-    table = torch.log(torch.tensor(tuple(accels), dtype=fraction.dtype, device=fraction.device))
-    return torch.argmin(torch.abs(torch.log(fraction) + table[None]), dim=1)
 
 
 def by_branch(which: Tensor, run: Callable[[int, Tensor | None], Tensor]) -> Tensor:
@@ -69,26 +62,10 @@ class _Up(nn.Sequential):
         super().__init__(_conv(cin, 2 * cin, 1), nn.PixelShuffle(2))
 
 
-class _FiLM(nn.Module):
-    """Feature-wise affine modulation (Perez et al., AAAI 2018): features * (1 + g(c)) + b(c), with g and
-    b linear in the k per-sample scalars c (B, k). Zero-initialised: the identity until trained."""
-
-    def __init__(self, cond_chans: int, features: int):
-        super().__init__()
-        self.affine = nn.Linear(cond_chans, 2 * features)
-        nn.init.zeros_(self.affine.weight)
-        nn.init.zeros_(self.affine.bias)
-
-    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
-        gain, bias = self.affine(cond)[:, :, None, None].chunk(2, dim=1)
-        return x * (1 + gain) + bias
-
-
 class DownUpBlock(nn.Module):
-    """One Down-Up block on `width` features; input height and width must be multiples of 4. With
-    `film_chans` = k > 0 the features at each of the three scales are modulated by k per-sample scalars."""
+    """One Down-Up block on `width` features; input height and width must be multiples of 4."""
 
-    def __init__(self, width: int, film_chans: int = 0):
+    def __init__(self, width: int):
         super().__init__()
         w1, w2, w4 = width, 2 * width, 4 * width
         self.enc1 = nn.Sequential(_ConvAct(w1, w1), _ConvAct(w1, w1))
@@ -102,16 +79,11 @@ class DownUpBlock(nn.Module):
         self.up1 = _Up(w2)  # 2w -> w at full scale
         self.fuse1 = _ConvAct(2 * w1, w1, kernel=1)
         self.dec1 = nn.Sequential(_ConvAct(w1, w1), _ConvAct(w1, w1))
-        self.film = (nn.ModuleList(_FiLM(film_chans, w) for w in (w1, w2, w4)) if film_chans
-                     else None)
 
-    def _mod(self, i: int, x: Tensor, cond: Tensor | None) -> Tensor:
-        return x if self.film is None else self.film[i](x, cond)
-
-    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
-        s1 = self._mod(0, self.enc1(x), cond)
-        s2 = self._mod(1, self.enc2(self.down1(s1)), cond)
-        b = self._mod(2, self.bottom(self.down2(s2)), cond)
+    def forward(self, x: Tensor) -> Tensor:
+        s1 = self.enc1(x)
+        s2 = self.enc2(self.down1(s1))
+        b = self.bottom(self.down2(s2))
         d2 = self.dec2(self.fuse2(torch.cat([self.up2(b), s2], dim=1)))
         d1 = self.dec1(self.fuse1(torch.cat([self.up1(d2), s1], dim=1)))
         return x + d1
@@ -121,18 +93,14 @@ class DownUpNetwork(nn.Module):
     """(B, in_chans, H, W) -> (B, in_chans, H, W), any H and W (padded to a multiple of 4 inside).
 
     The output is the input plus a learned correction (residual). With `cond_chans` = k, forward also
-    takes k per-sample scalars (B, k), seen by the head as k constant channels beside the input; with
-    `film` as well, they also scale and shift the features at every scale of every block (FiLM).
+    takes k per-sample scalars (B, k), seen by the head as k constant channels beside the input.
     """
 
-    def __init__(self, in_chans: int = 2, width: int = 32, blocks: int = 2, cond_chans: int = 0,
-                 film: bool = False):
+    def __init__(self, in_chans: int = 2, width: int = 32, blocks: int = 2, cond_chans: int = 0):
         super().__init__()
-        if film and not cond_chans:
-            raise ValueError("DownUpNetwork: film needs conditioning values (cond_chans > 0)")
         self.cond_chans = cond_chans
         self.head = _ConvAct(in_chans + cond_chans, width)
-        self.blocks = nn.ModuleList(DownUpBlock(width, cond_chans if film else 0) for _ in range(blocks))
+        self.blocks = nn.ModuleList(DownUpBlock(width) for _ in range(blocks))
         self.tail = _conv(width, in_chans)
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
@@ -143,5 +111,5 @@ class DownUpNetwork(nn.Module):
         padded, h, w = pad_to_multiple(inp, 4)
         feats = self.head(padded)
         for block in self.blocks:
-            feats = block(feats, cond)
+            feats = block(feats)
         return x + self.tail(feats)[..., :h, :w]

@@ -3,18 +3,23 @@
 Each cascade refines the sensitivity-weighted coil-combined complex image with a Down-Up network
 (2 real channels in and out), then enforces data consistency coil-wise in k-space with a learned weight.
 Sensitivity maps come from the ACS lines and the input normalisation is undone at the output, both inside
-the model, so the same module is the whole reconstruction (training, export, serving). The FFT is
-injected: TORCH_FFT for training, MATMUL_FFT for the ONNX export, with the same weights.
+the model, so the same module is the whole reconstruction (training, export, serving). The physics is
+injected: TORCH_FFT for training (k-space form), MATMUL_FFT for the ONNX export (column form,
+training.physics.columns), with the same weights and the same cascade loop.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from training.models.downup import DownUpNetwork, by_branch, nearest_accel, sampled_fraction
-from training.physics.columns import ColumnDomain, project
+from dnirecon import routing
+from training.models.downup import DownUpNetwork, by_branch, sampled_fraction
+from training.physics.columns import ColumnDomain
 from training.physics.complex_ops import mul_real
 from training.physics.dc import DataConsistency
 from training.physics.fft import TORCH_FFT, FourierPair
@@ -33,11 +38,46 @@ def channels_to_complex(x: Tensor) -> Tensor:
     return torch.complex(x[:, 0], x[:, 1])
 
 
+class KSpaceConsistency(NamedTuple):
+    """The DC step in k-space: x -> S^H F^H DC(F S x, y, m). maps complex (B, C, h, W), measured
+    (normalised) k-space complex (B, C, h, W), mask float (B, W)."""
+
+    maps: Tensor
+    measured: Tensor
+    mask: Tensor
+    fourier: FourierPair
+
+    def __call__(self, x: Tensor, dc: DataConsistency) -> Tensor:
+        fft, ifft = self.fourier.fft, self.fourier.ifft
+        return coil_combine(ifft(dc(fft(coil_expand(x, self.maps)), self.measured, self.mask)), self.maps)
+
+    def rows(self, sel: Tensor) -> "KSpaceConsistency":
+        return KSpaceConsistency(self.maps[sel], self.measured[sel], self.mask[sel], self.fourier)
+
+
+class ColumnConsistency(NamedTuple):
+    """The same step on coil images (training.physics.columns): x -> S^H (c + w (F^H M y - F^H M F c)),
+    c = S x. measured: the (normalised) coil images F^H M^2 y (B, C, h, W)."""
+
+    maps: Tensor
+    measured: Tensor
+    domain: ColumnDomain
+
+    def __call__(self, x: Tensor, dc: DataConsistency) -> Tensor:
+        c = coil_expand(x, self.maps)
+        return coil_combine(dc.on_coil_images(c, self.measured, self.domain.project(c)), self.maps)
+
+    def rows(self, sel: Tensor) -> "ColumnConsistency":
+        return ColumnConsistency(self.maps[sel], self.measured[sel], self.domain.rows_of(sel))
+
+
 class SensitivityNetwork(nn.Module):
     """forward(kspace complex (B, C, H, W), mask float (B, W)) -> complex image (B, H, W).
 
     `kspace` is the zero-filled multi-coil k-space (it is masked again inside, so unmasked input is
-    fine); any B, C, H, W (odd sizes too).
+    fine); any B, C, H, W (odd sizes too). With `config.accel_branches` the SN holds one set of
+    cascades per listed acceleration and each slice runs the set `dnirecon.routing.nearest_set` picks
+    for its mask; `cascade_set(i)` is set i alone, a one-set SN (what the ONNX export writes).
     """
 
     def __init__(self, config: SNConfig, fourier: FourierPair = TORCH_FFT):
@@ -45,15 +85,18 @@ class SensitivityNetwork(nn.Module):
         self.config = config
         self.fourier = fourier
         cond = 1 if config.sampling_input else 0
-        # with accel_branches, branch b owns cascades[b * n: (b + 1) * n] and dc[...] (n = config.cascades),
-        # so a one-branch SN keeps the keys it always had
-        sets = max(len(config.accel_branches), 1)
+        # set b owns cascades[b * n: (b + 1) * n] and dc[...] (n = config.cascades), so a one-set SN
+        # keeps the keys it always had
+        sets = self.cascade_sets
         self.cascades = nn.ModuleList(
-            DownUpNetwork(in_chans=2, width=config.width, blocks=config.blocks, cond_chans=cond,
-                          film=config.sampling_film)
+            DownUpNetwork(in_chans=2, width=config.width, blocks=config.blocks, cond_chans=cond)
             for _ in range(config.cascades * sets)
         )
         self.dc = nn.ModuleList(DataConsistency(config.dc_weight_init) for _ in range(config.cascades * sets))
+
+    @property
+    def cascade_sets(self) -> int:
+        return max(len(self.config.accel_branches), 1)
 
     def forward(self, kspace: Tensor, mask: Tensor) -> Tensor:
         """Complex image (B, H, W) on the input's grid (zero rows outside a removed readout oversampling)."""
@@ -88,118 +131,89 @@ class SensitivityNetwork(nn.Module):
     def reconstruct(self, kspace: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """(image complex (B, h, W), ACS maps complex (B, C, h, W)) on the model's grid (h = H with no
         readout oversampling removed, else H // readout_oversampling; see crop_readout)."""
-        if self.fourier.column_domain:
-            x, maps, _ = self._reconstruct_columns(kspace, mask)
-            return x, maps
-        return self.reconstruct_on_grid(self.crop_readout(kspace), mask)
+        x, maps, _ = self._reconstruct(kspace, mask)
+        return x, maps
 
     def reconstruct_with_residual(self, kspace: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """(image complex (B, h, W) on the model's grid, data residual ||M F S x - M y|| / ||M y|| (B,)),
         the residual of the k-space the model was consistent with (after crop_readout)."""
-        if self.fourier.column_domain:  # Parseval: the same norms taken on coil images
-            x, maps, domain = self._reconstruct_columns(kspace, mask)
-            measured = domain.zero_filled
-            return x, relative_residual(project(coil_expand(x, maps), domain.projector) - measured, measured)
-        y = self.crop_readout(kspace)
-        x, maps = self.reconstruct_on_grid(y, mask)
-        return x, data_residual(x, maps, y, mask, self.fourier)
+        x, maps, residual = self._reconstruct(kspace, mask)
+        return x, residual(x, maps)
 
-    def reconstruct_on_grid(self, kspace: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """reconstruct() for k-space already on the model's grid (crop_readout applied)."""
-        fft, ifft = self.fourier.fft, self.fourier.ifft
-        mask = mask.to(kspace.real.dtype)
-        measured = mul_real(kspace, expand_mask(mask))
-        maps = acs_maps(measured, mask, self.fourier)
-        x, measured, scale = _normalised(coil_combine(ifft(measured), maps), measured)
+    def _reconstruct(self, kspace: Tensor, mask: Tensor):
+        """(image, maps, residual(image, maps) -> (B,)) in the physics of the Fourier pair."""
+        if self.fourier.column_domain:
+            domain = ColumnDomain(kspace, mask, self.config.readout_oversampling)
+            m = domain.mask
+            maps = maps_from_low_res(domain.images(m * acs_columns(m)))
+            # The k-space DC step adds w M (M y - F c): on coil images w (F^H M^2 y - c P). M^2 = M for
+            # the binary masks the service admits; kept apart so a float mask means what it means there.
+            measured = domain.images(m * m)
+            x, measured, scale = _normalised(coil_combine(domain.zero_filled, maps), measured)
+            consistency = ColumnConsistency(maps, measured, domain)
 
-        def unroll(branch: int, rows: Tensor | None) -> Tensor:
-            xs, s, m, y = (x, maps, mask, measured) if rows is None else \
-                (x[rows], maps[rows], mask[rows], measured[rows])
-            cond = self._sampling(m)
-            for denoise, dc in self.branch_modules(branch):
-                xs = channels_to_complex(denoise(complex_to_channels(xs), cond))
-                xs = coil_combine(ifft(dc(fft(coil_expand(xs, s)), y, m)), s)
-            return xs
+            def residual(image: Tensor, maps: Tensor) -> Tensor:  # Parseval: the norms on coil images
+                zero_filled = domain.zero_filled
+                return relative_residual(domain.project(coil_expand(image, maps)) - zero_filled, zero_filled)
+        else:
+            y = self.crop_readout(kspace)
+            m = mask.to(y.real.dtype)
+            measured = mul_real(y, expand_mask(m))
+            maps = acs_maps(measured, m, self.fourier)
+            x, measured, scale = _normalised(coil_combine(self.fourier.ifft(measured), maps), measured)
+            consistency = KSpaceConsistency(maps, measured, m, self.fourier)
 
-        return mul_real(self._routed(mask, unroll, subsets=True), scale), maps
+            def residual(image: Tensor, maps: Tensor) -> Tensor:
+                return data_residual(image, maps, y, mask, self.fourier)
+        cond = sampled_fraction(m) if self.config.sampling_input else None
 
-    def branch_modules(self, b: int):
-        """(Down-Up network, DC) pairs of branch `b` (0 without accel_branches), cascade by cascade."""
+        def run(index: int, sel: Tensor | None) -> Tensor:
+            if sel is None:
+                return self.unroll(x, self.branch_modules(index), cond, consistency)
+            return self.unroll(x[sel], self.branch_modules(index), None if cond is None else cond[sel],
+                               consistency.rows(sel))
+
+        out = run(0, None) if self.cascade_sets == 1 else by_branch(self.branch_of(m), run)
+        return mul_real(out, scale), maps, residual
+
+    @staticmethod
+    def unroll(x: Tensor, cascades, cond: Tensor | None, consistency) -> Tensor:
+        """The unrolled cascades: each (Down-Up network, DC) pair refines x (B, h, W), then
+        `consistency(x, dc)` applies the DC step in the operators it was built with."""
+        for denoise, dc in cascades:
+            x = channels_to_complex(denoise(complex_to_channels(x), cond))
+            x = consistency(x, dc)
+        return x
+
+    def branch_modules(self, index: int):
+        """(Down-Up network, DC) pairs of cascade set `index` (0 without accel_branches), in order."""
         n = self.config.cascades
-        return zip(self.cascades[b * n: (b + 1) * n], self.dc[b * n: (b + 1) * n])
+        return zip(self.cascades[index * n: (index + 1) * n], self.dc[index * n: (index + 1) * n])
 
     def branch_of(self, mask: Tensor) -> Tensor:
-        """The branch each sample runs, (B,) int64: the accel_branches entry nearest, on a log scale, to
-        1 / the sampled fraction of its (B, W) mask (so 4x and 8x split at 1 / fraction = 5.66); 0 for
-        every sample of an SN with one set of cascades."""
-        if not self.config.accel_branches:
-            return torch.zeros(mask.shape[0], dtype=torch.long, device=mask.device)
-        return nearest_accel(sampled_fraction(mask), self.config.accel_branches)
+        """The cascade set each sample runs, (B,) int64, by `dnirecon.routing.nearest_set` on its (B, W)
+        mask (4x and 8x split at 1 / fraction = 5.66); 0 for every sample of a one-set SN."""
+        which = routing.nearest_set(routing.sampled_fraction(mask.detach().cpu().numpy()), self.config.accel_branches)
+        return torch.from_numpy(which).to(mask.device)
 
-    def _routed(self, mask: Tensor, unroll, subsets: bool) -> Tensor:
-        """The cascades' output (B, h, W) with each sample through its own branch (`branch_of`).
-
-        `unroll(b, rows)` runs branch b on the samples `rows` (None: all). With `subsets` and in eager
-        mode each branch runs on its own samples only; under export (and for `subsets=False`) every
-        branch runs on the whole batch and the output is picked per sample: a graph without data-dependent
-        shapes that does every branch's cascade work (1.7x the FLOPs of one branch for the cpu preset
-        at 15x640x368, docs/benchmarks.md)."""
-        if not self.config.accel_branches:
-            return unroll(0, None)
-        which = self.branch_of(mask)
-        if subsets and not torch.compiler.is_compiling():
-            return by_branch(which, unroll)
-        out = None
-        for b in range(len(self.config.accel_branches)):
-            x = unroll(b, None)
-            if out is None:
-                out = x
-            else:  # real and imaginary parts apart: the exporter's complex support stops short of where
-                pick = (which == b)[:, None, None]
-                out = torch.complex(torch.where(pick, x.real, out.real), torch.where(pick, x.imag, out.imag))
-        return out
-
-    def _sampling(self, mask: Tensor) -> Tensor | None:
-        """With `sampling_input`: the fraction of k-space columns sampled, (B, 1) (0.25 at 4x), which
-        every Down-Up network sees as a constant channel, so one set of weights can act differently at
-        each acceleration (docs/training.md); else None."""
-        return sampled_fraction(mask) if self.config.sampling_input else None
-
-    def _reconstruct_columns(self, kspace: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, ColumnDomain]:
-        """reconstruct() with the 2-D transforms rewritten as W x W products (training.physics.columns):
-        the same arithmetic up to rounding, about a third of the multiply-adds for the matmul DFT."""
-        domain = ColumnDomain(kspace, mask, self.config.readout_oversampling)
-        m = domain.mask
-        maps = maps_from_low_res(domain.images(m * acs_columns(m)))
-        # The k-space DC step adds w M (M y - F c): on coil images w (F^H M^2 y - c P). M^2 = M for
-        # the binary masks the service admits; kept apart so a float mask means what it means there.
-        measured = domain.images(m * m)
-        x, measured, scale = _normalised(coil_combine(domain.zero_filled, maps), measured)
-        cond = self._sampling(m)
-
-        def unroll(branch: int, rows: None) -> Tensor:
-            xs = x
-            for denoise, dc in self.branch_modules(branch):
-                xs = channels_to_complex(denoise(complex_to_channels(xs), cond))
-                c = coil_expand(xs, maps)
-                xs = coil_combine(dc.on_coil_images(c, measured, project(c, domain.projector)), maps)
-            return xs
-
-        return mul_real(self._routed(m, unroll, subsets=False), scale), maps, domain
-
-
-def branch_key(key: str, cascades: int, branch: int) -> str:
-    """The key `key` of a one-branch SN's state_dict has in branch `branch` of a routed SN with
-    `cascades` cascades per branch (SNConfig.accel_branches): cascades.i.* -> cascades.(b n + i).*."""
-    group, index, rest = key.split(".", 2)
-    if group not in ("cascades", "dc"):
-        raise KeyError(f"{key}: not a key of an SN's cascades or DC weights")
-    return f"{group}.{branch * cascades + int(index)}.{rest}"
-
-
-def routed_state_dict(branches: list[dict], cascades: int) -> dict:
-    """One routed SN's state_dict from one-branch SN state_dicts, one per accel_branches entry in order."""
-    return {branch_key(k, cascades, b): v for b, state in enumerate(branches) for k, v in state.items()}
+    def cascade_set(self, index: int) -> "SensitivityNetwork":
+        """Cascade set `index` as a one-set SN (keys cascades.0.., dc.0..; same Fourier pair) sharing the
+        ACS maps, normalisation and readout crop: what a slice routed to that set runs."""
+        if not 0 <= index < self.cascade_sets:
+            raise IndexError(f"cascade set {index}: this SN has {self.cascade_sets}")
+        with torch.random.fork_rng(devices=[]):  # building it must not move training's RNG
+            one = type(self)(dataclasses.replace(self.config, accel_branches=()), fourier=self.fourier)
+        n = self.config.cascades
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith(("cascades.", "dc."))}
+        for group in ("cascades", "dc"):
+            prefix = f"{group}."
+            for k, v in self.state_dict().items():
+                if k.startswith(prefix):
+                    i, rest = k[len(prefix):].split(".", 1)
+                    if index * n <= int(i) < (index + 1) * n:
+                        state[f"{group}.{int(i) - index * n}.{rest}"] = v
+        one.load_state_dict(state, strict=True)
+        return one.train(self.training)
 
 
 def _normalised(x: Tensor, measured: Tensor) -> tuple[Tensor, Tensor, Tensor]:
