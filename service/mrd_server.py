@@ -4,7 +4,11 @@ A session: CONFIG_FILE or CONFIG_TEXT (the config name `dnirecon` or a served mo
 and JSON parameters), HEADER (ISMRMRD XML), TEXT (JSON parameters, optional), ACQUISITIONs, CLOSE.
 Each slice goes to the engine through the same Batcher as gRPC slices; one MRD image per slice comes
 back, then CLOSE. A broken session gets an ERR text and CLOSE and touches no other session. Logs hold
-session ids and counts, never the header's content.
+session ids, counts and escaped client strings (service.logsafe), never the header's content.
+
+The limits are the gRPC servicer's own objects: a session holds one of its call Slots (max_streams) from
+accept to close, each slice's matrix is reserved from its ByteBudget (slice_memory_bytes), and an open
+slice with no message for slice_idle_seconds ends the session.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ import errno
 import itertools
 import json
 import logging
+import math
 import queue
+import select
 import socket
 import threading
 import time
@@ -25,9 +31,12 @@ import numpy as np
 
 from dnirecon.fastmri_io import center_crop
 from service.engine import Cancelled, Job, QueueFull, ShuttingDown
+from service.limits import ByteBudget, Slots
+from service.logsafe import escape
 from service.mrd_protocol import (Disconnected, MessageId, ProtocolError, Reader, close_message, image_message,
                                   text_message)
-from service.mrd_slices import Encoding, Provenance, SessionError, Slice, SliceAssembler, build_image, parse_encoding, safe
+from service.mrd_slices import (Encoding, Provenance, Refused, SessionError, Slice, SliceAssembler, build_image, parse_encoding,
+                                 safe)
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +44,9 @@ CONFIG_NAME = "dnirecon"
 MAX_TEXT_BYTES = 64 * 1024  # config text and TEXT messages (OpenRecon's UI parameters are a few kB)
 MAX_HEADER_BYTES = 4 * 1024 * 1024  # ISMRMRD XML header (a scanner's is a few hundred kB)
 MAX_WAVEFORM_BYTES = 1024 * 1024
-IDLE_SECONDS = 120.0  # a session silent this long is closed
-MAX_SESSIONS = 32
 SUBMIT_TIMEOUT_S = 5.0
+MAX_POLL_MS = 2**31 - 1  # poll(2) takes a C int of milliseconds
+MAX_REFUSING = 16  # refusals being answered at once; beyond, a connection is closed without its ERR text
 _ids = itertools.count(1)
 
 
@@ -117,8 +126,6 @@ class Session:
         self.acquisitions = 0
         self.images = 0
         self.errors = 0
-        self._pending = 0  # slices handed to compute whose image is not sent yet
-        self._count_lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._out: queue.Queue = queue.Queue()
         self._inflight = threading.Semaphore(server.inflight)
@@ -133,6 +140,7 @@ class Session:
     def send_error(self, reason: str) -> None:
         self.errors += 1
         self.server.metrics.errors.labels(code="MRD_ERR").inc()
+        log.info("mrd session %s: ERR %s", self.id, escape(reason, 1024))  # the reason quotes client strings
         try:
             self.send(text_message(f"ERR {reason}"))
         except OSError:
@@ -146,7 +154,7 @@ class Session:
 
     # ---- the session -------------------------------------------------------------------------------
     def run(self) -> None:
-        self.conn.settimeout(self.server.idle_seconds)
+        self.conn.settimeout(self.server.slice_idle_seconds)  # a message, or an image sent, stalled this long
         self._writer.start()
         outcome = "closed"
         try:
@@ -165,7 +173,7 @@ class Session:
             self._try_close()
         except socket.timeout:
             outcome = "idle"
-            self.send_error(f"no message for {self.server.idle_seconds:g} s, closing")
+            self.send_error(self._idle_reason())
         except OSError as exc:
             outcome = f"connection error {type(exc).__name__}"
             self._cancelled.set()
@@ -174,6 +182,8 @@ class Session:
             log.exception("mrd session %s: failed", self.id)
             self.send_error("server error")
         finally:
+            if self.assembler is not None:
+                self.assembler.abandon()  # a slice left open gives its memory back
             self._out.put(None)
             self._writer.join()
             if not self._cancelled.is_set():
@@ -182,14 +192,24 @@ class Session:
             log.info("mrd session %s: %s; %d acquisitions, %d images, %d errors",
                      self.id, outcome, self.acquisitions, self.images, self.errors)
 
+    def _idle_reason(self) -> str:
+        idle = self.server.slice_idle_seconds
+        key = self.assembler.open_key if self.assembler is not None else None
+        if key is not None:
+            return (f"no message for slice {key.slice} in {idle:g} s (slice_idle_seconds); its memory is freed "
+                    "and the session ends")
+        return f"no data for {idle:g} s inside a message (slice_idle_seconds); the session ends"
+
     def _next_id(self) -> int:
-        """The next message id; a quiet peer waiting for images in compute is not idle."""
+        """The next message id. Between slices a session may stay silent (as a gRPC stream between slices
+        may); with a slice open, slice_idle_seconds of silence ends it (socket.timeout)."""
+        poll = select.poll()
+        poll.register(self.conn.fileno(), select.POLLIN | select.POLLPRI)
         while True:
-            try:
-                return self.reader.message_id()
-            except socket.timeout:
-                if self._pending == 0:
-                    raise
+            if poll.poll(min(math.ceil(1e3 * self.server.slice_idle_seconds), MAX_POLL_MS)):
+                return self.reader.message_id()  # the connection's timeout applies from here on
+            if self.assembler is not None and self.assembler.open_key is not None:
+                raise socket.timeout("slice idle")
 
     def _loop(self) -> None:
         r = self.reader
@@ -223,6 +243,12 @@ class Session:
                                     f"{', '.join(f'{m.value} {m.name}' for m in MessageId)}")
 
     def _configure(self, name: str | None, text: str | None) -> None:
+        self._accept_config(name, text)
+        p = self.params
+        log.info("mrd session %s: config %s, alpha %s, datatype %s, series %d", self.id, safe(self.config, 128),
+                 "default" if p.alpha is None else f"{p.alpha:g}", p.datatype, p.series)
+
+    def _accept_config(self, name: str | None, text: str | None) -> None:
         if self.config is not None:
             raise SessionError("a second CONFIG message, expected one per session")
         if self.server.draining():
@@ -248,7 +274,7 @@ class Session:
         if self.enc is not None:
             raise SessionError("a second HEADER, expected one per session")
         self.enc = parse_encoding(xml)
-        self.assembler = SliceAssembler(self.enc, self.server.max_slice_bytes)
+        self.assembler = SliceAssembler(self.enc, self.server.max_slice_bytes, reserve=self.server.budget.reserve)
         self._selection()  # a wrong alpha or model is answered now, not after the first slice's readouts
 
     def _selection(self):
@@ -274,7 +300,18 @@ class Session:
             self.assembler.ignored += 1
             return
         for s in self.assembler.add(n, head, data, time.perf_counter()):
-            self._submit(s)
+            if isinstance(s, Refused):
+                self._refused(s)
+            else:
+                self._submit(s)
+
+    def _refused(self, r: Refused) -> None:
+        """A slice the memory budget cannot hold: answered alone, the session goes on."""
+        budget = self.server.budget
+        self.server.metrics.slices.labels(outcome="error").inc()
+        self.send_error(f"slice {r.key.slice}: {r.nbytes} bytes zero-filled do not fit the memory for slices being "
+                        f"assembled ({r.detail}, slice_memory_bytes={budget.total}); its readouts are skipped and "
+                        "the session goes on")
 
     def _flush(self) -> None:
         if self.assembler is not None:
@@ -282,18 +319,21 @@ class Session:
                 self._submit(s)
 
     def _submit(self, s: Slice) -> None:
-        selection = self._selection()
-        while not self._inflight.acquire(timeout=0.25):  # the writer frees a slot per image sent
-            if not self._writer.is_alive():
-                raise SessionError("image writer stopped")
+        try:
+            selection = self._selection()
+            while not self._inflight.acquire(timeout=0.25):  # the writer frees a slot per image sent
+                if not self._writer.is_alive():
+                    raise SessionError("image writer stopped")
+        except BaseException:
+            s.release()
+            raise
         job = Job(selection, s.kspace_ri(), s.mask, is_cancelled=self._cancelled.is_set)
         try:
             fut = self.server.batcher.submit(job, timeout=SUBMIT_TIMEOUT_S)
         except (QueueFull, ShuttingDown) as exc:
             self._inflight.release()
+            s.release()
             raise SessionError(f"slice {s.key.slice}: {exc}") from None
-        with self._count_lock:
-            self._pending += 1
         self._out.put(_Out(s, fut, self.served, selection.alpha))
 
     def _write_images(self) -> None:
@@ -307,8 +347,7 @@ class Session:
             except OSError:
                 self._cancelled.set()  # the peer is gone: the rest are dropped as they finish
             finally:
-                with self._count_lock:
-                    self._pending -= 1
+                item.slice.release()  # sent, failed or dropped: its matrix leaves the budget
                 self._inflight.release()
 
     def _write_one(self, item: _Out, m) -> None:
@@ -341,19 +380,25 @@ class Session:
 
 
 class MrdServer:
-    """Accepts MRD connections on its own thread; each session runs on its own thread."""
+    """Accepts MRD connections on its own thread; each session runs on its own thread.
+
+    slots, budget: the limits the gRPC calls take (the servicer's); slice_idle_seconds: how long an open
+    slice may wait for a message; keepalive: (idle seconds, timeout seconds) of TCP keepalive probes, so a
+    peer whose network path died between slices gives its slot back."""
 
     def __init__(self, host: str, port: int, *, holder, batcher, metrics, max_slice_bytes: int, inflight: int,
-                 draining: Callable[[], bool], on_failure: Callable[[], None] = lambda: None,
-                 idle_seconds: float = IDLE_SECONDS, max_sessions: int = MAX_SESSIONS):
+                 slots: Slots, budget: ByteBudget, slice_idle_seconds: float, draining: Callable[[], bool],
+                 on_failure: Callable[[], None] = lambda: None, keepalive: tuple[float, float] = (60.0, 20.0)):
         self.holder, self.batcher, self.metrics = holder, batcher, metrics
         self.on_failure = on_failure  # the listener stopped without a drain: health goes NOT_SERVING
         self.max_slice_bytes, self.inflight, self.draining = max_slice_bytes, inflight, draining
-        self.idle_seconds, self.max_sessions = idle_seconds, max_sessions
+        self.slots, self.budget, self.slice_idle_seconds = slots, budget, slice_idle_seconds
+        self.keepalive = keepalive
         self.sock = _listen(host, port)
         self.port = self.sock.getsockname()[1]
         self._sessions: set[threading.Thread] = set()
         self._lock = threading.Lock()
+        self._refusing = threading.BoundedSemaphore(MAX_REFUSING)
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._accept, name="mrd-accept", daemon=True)
 
@@ -375,18 +420,50 @@ class MrdServer:
                 log.error("MRD listener stopped: %s; health NOT_SERVING", type(exc).__name__)
                 self.on_failure()
                 return
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._lock:
-                self._sessions = {t for t in self._sessions if t.is_alive()}
-                full = len(self._sessions) >= self.max_sessions
-                if not full:
-                    t = threading.Thread(target=Session(conn, self).run, name="mrd-session", daemon=True)
-                    self._sessions.add(t)
-            if full:
-                threading.Thread(target=_refuse, args=(conn, f"ERR {self.max_sessions} MRD sessions open, try again later"),
-                                 daemon=True).start()
+            try:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                _keepalive(conn, *self.keepalive)
+            except OSError:  # the peer already reset the connection
+                conn.close()
                 continue
-            t.start()
+            if not self.slots.take():
+                self._refuse(conn, f"ERR {self.slots.limit} reconstruction calls and MRD sessions already open on this "
+                                   "server (max_streams); try again later or on another replica")
+                continue
+            t = threading.Thread(target=self._session, args=(conn,), name="mrd-session", daemon=True)
+            with self._lock:
+                self._sessions = {s for s in self._sessions if s.is_alive()}
+                self._sessions.add(t)
+            try:
+                t.start()
+            except RuntimeError:  # no thread to be had: the slot goes back, the listener goes on
+                self.slots.give()
+                conn.close()
+
+    def _session(self, conn: socket.socket) -> None:
+        try:
+            Session(conn, self).run()
+        finally:
+            self.slots.give()
+
+    def _refuse(self, conn: socket.socket, text: str) -> None:
+        """text and CLOSE on a thread of its own; with MAX_REFUSING such threads busy, a plain close."""
+        self.metrics.errors.labels(code="MRD_ERR").inc()
+        if not self._refusing.acquire(blocking=False):
+            conn.close()
+            return
+
+        def refuse() -> None:
+            try:
+                _refuse(conn, text)
+            finally:
+                self._refusing.release()
+
+        try:
+            threading.Thread(target=refuse, name="mrd-refuse", daemon=True).start()
+        except RuntimeError:
+            self._refusing.release()
+            conn.close()
 
     def stop_accepting(self) -> None:
         """Drain: new connections are refused; open sessions go on."""
@@ -425,6 +502,19 @@ def _close_gently(conn: socket.socket) -> None:
         pass
     finally:
         conn.close()
+
+
+def _keepalive(conn: socket.socket, idle_s: float, timeout_s: float) -> None:
+    """TCP keepalive probes after idle_s of silence (0: the system's), the peer given up after about timeout_s
+    without an answer: the MRD counterpart of the gRPC port's keepalive settings."""
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if not hasattr(socket, "TCP_KEEPIDLE"):  # not Linux: the system's keepalive timing
+        return
+    probes, most = 3, 32767  # Linux refuses an idle or interval over 32767 s
+    if idle_s > 0:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, min(most, max(1, math.ceil(idle_s))))
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, min(most, max(1, math.ceil(timeout_s / probes))))
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, probes)
 
 
 def _refuse(conn: socket.socket, text: str) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 from ismrmrd.acquisition import AcquisitionHeader
@@ -19,6 +19,8 @@ from ismrmrd.meta import Meta
 from dnirecon.errors import DataError
 from dnirecon.fastmri_io import read_header_xml
 from dnirecon.ismrmrd_io import NOT_IMAGING_BITS
+from service.limits import BudgetExceeded, Reservation
+from service.logsafe import escape
 from service.mrd_protocol import DATATYPE_FLOAT, DATATYPE_USHORT, IMTYPE_MAGNITUDE
 
 NS = "{http://www.ismrm.org/ISMRMRD}"
@@ -84,10 +86,9 @@ def parse_encoding(xml: str) -> Encoding:
                     hdr.padding_right - hdr.padding_left - 1, coils)
 
 
-def _safe(text: object, limit: int = 80) -> str:
-    """A peer's string for a log line or an ERR text: escaped, at most `limit` characters."""
-    s = repr(str(text))
-    return s if len(s) <= limit else s[: limit - 4] + "...'"
+def _safe(text: object, limit: int = 64) -> str:
+    """A peer's string quoted for an ERR text or a log line: control characters escaped, cut at `limit`."""
+    return f"'{escape(str(text), limit)}'"
 
 
 safe = _safe
@@ -118,23 +119,52 @@ class Slice:
     geometry: AcquisitionHeader
     readouts: int = 0
     t_last: float = 0.0  # time.perf_counter() when its last readout arrived
+    reservation: Reservation | None = None  # its matrix's share of the memory budget, until its image is sent
+
+    def release(self) -> None:
+        """Gives its bytes back to the memory budget (once, however often it is called)."""
+        if self.reservation is not None:
+            self.reservation.release()
 
     def kspace_ri(self) -> np.ndarray:
         """(coils, readout, phase, 2) float32: real/imag in a last axis, the engine's input."""
         return self.kspace.view(np.float32).reshape(*self.kspace.shape, 2)
 
 
+class Refused(NamedTuple):
+    """A slice whose matrix the memory budget could not hold: its readouts are dropped until it ends."""
+
+    key: SliceKey
+    nbytes: int
+    detail: str  # BudgetExceeded's text: bytes asked and left
+
+
 @dataclass
 class SliceAssembler:
     """Places imaging readouts by kspace_encode_step_1 into the zero-filled matrix of their slice. A
-    slice closes on LAST_IN_SLICE, when a readout of other counters arrives, and at the end (flush)."""
+    slice closes on LAST_IN_SLICE, when a readout of other counters arrives, and at the end (flush).
+
+    reserve(nbytes) -> Reservation (or BudgetExceeded) is asked for each new slice's matrix; a refused
+    slice is reported once (Refused) and its readouts skipped."""
 
     enc: Encoding
     max_slice_bytes: int
+    reserve: Callable[[int], Reservation] | None = None
     coils: int | None = None
     current: Slice | None = None
+    skipping: SliceKey | None = None  # the refused slice whose readouts are being dropped
     readouts: int = 0
     ignored: int = 0
+    skipped: int = 0
+
+    @property
+    def open_key(self) -> SliceKey | None:
+        """The counters of the slice being received (assembled or skipped), None between slices."""
+        return self.current.key if self.current is not None else self.skipping
+
+    @property
+    def slice_bytes(self) -> int:
+        return (self.coils or 0) * self.enc.readout * self.enc.phase * 8
 
     def check_header(self, n: int, head: AcquisitionHeader) -> bool:
         """Checks readout n's header before its data is read; False for a readout left out of the image."""
@@ -162,18 +192,36 @@ class SliceAssembler:
                                "expected 0 (readouts are used whole)")
         return True
 
-    def add(self, n: int, head: AcquisitionHeader, data: np.ndarray, now: float) -> list[Slice]:
-        """Places readout n (data (coils, samples) complex64); returns the slices it closed."""
+    def add(self, n: int, head: AcquisitionHeader, data: np.ndarray, now: float) -> list[Slice | Refused]:
+        """Places readout n (data (coils, samples) complex64); returns the slices it closed and the one it
+        could not open (Refused), in order."""
         if not np.isfinite(data).all():
             raise SessionError(f"acquisition {n}: data holds NaN or Inf")
-        closed = []
+        closed: list[Slice | Refused] = []
         key = SliceKey.of(head)
+        last = has_flag(head, LAST_IN_SLICE)
         if self.current is not None and self.current.key != key:
             closed.append(self.current)
             self.current = None
+        if self.skipping is not None and self.skipping != key:
+            self.skipping = None
+        if self.skipping == key:
+            self.skipped += 1
+            self.skipping = None if last else key
+            return closed
         if self.current is None:
+            reservation = None
+            if self.reserve is not None:
+                try:
+                    reservation = self.reserve(self.slice_bytes)
+                except BudgetExceeded as exc:
+                    closed.append(Refused(key, self.slice_bytes, str(exc)))
+                    self.skipped += 1
+                    self.skipping = None if last else key
+                    return closed
             shape = (self.coils, self.enc.readout, self.enc.phase)
-            self.current = Slice(key, np.zeros(shape, np.complex64), np.zeros(self.enc.phase, np.float32), head)
+            self.current = Slice(key, np.zeros(shape, np.complex64), np.zeros(self.enc.phase, np.float32), head,
+                                 reservation=reservation)
         s = self.current
         col = self.enc.padding_left + head.idx.kspace_encode_step_1
         s.kspace[:, :, col] = data[:, ::-1] if has_flag(head, REVERSE) else data
@@ -181,15 +229,21 @@ class SliceAssembler:
         s.readouts += 1
         s.t_last = now
         self.readouts += 1
-        if has_flag(head, LAST_IN_SLICE):
+        if last:
             closed.append(s)
             self.current = None
         return closed
 
     def flush(self) -> list[Slice]:
         out = [self.current] if self.current is not None else []
-        self.current = None
+        self.current, self.skipping = None, None
         return out
+
+    def abandon(self) -> None:
+        """The session ended inside a slice: its matrix and its share of the budget are freed."""
+        if self.current is not None:
+            self.current.release()
+        self.current, self.skipping = None, None
 
 
 @dataclass

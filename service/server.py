@@ -718,7 +718,8 @@ class ServiceProcess:
         return port
 
     def _bind_mrd(self):
-        """The MRD (ISMRMRD streaming) listener, sharing the holder, batcher and metrics; None when off."""
+        """The MRD (ISMRMRD streaming) listener, sharing the holder, batcher, metrics and the servicer's limits
+        (its call slots and slice memory budget); None when off."""
         s = self.settings
         if not s.mrd_port:
             return None
@@ -727,6 +728,9 @@ class ServiceProcess:
         try:
             return MrdServer(s.host, s.mrd_port, holder=self.holder, batcher=self.batcher, metrics=self.metrics,
                              max_slice_bytes=s.max_slice_bytes, inflight=s.stream_inflight,
+                             slots=self.servicer.slots, budget=self.servicer.budget,
+                             slice_idle_seconds=s.slice_idle_seconds,
+                             keepalive=(s.keepalive_seconds, s.keepalive_timeout_seconds),
                              draining=self.servicer.draining.is_set,
                              on_failure=lambda: self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING))
         except OSError as exc:

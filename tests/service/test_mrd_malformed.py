@@ -7,6 +7,7 @@ import re
 import socket
 import struct
 import threading
+import time
 
 import grpc
 import numpy as np
@@ -197,14 +198,12 @@ def test_an_mrd_listener_that_stops_without_a_drain_sets_health_not_serving(make
     assert health() == health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def test_a_silent_session_is_closed_with_err_after_the_idle_time(make_process, baked_dir):
-    from .conftest import free_port
-
-    proc = make_process(model_dir=baked_dir, mrd_port=free_port(), warmup_shapes=((3, 32, 24),))
-    proc.start()
-    proc.mrd.idle_seconds = 0.5
-    result = MrdResult()
-    with socket.create_connection(("127.0.0.1", proc.mrd.port), timeout=10) as sock:
-        sock.sendall(CONFIG)  # then nothing
-        receive(sock, result)
-    assert result.texts == ["ERR no message for 0.5 s, closing"] and result.closed
+def test_a_config_name_with_newline_and_esc_leaves_one_escaped_log_line(env):
+    server, _xml, _records = env
+    name = "scan-9\n2026-12-06 00:00:00 INFO service.mrd_server: FORGED\x1b[31m"
+    result = raw_session(server.mrd_target, config_file_message(name))
+    assert result.texts and result.texts[0].startswith("ERR unknown config 'scan-9\\n2026-12-06")
+    time.sleep(0.3)
+    lines = [line for line in server.log().splitlines() if "FORGED" in line]
+    assert len(lines) == 1, lines
+    assert "scan-9\\n2026-12-06" in lines[0] and "FORGED\\x1b[31m" in lines[0] and "\x1b" not in server.log()

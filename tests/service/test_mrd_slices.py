@@ -8,7 +8,8 @@ from ismrmrd.acquisition import AcquisitionHeader
 from ismrmrd.meta import Meta
 
 from dnirecon.ismrmrd_io import header_xml
-from service.mrd_slices import Provenance, SessionError, SliceAssembler, build_image, parse_encoding
+from service.limits import ByteBudget
+from service.mrd_slices import Provenance, Refused, SessionError, SliceAssembler, build_image, parse_encoding
 
 ENC = parse_encoding(header_xml(8, 6, (4, 6), center=3, maximum=4, fov_mm=(200.0, 150.0, 5.0)))  # columns 0..4
 
@@ -92,6 +93,48 @@ def test_coils_must_stay_those_of_the_first_readout():
 def test_a_slice_over_the_byte_limit_is_refused_before_its_data():
     with pytest.raises(SessionError, match=r"is 768 bytes, more than max_slice_bytes=767"):
         SliceAssembler(ENC, 767).check_header(0, readout(0)[0])
+
+
+def test_each_slice_reserves_its_matrix_and_gives_it_back_once_released():
+    budget = ByteBudget(1000)  # a slice here: 2 coils x 8 x 6 complex64 = 768 bytes
+    asm = SliceAssembler(ENC, 1 << 20, reserve=budget.reserve)
+    (s,) = feed(asm, [readout(0), readout(1, flags=bit(8))])
+    assert budget.used == 768
+    s.release()
+    s.release()
+    assert budget.used == 0
+
+
+def test_a_slice_the_budget_cannot_hold_is_refused_once_and_its_readouts_skipped():
+    budget = ByteBudget(1000)
+    held = budget.reserve(500)  # another stream's slice
+    asm = SliceAssembler(ENC, 1 << 20, reserve=budget.reserve)
+    out = feed(asm, [readout(0), readout(1), readout(2, flags=bit(8))])
+    assert out == [Refused(out[0].key, 768, "768 bytes asked, 500 of 1000 left")]
+    assert out[0].key.slice == 0 and asm.skipped == 3 and asm.open_key is None and budget.used == 500
+    held.release()
+    (s,) = feed(asm, [readout(0, 1), readout(1, 1, flags=bit(8))])  # the next slice fits again
+    assert s.key.slice == 1 and s.readouts == 2 and budget.used == 768
+
+
+def test_a_refused_slice_ends_when_its_counters_change():
+    budget = ByteBudget(1000)
+    held = budget.reserve(500)
+    asm = SliceAssembler(ENC, 1 << 20, reserve=budget.reserve)
+    feed(asm, [readout(0), readout(1)])
+    assert asm.open_key.slice == 0 and asm.current is None
+    held.release()
+    feed(asm, [readout(0, 1)])
+    assert asm.current.key.slice == 1 and asm.skipped == 2
+
+
+def test_abandoning_an_open_slice_frees_its_share_of_the_budget():
+    budget = ByteBudget(1000)
+    asm = SliceAssembler(ENC, 1 << 20, reserve=budget.reserve)
+    feed(asm, [readout(0)])
+    assert budget.used == 768
+    asm.abandon()
+    assert budget.used == 0 and asm.open_key is None
 
 
 def test_image_has_the_readout_geometry_recon_fov_and_provenance():
