@@ -44,7 +44,7 @@ class Metrics:
         self.provider_fallback = Gauge(
             "dnirecon_provider_fallback", "1 when a requested provider (e.g. CUDA) is not in use", registry=r
         )
-        self.calls_open = Gauge("dnirecon_reconstruct_calls_open", "ReconstructStream and Reconstruct calls open "
+        self.calls_open = Gauge("dnirecon_reconstruct_calls_open", "ReconstructStream and Reconstruct calls and MRD sessions open "
                                 "(at most max_streams; more are refused RESOURCE_EXHAUSTED)", registry=r)
         self.slice_memory_reserved = Gauge("dnirecon_slice_memory_reserved_bytes",
                                            "Zero-filled bytes reserved by the slices being assembled or computed", registry=r)

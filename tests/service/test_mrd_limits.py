@@ -14,7 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dnirecon.ismrmrd_io import fastmri_to_ismrmrd
-from service import wire
+from dnirecon import wire
 from service.mrd_client import MrdResult, acquisition_bytes, read_raw, receive, stream
 from service.mrd_protocol import close_message
 
