@@ -419,7 +419,7 @@ def render(rows, throughput, rss, info, cpu, cores, peak, args, small, have_torc
                   "sessions' settings (TF32 off unless `--use-tf32`, HEURISTIC conv-algorithm search) are covered by "
                   "unit tests of the provider options the sessions are built with (docs/service.md).", ""]
     if not gpu and (baked.preset or args.preset) == "paper":
-        lines += ["Training step (issue 3): one `paper`-preset SN training step (GPU memory and step time) was not "
+        lines += ["Training step: one `paper`-preset SN training step (GPU memory and step time) was not "
                   "measured: no GPU machine was at hand. `dnirecon train sn --preset paper` runs it on a GPU "
                   "(bfloat16 autocast); on this CPU box it is not attempted.", ""]
     lines += [

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 INTERPSN = "interpsn"
 MANIFEST_FORMAT = "dnirecon.interpsn/2"
-# Contract: ONNX vs torch within 1e-4 of the image maximum (issue 4, acceptance 2 and 5).
+# Contract: ONNX vs torch within 1e-4 of the image maximum (every baked graph, and the continuous model vs the baked ones).
 PARITY_TOLERANCE = 1e-4
 # Metric gate: the candidate may be this much worse than the version it replaces (evaluation noise).
 PSNR_TOLERANCE_DB = 0.1
