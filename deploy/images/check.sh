@@ -87,7 +87,9 @@ serve_and_check() {  # LABEL NAME ONNX then run_service flags: health, user, wri
 
   "$DNIRECON" client info --server "127.0.0.1:$GRPC_PORT" --timeout 30 | sed "s/^/[$label] client info: /"
   "$DNIRECON" client reconstruct "$VOLUME" --server "127.0.0.1:$GRPC_PORT" --alpha 1.0 --accel 4 \
-    --out "$work/out-$label" --timeout 120 2>&1 | grep -v '%|' | sed "s/^/[$label] client: /"
+    --out "$work/out-$label" --timeout 120 >"$work/client-$label.log" 2>&1 \
+    || { cat "$work/client-$label.log"; die "[$label] dnirecon client reconstruct failed"; }
+  tr '\r' '\n' <"$work/client-$label.log" | grep -v '%|' | sed "s/^/[$label] client: /" || true
   out=$(check compare --volume "$VOLUME" --recon "$work/out-$label/$(basename "$VOLUME" .h5).recon.h5" --onnx "$onnx") \
     || die "[$label] served images differ from in-process onnxruntime: $out"
   figures[$label.diff]=$out

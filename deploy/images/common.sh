@@ -1,4 +1,5 @@
-# Shared by build.sh and check.sh (sourced): podman invocation, image names and the revision.
+# shellcheck shell=bash
+# Shared by build.sh and check.sh (sourced): podman invocation, image names, containers.conf.
 # Every setting is an environment variable with a default that works on a Debian bookworm host.
 
 # runc and cgroupfs: crun and systemd cgroups are refused inside some sandboxed kernels; both work everywhere.

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from deploy_helpers import DEPLOY, DOCKER, REPO
+from deploy_helpers import DEPLOY, DOCKER, REPO, tool
 
 IMAGES = DEPLOY / "images"
 
@@ -118,3 +118,16 @@ def test_make_test_does_not_build_images():
     targets = dict(re.findall(r"^([\w-]+):[^\n]*\n((?:\t[^\n]*\n)*)", makefile, re.M))
     assert "deploy/images/build.sh" in targets["images"] and "deploy/images/check.sh" in targets["image-check"]
     assert "images" not in targets["test"] and "podman" not in targets["test"]
+
+
+def test_shellcheck_passes_on_the_image_scripts():
+    scripts = sorted(str(p) for p in IMAGES.glob("*.sh"))
+    proc = subprocess.run([tool("shellcheck"), "-x", *scripts], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_shellcheck_catches_an_unquoted_expansion(tmp_path):
+    bad = tmp_path / "bad.sh"
+    bad.write_text("#!/usr/bin/env bash\nrm -rf $1/*\n")
+    proc = subprocess.run([tool("shellcheck"), str(bad)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "SC2086" in proc.stdout
