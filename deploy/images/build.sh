@@ -79,12 +79,13 @@ base_arg() {  # --build-arg NAME=BASE unless BASE is "upstream"
   [ "$2" = upstream ] || printf -- '--build-arg\n%s=%s\n' "$1" "$2"
 }
 
-build() {  # NAME IMAGE BASE_ARG_NAME BASE VERSION
-  local name=$1 image=$2 dockerfile=deploy/docker/$1.Dockerfile start=$SECONDS
+build() {  # NAME IMAGE BASE_ARG_NAME BASE [VERSION]
+  local name=$1 image=$2 dockerfile=deploy/docker/$1.Dockerfile start=$SECONDS version=()
   echo "== build $image ($dockerfile)"
   mapfile -t base < <(base_arg "$3" "$4")
-  podman_ build "${build_flags[@]}" "${base[@]}" -f "$dockerfile" --ignorefile "$dockerfile.dockerignore" \
-    --build-arg "GIT_REVISION=$REVISION" --build-arg "VERSION=$5" -t "$image" .
+  [ -z "${5:-}" ] || version=(--build-arg "VERSION=$5")
+  podman_ build "${build_flags[@]}" "${base[@]}" "${version[@]}" -f "$dockerfile" --ignorefile "$dockerfile.dockerignore" \
+    --build-arg "GIT_REVISION=$REVISION" -t "$image" .
   echo "== built $image in $((SECONDS - start)) s"
 }
 
@@ -117,7 +118,7 @@ for name in $IMAGES; do
   case $name in
     service) build service "$SERVICE_IMAGE" CUDA_IMAGE "$SERVICE_BASE" "$VERSION" ;;
     train) build train "$TRAIN_IMAGE" PYTHON_IMAGE "$PYTHON_BASE" "$VERSION" ;;
-    mlflow) build mlflow "$MLFLOW_IMAGE" PYTHON_IMAGE "$PYTHON_BASE" "$MLFLOW_TAG" ;;
+    mlflow) build mlflow "$MLFLOW_IMAGE" PYTHON_IMAGE "$PYTHON_BASE" ;;  # the label carries mlflow's version
     *) die "IMAGES: unknown image $name, expected service, train or mlflow" ;;
   esac
 done

@@ -17,7 +17,8 @@ cd "$(dirname "$0")/../.."
 . deploy/images/common.sh
 
 need podman "install it (Debian: apt-get install podman runc)"
-PYTHON=${PYTHON:-.venv/bin/python}
+ROOT=$PWD
+PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
 DNIRECON=${DNIRECON:-$(dirname "$PYTHON")/dnirecon}
 CHECK_TIMEOUT=${CHECK_TIMEOUT:-300}
 [ -x "$PYTHON" ] || die "PYTHON=$PYTHON is not an executable (the project's venv: make venv)"
@@ -41,7 +42,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-check() { "$PYTHON" deploy/images/imagecheck.py "$@"; }
+check() { "$PYTHON" "$ROOT/deploy/images/imagecheck.py" "$@"; }
 logs() { echo "--- logs of $1 (last 30 lines)"; podman_ logs --tail 30 "$1" 2>&1 || true; }
 
 read -r MLFLOW_PORT GRPC_PORT METRICS_PORT <<<"$(check ports 3)"
@@ -62,9 +63,9 @@ run_service() {  # NAME then -e/-v flags
     "$@" "$SERVICE_IMAGE" >/dev/null
 }
 
-serve_and_check() {  # LABEL NAME ONNX then run_service flags: health, user, writes, reconstruction, drain
-  local label=$1 name=$2 onnx=$3 since seconds status out
-  shift 3
+serve_and_check() {  # LABEL NAME ONNX CONTROL_ONNX then run_service flags: health, user, writes, reconstruction, drain
+  local label=$1 name=$2 onnx=$3 control=$4 since seconds status out
+  shift 4
   since=$(date +%s.%N)
   run_service "$name" "$@"
   seconds=$(check wait-serving "127.0.0.1:$GRPC_PORT" --since "$since" --timeout "$CHECK_TIMEOUT") || { logs "$name"; exit 1; }
@@ -90,7 +91,8 @@ serve_and_check() {  # LABEL NAME ONNX then run_service flags: health, user, wri
     --out "$work/out-$label" --timeout 120 >"$work/client-$label.log" 2>&1 \
     || { cat "$work/client-$label.log"; die "[$label] dnirecon client reconstruct failed"; }
   tr '\r' '\n' <"$work/client-$label.log" | grep -v '%|' | sed "s/^/[$label] client: /" || true
-  out=$(check compare --volume "$VOLUME" --recon "$work/out-$label/$(basename "$VOLUME" .h5).recon.h5" --onnx "$onnx") \
+  out=$(check compare --volume "$VOLUME" --recon "$work/out-$label/$(basename "$VOLUME" .h5).recon.h5" --onnx "$onnx" \
+    --control "$control") \
     || die "[$label] served images differ from in-process onnxruntime: $out"
   figures[$label.diff]=$out
   echo "[$label] $out"
@@ -119,9 +121,9 @@ BAKED=$work/stage/baked
 
 # ---------------------------------------------------------------- the service image, two ways
 echo "== service image serving the baked set mounted read-only at /models"
-serve_and_check directory "$prefix-svc-dir" "$BAKED/alpha_1.00.onnx" -v "$BAKED:/models:ro" -e DNIRECON_MODEL_DIR=/models
+serve_and_check directory "$prefix-svc-dir" "$BAKED/alpha_1.00.onnx" "$BAKED/alpha_0.00.onnx" -v "$BAKED:/models:ro" -e DNIRECON_MODEL_DIR=/models
 echo "== service image resolving models:/interpsn@production from the MLflow container"
-serve_and_check registry "$prefix-svc-registry" "$BAKED/alpha_1.00.onnx" \
+serve_and_check registry "$prefix-svc-registry" "$BAKED/alpha_1.00.onnx" "$BAKED/alpha_0.00.onnx" \
   -e DNIRECON_MODEL_URI=models:/interpsn@production -e MLFLOW_TRACKING_URI="$MLFLOW_TRACKING_URI"
 
 # ---------------------------------------------------------------- the training image starts

@@ -114,9 +114,9 @@ def wait_serving(target: str, since: float, timeout: float, service: str) -> flo
     raise SystemExit(f"imagecheck: {target} health {service!r} not SERVING within {timeout:.0f} s")
 
 
-def compare(volume: Path, recon: Path, onnx: Path, accel: int) -> tuple[float, float]:
-    """(max |served - in-process|, max |in-process|) over the volume's slices, both cropped to the recon size."""
-    import h5py
+def in_process(volume: Path, onnx: Path, accel: int):
+    """The volume's images from onnxruntime in this process, cropped to the recon size, with the mask
+    `dnirecon client reconstruct` uses for a fully sampled file (fastMRI's, seeded by the file name)."""
     import numpy as np
     import onnxruntime as ort
 
@@ -134,12 +134,24 @@ def compare(volume: Path, recon: Path, onnx: Path, accel: int) -> tuple[float, f
     masked = kspace * mask
     feeds = {"kspace": np.stack([masked.real, masked.imag], -1).astype(np.float32),
              "mask": np.broadcast_to(mask, (len(kspace), mask.size)).copy()}
-    reference = center_crop(session.run(["image"], feeds)[0], hdr.recon_size)
+    return center_crop(session.run(["image"], feeds)[0], hdr.recon_size)
+
+
+def compare(volume: Path, recon: Path, onnx: Path, accel: int, control: Path | None = None) -> dict[str, float]:
+    """max |served - in-process| (`diff`), max |in-process| (`max`) and, with a control model (another
+    alpha), max |served - control| (`control`): a comparison that could not tell two models apart proves nothing."""
+    import h5py
+    import numpy as np
+
+    reference = in_process(volume, onnx, accel)
     with h5py.File(recon) as f:
         served = f["reconstruction"][()]
     if served.shape != reference.shape:
         raise SystemExit(f"imagecheck: {recon} 'reconstruction' has shape {served.shape}, expected {reference.shape}")
-    return float(np.abs(served - reference).max()), float(np.abs(reference).max())
+    out = {"diff": float(np.abs(served - reference).max()), "max": float(np.abs(reference).max())}
+    if control is not None:
+        out["control"] = float(np.abs(served - in_process(volume, control, accel)).max())
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--onnx", type=Path, required=True)
     c.add_argument("--accel", type=int, default=4)
     c.add_argument("--tolerance", type=float, default=1e-5, help="largest max difference / max allowed")
+    c.add_argument("--control", type=Path, help="another model, whose images must differ by more than the tolerance")
     args = p.parse_args(argv)
 
     if args.command == "ports":
@@ -175,10 +188,16 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "wait-serving":
         print(f"{wait_serving(args.target, args.since, args.timeout, args.service):.1f}")
     elif args.command == "compare":
-        diff, peak = compare(args.volume, args.recon, args.onnx, args.accel)
-        ok = diff <= args.tolerance * peak
-        print(f"max |served - in-process| = {diff:.3g}, max = {peak:.3g}, ratio = {diff / peak:.3g} "
-              f"({'within' if ok else 'OVER'} {args.tolerance:g})")
+        r = compare(args.volume, args.recon, args.onnx, args.accel, args.control)
+        ok = r["diff"] <= args.tolerance * r["max"]
+        line = (f"max |served - in-process| = {r['diff']:.3g}, max = {r['max']:.3g}, ratio = {r['diff'] / r['max']:.3g} "
+                f"({'within' if ok else 'OVER'} {args.tolerance:g})")
+        if "control" in r:
+            told = r["control"] > args.tolerance * r["max"]
+            line += (f"; {args.control.name} differs by {r['control'] / r['max']:.3g} of max"
+                     f"{'' if told else ' (NOT told apart: the comparison proves nothing)'}")
+            ok = ok and told
+        print(line)
         return 0 if ok else 1
     return 0
 
