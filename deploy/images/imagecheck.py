@@ -46,7 +46,7 @@ def wait_http(url: str, timeout: float) -> float:
         except (urllib.error.URLError, OSError):
             pass
         if time.monotonic() - start > timeout:
-            raise SystemExit(f"imagecheck: {url} did not answer 200 within {timeout:.0f} s")
+            raise SystemExit(f"imagecheck: {url} did not answer 200 within {timeout:g} s")
         time.sleep(0.5)
 
 
@@ -111,7 +111,7 @@ def wait_serving(target: str, since: float, timeout: float, service: str) -> flo
             except grpc.RpcError:
                 pass
             time.sleep(0.2)
-    raise SystemExit(f"imagecheck: {target} health {service!r} not SERVING within {timeout:.0f} s")
+    raise SystemExit(f"imagecheck: {target} health {service!r} not SERVING within {timeout:g} s")
 
 
 def in_process(volume: Path, onnx: Path, accel: int):
