@@ -8,7 +8,7 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check
 export MLFLOW_DISABLE_TELEMETRY := true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv demo test bench bench-paper proto clean
+.PHONY: venv demo test bench bench-paper proto images image-check clean
 
 $(STAMP): requirements/service.txt requirements/train.txt requirements/test.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,16 @@ bench-paper: venv
 # Regenerates the committed gRPC stubs from protos/ (a test checks they are in step).
 proto: venv
 	$(BIN)/python -m service.protogen
+
+# Container images built with podman: a Debian base from Debian's archive unless BASE_IMAGE names one,
+# the three images, and what they hold (build/images/). Needs podman (and mmdebstrap for the base).
+images:
+	deploy/images/build.sh
+
+# The built images run on loopback: the service read-only as uid 10001 from a mounted baked set and
+# from models:/interpsn@production in the MLflow container, compared with in-process onnxruntime.
+image-check: venv
+	PYTHON=$(BIN)/python deploy/images/check.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache

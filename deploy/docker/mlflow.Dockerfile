@@ -3,12 +3,16 @@
 # Build from the repository root:
 #   docker build -f deploy/docker/mlflow.Dockerfile --build-arg GIT_REVISION=$(git rev-parse HEAD) \
 #     -t REGISTRY/dnirecon-mlflow:3.17.2 .
+# Behind a registry mirror: --build-arg PYTHON_IMAGE=MIRROR/library/python:3.11.14-slim-bookworm.
+# Behind a package-index mirror or a TLS-inspecting proxy: --secret id=pip.conf,src=FILE (index-url,
+# cert = /run/secrets/ca-bundle) and --secret id=ca-bundle,src=PEM; secrets never enter a layer.
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 COPY deploy/docker/mlflow-requirements.txt /tmp/mlflow-requirements.txt
-RUN python -m venv /opt/venv \
+RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf --mount=type=secret,id=ca-bundle \
+    python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir -r /tmp/mlflow-requirements.txt
 
 FROM ${PYTHON_IMAGE}

@@ -37,13 +37,22 @@ def stages(path: Path) -> list[list[tuple[str, str]]]:
     return out
 
 
+def run_mounts(args: str) -> tuple[list[str], str]:
+    """(the --mount=... flags, the command) of a RUN instruction's arguments."""
+    words = args.split()
+    flags = [w for w in words if w.startswith("--mount=")]
+    while words and words[0].startswith("--"):
+        words.pop(0)
+    return flags, " ".join(words)
+
+
 def pip_installs(path: Path, venv: str) -> list[list[str]]:
     """Argument lists of every `<venv>/bin/pip install` in RUN instructions."""
     found = []
     for kind, args in instructions(path):
         if kind != "RUN":
             continue
-        for command in re.split(r"&&|;", args):
+        for command in re.split(r"&&|;", run_mounts(args)[1]):
             words = command.split()
             if words[:2] == [f"{venv}/bin/pip", "install"]:
                 found.append([w for w in words[2:] if w != "--no-cache-dir"])
@@ -68,6 +77,13 @@ def requirement_names(path: Path, seen: set[Path] | None = None) -> set[str]:
     return names
 
 
+def test_run_mount_flags_are_split_from_the_command():
+    flags, command = run_mounts("--mount=type=secret,id=pip.conf,target=/etc/pip.conf --mount=type=secret,id=ca-bundle "
+                                "python3 -m venv /opt/venv && /opt/venv/bin/pip install -r r.txt")
+    assert flags == ["--mount=type=secret,id=pip.conf,target=/etc/pip.conf", "--mount=type=secret,id=ca-bundle"]
+    assert command.startswith("python3 -m venv /opt/venv &&")
+
+
 def test_requirement_parser_follows_includes():
     train = requirement_names(REPO / "requirements" / "train.txt")
     assert {"torch", "onnxruntime-gpu", "grpcio"} <= train
@@ -82,6 +98,37 @@ def test_service_image_installs_exactly_the_service_requirements_and_the_package
     copies = [args for kind, args in final if kind == "COPY"]
     assert copies == ["--from=build /opt/venv /opt/venv"]
     assert pip_installs(dockerfile, "/opt/build") == [["setuptools==84.2.1"]]
+
+
+def test_service_runtime_venv_loses_pip_and_setuptools():
+    commands = [c.strip() for kind, args in instructions(DOCKER / "service.Dockerfile") if kind == "RUN"
+                for c in run_mounts(args)[1].split("&&")]
+    uninstall = [c for c in commands if c.startswith("/opt/venv/bin/python -m pip uninstall")]
+    assert uninstall and {"pip", "setuptools", "--yes"} <= set(uninstall[0].split())
+    # after the last install into the runtime venv
+    last_install = max(i for i, c in enumerate(commands) if c.startswith("/opt/venv/bin/pip install"))
+    assert commands.index(uninstall[0]) > last_install
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_every_pip_install_sees_the_index_settings_as_build_secrets(dockerfile):
+    """A mirror's pip.conf and a proxy's CA bundle reach every step that downloads, and no layer."""
+    for kind, args in instructions(dockerfile):
+        flags, command = run_mounts(args) if kind == "RUN" else ([], "")
+        downloads = [c for c in re.split(r"&&|;", command) if "bin/pip install" in c and "--no-deps /wheels/" not in c]
+        if downloads:
+            assert "--mount=type=secret,id=pip.conf,target=/etc/pip.conf" in flags, args
+            assert "--mount=type=secret,id=ca-bundle" in flags, args
+        if kind in ("COPY", "ADD", "ENV", "ARG"):
+            assert "pip.conf" not in args and "ca-bundle" not in args and "PIP_CERT" not in args, args
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_every_stage_builds_on_the_base_image_argument(dockerfile):
+    declared = [a.split("=", 1)[0] for k, a in instructions(dockerfile) if k == "ARG" and "_IMAGE=" in a]
+    assert len(declared) == 1, declared
+    froms = [a.split()[0] for k, a in instructions(dockerfile) if k == "FROM"]
+    assert froms and all(f == "${%s}" % declared[0] for f in froms), froms
 
 
 def test_service_requirements_have_no_torch_or_training_stack():
