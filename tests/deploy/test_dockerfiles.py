@@ -141,7 +141,7 @@ def test_service_image_copies_no_training_code():
     dockerfile = DOCKER / "service.Dockerfile"
     sources = {args.split()[0] for kind, args in instructions(dockerfile)
                if kind == "COPY" and not args.startswith("--from")}
-    assert sources == {"requirements/service.txt", "pyproject.toml", "dnirecon/", "service/", "protos/"}
+    assert sources == {"requirements/service.txt", "pyproject.toml", "dnirecon/", "commands/", "service/", "protos/"}
     ignore = (DOCKER / "service.Dockerfile.dockerignore").read_text()
     assert "!training/" not in ignore and "!registry/" not in ignore
 
