@@ -199,9 +199,8 @@ class RawVolume(NamedTuple):
     attrs: dict
 
 
-def read_ismrmrd(path: str | os.PathLike, group: str = DEFAULT_GROUP) -> RawVolume:
-    """Reads an ISMRMRD raw HDF5 file (Cartesian, one encoding, 2-D slices) into the fastMRI layout.
-    Readouts that are not image lines (NOT_IMAGING_BITS) are left out; reversed readouts are flipped."""
+def read_raw(path: str | os.PathLike, group: str = DEFAULT_GROUP) -> tuple[bytes, np.ndarray]:
+    """The header XML and the acquisition records of an ISMRMRD raw HDF5 file's dataset group."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path} does not exist or is not a file (expected ISMRMRD raw HDF5)")
@@ -213,10 +212,16 @@ def read_ismrmrd(path: str | os.PathLike, group: str = DEFAULT_GROUP) -> RawVolu
         if group not in f or "xml" not in f[group] or "data" not in f[group]:
             raise DataError(f"{path.name} has no {group}/xml and {group}/data (expected an ISMRMRD raw dataset group; "
                             f"groups: {sorted(f.keys())[:10]})")
-        g = f[group]
-        xml = _xml_bytes(g["xml"][0])
-        records = g["data"][()]
-        attrs = {k[len("fastmri_"):]: v for k, v in g.attrs.items() if k.startswith("fastmri_")}
+        return _xml_bytes(f[group]["xml"][0]), f[group]["data"][()]
+
+
+def read_ismrmrd(path: str | os.PathLike, group: str = DEFAULT_GROUP) -> RawVolume:
+    """Reads an ISMRMRD raw HDF5 file (Cartesian, one encoding, 2-D slices) into the fastMRI layout.
+    Readouts that are not image lines (NOT_IMAGING_BITS) are left out; reversed readouts are flipped."""
+    path = Path(path)
+    xml, records = read_raw(path, group)
+    with h5py.File(path, "r") as f:
+        attrs = {k[len("fastmri_"):]: v for k, v in f[group].attrs.items() if k.startswith("fastmri_")}
     hdr = read_header_xml(xml, f"{path.name} {group}/xml")
     height, width = hdr.enc_size
     head = records["head"]

@@ -9,8 +9,8 @@ from typing import Callable
 MAX_REQUEST_ID_CHARS = 256  # a longer request_id is refused per slice, never logged or echoed whole
 
 
-class Slots:
-    """At most `limit` holders at once; take() answers at once, it never waits."""
+class _Counter:
+    """A thread-safe count with a limit; on_change(used) is called after every change, outside the lock."""
 
     def __init__(self, limit: int, on_change: Callable[[int], None] | None = None):
         self.limit = limit
@@ -22,22 +22,34 @@ class Slots:
     def used(self) -> int:
         return self._used
 
-    def take(self) -> bool:
+    def _add(self, n: int) -> int | None:
+        """Adds n and returns None when it fits under the limit; otherwise changes nothing and returns what is left."""
         with self._lock:
-            if self._used >= self.limit:
-                return False
-            self._used += 1
+            left = self.limit - self._used
+            if n > left:
+                return left
+            self._used += n
             used = self._used
         if self._on_change:
             self._on_change(used)
-        return True
+        return None
+
+    def _sub(self, n: int) -> None:
+        with self._lock:
+            self._used -= n
+            used = self._used
+        if self._on_change:
+            self._on_change(used)
+
+
+class Slots(_Counter):
+    """At most `limit` holders at once; take() answers at once, it never waits."""
+
+    def take(self) -> bool:
+        return self._add(1) is None
 
     def give(self) -> None:
-        with self._lock:
-            self._used -= 1
-            used = self._used
-        if self._on_change:
-            self._on_change(used)
+        self._sub(1)
 
 
 class Reservation:
@@ -66,35 +78,20 @@ class BudgetExceeded(Exception):
     """A reservation larger than what is left of the budget; the message says how much was asked and left."""
 
 
-class ByteBudget:
+class ByteBudget(_Counter):
     """A total of bytes shared by all streams: reserve() on a slice's header, release when the slice is
     answered, failed or abandoned. A request that does not fit is refused at once, never queued."""
 
-    def __init__(self, total: int, on_change: Callable[[int], None] | None = None):
-        self.total = total
-        self._used = 0
-        self._lock = threading.Lock()
-        self._on_change = on_change
-
     @property
-    def used(self) -> int:
-        return self._used
+    def total(self) -> int:
+        return self.limit
 
     def reserve(self, nbytes: int) -> Reservation:
         """A Reservation of nbytes; BudgetExceeded when fewer than nbytes are left."""
-        with self._lock:
-            left = self.total - self._used
-            if nbytes > left:
-                raise BudgetExceeded(f"{nbytes} bytes asked, {left} of {self.total} left")
-            self._used += nbytes
-            used = self._used
-        if self._on_change:
-            self._on_change(used)
+        left = self._add(nbytes)
+        if left is not None:
+            raise BudgetExceeded(f"{nbytes} bytes asked, {left} of {self.limit} left")
         return Reservation(self, nbytes)
 
     def _give(self, nbytes: int) -> None:
-        with self._lock:
-            self._used -= nbytes
-            used = self._used
-        if self._on_change:
-            self._on_change(used)
+        self._sub(nbytes)

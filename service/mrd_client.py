@@ -15,10 +15,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from dnirecon.errors import DataError
+from dnirecon.ismrmrd_io import read_raw
 from service.mrd_protocol import (ACQ_HEADER_BYTES, Disconnected, MessageId, ProtocolError, Reader, close_message,
                                   config_file_message, read_image, text_message)
 
@@ -63,22 +63,6 @@ class MrdResult:
     @property
     def errors(self) -> list[str]:
         return [t for t in self.texts if t.startswith("ERR")]
-
-
-def read_raw(path: str | os.PathLike, group: str = "dataset") -> tuple[bytes, np.ndarray]:
-    """The header XML and the acquisition records of an ISMRMRD raw file."""
-    path = Path(path)
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise DataError(f"{path} is not a readable HDF5 file ({exc})") from None
-    with f:
-        if group not in f or "xml" not in f[group] or "data" not in f[group]:
-            raise DataError(f"{path.name} has no {group}/xml and {group}/data (expected ISMRMRD raw data; "
-                            f"--group names the dataset group)")
-        xml = f[group]["xml"][0]
-        records = f[group]["data"][()]
-    return (xml.encode() if isinstance(xml, str) else bytes(xml)), records
 
 
 def acquisition_bytes(record) -> bytes:
