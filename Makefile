@@ -49,7 +49,7 @@ images:
 # The built images run on loopback: the service read-only as uid 10001 from a mounted baked set and
 # from models:/interpsn@production in the MLflow container, compared with in-process onnxruntime.
 image-check: venv
-	PYTHON=$(BIN)/python deploy/images/check.sh
+	PYTHON=$(CURDIR)/$(BIN)/python deploy/images/check.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache
