@@ -90,11 +90,11 @@ def _registered(name: str, version: str | None) -> bool:
 
 
 def baselines_step(steps, state: dict, work: Path, val_dir: Path) -> None:
-    """Zero-filled RSS and CG-SENSE on the held-out volumes: the floor every model must beat."""
+    """Zero-filled RSS, CG-SENSE and CS on the held-out volumes: the floor every model must beat."""
     from dnirecon.tables import table1, write_table
     from training.evaluate import baseline_methods, evaluate_dataset
 
-    t = steps.start("classical baselines on the held-out volumes (zero-filled RSS, CG-SENSE)")
+    t = steps.start("classical baselines on the held-out volumes (zero-filled RSS, CG-SENSE, CS)")
     if state.get("baselines_rows"):
         steps.done(t, "reused the baselines table")
         return
