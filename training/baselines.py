@@ -64,10 +64,11 @@ def cg_sense(kspace: Tensor, mask: Tensor, lam: float = CG_LAMBDA, iters: int = 
 CS_LAMBDA = 0.003
 CS_ITERS = 30
 CS_WAVELET = "db4"
-# ESPIRiT (Uecker et al. 2014) on the ACS lines: a 20-wide calibration square and 5x5 kernels cost a
-# third of sigpy's 24/6 defaults at the same quality on 8-coil 96x96 slices; 30 power iterations converge.
+# ESPIRiT (Uecker et al. 2014) on the ACS lines: keeping kernels above 5 % (sigpy: 2 %) of the largest
+# singular value keeps ~54 instead of ~74 on the demo's slices at the same CS PSNR on the tuning slices.
 ESPIRIT_CALIB = 20
 ESPIRIT_KERNEL = 5
+ESPIRIT_THRESH = 0.05
 ESPIRIT_POWER_ITERS = 30
 
 
@@ -97,7 +98,7 @@ def espirit_maps(kspace: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
     k = np.ascontiguousarray(kspace, dtype=np.complex64) * acs_columns_np(mask)[None, None, :]
     calib = min(ESPIRIT_CALIB, *k.shape[1:])
-    return mr.app.EspiritCalib(k, calib_width=calib, kernel_width=min(ESPIRIT_KERNEL, calib), crop=0.0,
+    return mr.app.EspiritCalib(k, calib_width=calib, kernel_width=min(ESPIRIT_KERNEL, calib), thresh=ESPIRIT_THRESH, crop=0.0,
                                max_iter=ESPIRIT_POWER_ITERS, show_pbar=False).run().astype(np.complex64)
 
 
