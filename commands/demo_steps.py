@@ -90,11 +90,11 @@ def _registered(name: str, version: str | None) -> bool:
 
 
 def baselines_step(steps, state: dict, work: Path, val_dir: Path) -> None:
-    """Zero-filled RSS and CG-SENSE on the held-out volumes: the floor every model must beat."""
+    """Zero-filled RSS, CG-SENSE and CS on the held-out volumes: the floor every model must beat."""
     from dnirecon.tables import table1, write_table
     from training.evaluate import baseline_methods, evaluate_dataset
 
-    t = steps.start("classical baselines on the held-out volumes (zero-filled RSS, CG-SENSE)")
+    t = steps.start("classical baselines on the held-out volumes (zero-filled RSS, CG-SENSE, CS)")
     if state.get("baselines_rows"):
         steps.done(t, "reused the baselines table")
         return
@@ -228,7 +228,13 @@ def report_step(steps, state: dict, work: Path, val_dir: Path, docs: Path, alpha
     from training.report import collect_report_data, write_report
 
     t = steps.start("evaluation report (docs/report.md, figures, logged to MLflow)")
-    data = collect_report_data(val_dir, (4.0, 8.0), report_methods(state, alphas), alphas, progress=True)
+    methods = report_methods(state, alphas)
+    t0 = time.perf_counter()
+    data = collect_report_data(val_dir, (4.0, 8.0), methods, alphas, progress=True)
+    held_out_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    outside = outside_results(work, methods, alphas)
+    outside_seconds = time.perf_counter() - t0
     run_info = {
         "command": f"make demo (dnirecon demo --preset {preset})",
         "preset": preset,
@@ -240,7 +246,28 @@ def report_step(steps, state: dict, work: Path, val_dir: Path, docs: Path, alpha
         "streamed passes": [
             {k: r[k] for k in ("accel", "alpha_requested", "alpha_used", "model", "slices", "failed", "seconds")}
             for r in state.get("serve", {}).get("runs", [])],
+        "evaluation seconds": {"held-out": round(held_out_seconds, 1), "outside sources": round(outside_seconds, 1)},
     }
-    path = write_report(data, docs, run_info)
+    path = write_report(data, docs, run_info, outside=outside)
     state["report"] = str(path)
     steps.done(t, f"wrote {path}")
+
+
+def outside_results(work: Path, methods: dict, alphas):
+    """Build the outside sources (training.outside, offline, from fixed seeds) under work/outside and
+    score every report method on their reported items; the tuning items are built for the record only."""
+    from training.baselines import CS_ITERS, CS_LAMBDA
+    from training.outside import ITEMS, REPORTED, build_outside, phantom_generator
+    from training.report import OutsideResults, collect_outside_data
+
+    generator = phantom_generator()
+    print(f"      outside sources: nibabel's MR slices and a phantom from {generator}", flush=True)
+    dirs = build_outside(work / "outside", ITEMS, generator=generator)
+    reported = {source: d for (source, role), d in dirs.items() if role == REPORTED}
+    items = [dict(source=i.source, role=i.role, name=i.name, coils=i.coils, noise_level=i.noise_level,
+                  content=(f"EPI volume {i.timepoint}, slices {', '.join(map(str, i.slices))}" if i.source == "brain"
+                           else f"{i.matrix} x {i.matrix}, {i.repeats} noise draws"),
+                  generator="nibabel example4d.nii.gz" if i.source == "brain" else generator) for i in ITEMS]
+    sources = collect_outside_data(reported, (4.0, 8.0), methods, alphas, progress=True)
+    return OutsideResults(sources, items, cs_setting=f"lam {CS_LAMBDA:g}, {CS_ITERS} iterations, "
+                                                      "experiments/cs_tuning.py")

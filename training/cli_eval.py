@@ -21,13 +21,16 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cg-lambda", type=non_negative_float, default=None,
                    help="Tikhonov weight of CG-SENSE (a finite number >= 0)")
     p.add_argument("--cg-iters", type=positive_int, default=None, help="conjugate-gradient iterations of CG-SENSE")
+    p.add_argument("--cs-lambda", type=non_negative_float, default=None,
+                   help="l1-wavelet weight of CS, relative to the zero-filled SENSE image's peak (a finite number >= 0)")
+    p.add_argument("--cs-iters", type=positive_int, default=None, help="FISTA iterations of CS")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("eval", help="evaluate baselines and trained models (Table-1 metrics)")
     evsub = ev.add_subparsers(dest="eval_command", metavar="WHAT", required=True)
 
-    b = evsub.add_parser("baselines", help="zero-filled RSS and CG-SENSE on a dataset")
+    b = evsub.add_parser("baselines", help="zero-filled RSS, CG-SENSE and CS (l1-wavelet) on a dataset")
     _common(b)
     b.set_defaults(func=_run_baselines)
 

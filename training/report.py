@@ -35,7 +35,7 @@ EXPERIMENT = "dnirecon-report"
 RUN_NAME = "report"
 BASELINES = ("U-Net", "CG-SENSE", "Zero-filled")  # the order of the claim text
 FIG1_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
-METHODS_FIGURE = ("Zero-filled", "CG-SENSE", "U-Net", "SN", "SN-GAN", "interpSN a=0.50")
+METHODS_FIGURE = ("Zero-filled", "CG-SENSE", "CS (l1-wavelet)", "U-Net", "SN", "SN-GAN", "interpSN a=0.50")
 FILES = {
     "report": "report.md",
     "table": "report_table1",  # .md .csv .json via dnirecon.tables.write_table
@@ -45,6 +45,8 @@ FILES = {
     "methods": "figures/report_methods.png",
     "dc": "figures/report_dc_residual.png",
 }
+OUTSIDE_TABLE = "report_outside"  # .md .csv .json: every method on the outside sources' reported items
+OUTSIDE_FIGURE = "figures/report_outside_{source}.png"
 
 
 def interp_name(alpha: float) -> str:
@@ -413,8 +415,9 @@ def dc_summary(data: ReportData) -> list[dict]:
 
 
 def render_markdown(data: ReportData, run_info: Mapping[str, Any], claims: Sequence[Claim],
-                    figures: Mapping[str, str]) -> str:
-    """The text of docs/report.md; `figures` maps figure keys to paths relative to the report."""
+                    figures: Mapping[str, str], extra_sections: Sequence[str] = ()) -> str:
+    """The text of docs/report.md; `figures` maps figure keys to paths relative to the report;
+    `extra_sections` (markdown) go before "How this was produced"."""
     from dnirecon.tables import table1
 
     n_pass = sum(c.status == "PASS" for c in claims)
@@ -517,6 +520,7 @@ def render_markdown(data: ReportData, run_info: Mapping[str, Any], claims: Seque
                 + "; ".join(c.claim for c in failed) + ".", ""]
     else:
         out += ["", "Every checked claim holds on these data.", ""]
+    out += list(extra_sections)
     preset = run_info.get("preset", "cpu")
     out += ["## How this was produced", "",
             f"Command: `make demo` (runs `dnirecon demo --preset {preset}`"
@@ -548,9 +552,10 @@ def _report_data_json(data: ReportData, claims: Sequence[Claim]) -> str:
 
 
 def write_report(data: ReportData, docs_dir: str | os.PathLike, run_info: Mapping[str, Any] | None = None,
-                 log_to_mlflow: bool = True) -> Path:
+                 log_to_mlflow: bool = True, outside: "OutsideResults | None" = None) -> Path:
     """Write docs_dir/report.md, report_table1.{md,csv,json}, report_data.json and the figures under
     docs_dir/figures/, each atomically; log them to MLflow (run "report" in "dnirecon-report").
+    `outside`: the section on data the generator did not make (its table and one figure per source).
 
     Returns the path of report.md.
     """
@@ -572,9 +577,13 @@ def write_report(data: ReportData, docs_dir: str | os.PathLike, run_info: Mappin
 
     atomic_write_text(paths["data"], _report_data_json(data, claims))
     rel = {k: paths[k].relative_to(docs).as_posix() for k in ("pd", "fig1", "methods", "dc")}
-    report = atomic_write_text(paths["report"], render_markdown(data, run_info, claims, rel))
+    extra, outside_files = [], []
+    if outside is not None and outside.sources:
+        text, outside_files = write_outside(outside, docs)
+        extra.append(text)
+    report = atomic_write_text(paths["report"], render_markdown(data, run_info, claims, rel, extra))
     if log_to_mlflow:
-        written = [p for p in list(paths.values()) + list(tables.values()) if p.exists()]
+        written = [p for p in list(paths.values()) + list(tables.values()) + outside_files if p.exists()]
         run_id = log_report(written, docs, run_info, data, claims)
         log.info("report logged to MLflow run %s", run_id)
     return report
@@ -631,3 +640,100 @@ def _index_records(value: Any) -> Any:
 def _metric_key(text: str) -> str:
     # MLflow keys allow alphanumerics, _ - . / and space; "a=0.25" has "="
     return "".join(ch if ch.isalnum() or ch in "_-./ " else "_" for ch in text)
+
+
+# ---------------------------------------------------------------------------------------------
+# data the generator did not make
+
+
+@dataclasses.dataclass
+class OutsideResults:
+    """Every method on each outside source's reported items, and what the items were."""
+
+    sources: dict[str, ReportData]  # source -> its reported items' evaluation
+    items: list[dict]  # one per built item: source, role, name, coils, noise_level, content, generator
+    cs_setting: str = ""  # how the CS weight was chosen, for the text
+
+
+def collect_outside_data(dirs: Mapping[str, str | os.PathLike], accels: Sequence[float],
+                         methods: Mapping[str, Recon], alphas: Sequence[float], progress: bool = True) -> dict[str, ReportData]:
+    """collect_report_data on each source's directory of reported items."""
+    return {source: collect_report_data(d, accels, methods, alphas, progress=progress) for source, d in dirs.items()}
+
+
+def outside_rows(outside: OutsideResults) -> list[dict]:
+    """Table rows (data = source, accel, method, metrics) over the sources, without the ALL repeats."""
+    return [r for data in outside.sources.values() for r in data.rows if r["data"] != "ALL"]
+
+
+def sn_against_cs(outside: OutsideResults, baseline: str = "CS (l1-wavelet)") -> list[dict]:
+    """Per source and accel: SN's PSNR and SSIM next to the baseline's, and the differences."""
+    out = []
+    for source, data in outside.sources.items():
+        name = data.rows[0]["data"] if data.rows else source
+        for accel in data.accels:
+            sn, cs = data.row(name, accel, "SN"), data.row(name, accel, baseline)
+            if sn is None or cs is None:
+                continue
+            sp, ss = float(sn["metrics"]["psnr"][0]), float(sn["metrics"]["ssim"][0])
+            cp, cs_ = float(cs["metrics"]["psnr"][0]), float(cs["metrics"]["ssim"][0])
+            out.append(dict(source=name, accel=accel, sn_psnr=sp, cs_psnr=cp, sn_ssim=ss, cs_ssim=cs_,
+                            ahead=sp > cp and ss > cs_))
+    return out
+
+
+def render_outside(outside: OutsideResults, figures: Mapping[str, str]) -> str:
+    """The markdown of the section; `figures` maps source -> figure path relative to the report."""
+    from dnirecon.tables import table1
+
+    generators = sorted({i["generator"] for i in outside.items if i["source"] == "phantom"})
+    out = ["## Data the generator did not make", "",
+           "Every number above comes from the project's own synthetic knees. Here the same models and baselines "
+           "run on multi-coil data made another way (`training/outside.py`, offline, reproducible from the seeds "
+           "below), scored like Table 1 against a SENSE target (the noise-free image through the acquired band):",
+           "",
+           "- **BRAIN**: real MR slices, the EPI head volume `example4d.nii.gz` that nibabel ships (nibabel's "
+           "MIT licence), given simulated loop-coil arrays (coil count and rotation per item) and a smooth "
+           "random phase.",
+           "- **PHANTOM**: a Shepp-Logan acquisition from " + (" and ".join(f"`{g}`" for g in generators) or "-")
+           + (" (Debian's ismrmrd-tools; its birdcage coils)" if any("ismrmrd" in g for g in generators)
+              else " with simulated coils (ismrmrd-tools' generator was not installed on this machine)") + ".",
+           "",
+           "Noise: complex Gaussian, sd per k-space sample = the stated level x the mean of the clean image over "
+           "its foreground (2 %, 3 %, 5 %: image SNR 50, 33, 20). Tuning items chose the CS weight "
+           + (f"({outside.cs_setting}) " if outside.cs_setting else "")
+           + "and are never scored here; only reported items are. No network was trained or tuned on any of them.",
+           "",
+           _md_table(["Source", "Role", "Item", "Coils", "Noise", "Content", "Generator"],
+                     [[i["source"].upper(), i["role"], i["name"], i["coils"], f"{100 * i['noise_level']:g} %",
+                       i["content"], i["generator"]] for i in outside.items]),
+           "", "Reported items, every method (mean ± std over the source's reported volumes):", "",
+           table1(outside_rows(outside)),
+           "SN against CS (l1-wavelet), as measured:", ""]
+    out.append(_md_table(["Source", "AF", "SN PSNR", "CS PSNR", "SN SSIM", "CS SSIM", "SN ahead in both"],
+                         [[r["source"], f"{r['accel']:g}x", f"{r['sn_psnr']:.2f}", f"{r['cs_psnr']:.2f}",
+                           f"{r['sn_ssim']:.4f}", f"{r['cs_ssim']:.4f}", "yes" if r["ahead"] else "no"]
+                          for r in sn_against_cs(outside)], "llrrrrl"))
+    for source, path in figures.items():
+        ex = outside.sources[source].example
+        where = f"`{ex.file}` slice {ex.slice} at {ex.accel:g}x" if ex is not None else ""
+        out += ["", f"{source.upper()}: {where}, every method and the target.", "", f"![outside {source}]({path})"]
+    out.append("")
+    return "\n".join(out)
+
+
+def write_outside(outside: OutsideResults, docs: Path) -> tuple[str, list[Path]]:
+    """The section's table (report_outside.{md,csv,json}) and figures; returns its markdown and the files."""
+    from dnirecon.tables import write_table
+    from training import report_figures
+
+    files = list(write_table(outside_rows(outside), docs, OUTSIDE_TABLE).values())
+    figures = {}
+    for source, data in outside.sources.items():
+        if data.example is None:
+            continue
+        path = docs / OUTSIDE_FIGURE.format(source=source)
+        report_figures.slice_grid(data, data.methods, data.methods, path, f"{source}: every method")
+        files.append(path)
+        figures[source] = path.relative_to(docs).as_posix()
+    return render_outside(outside, figures), files
