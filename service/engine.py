@@ -173,13 +173,18 @@ class ModelSet:
             raise ValueError(f"a mask is needed to choose among the sets of cascades for {self.accels}x")
         return int(nearest_set(sampled_fraction(mask), self.accels))
 
-    def select(self, alpha: float | None, mask: np.ndarray | None = None) -> Selection:
-        """Nearest baked alpha, or exactly the requested one when the continuous model is served; the
-        graph of the set of cascades that serves `mask` (W,) (any mask of a one-set model)."""
+    def checked_alpha(self, alpha: float | None) -> float:
+        """The alpha a request gets (the default for None); ValueError outside [0, 1]."""
         if alpha is None:
             alpha = self.default_alpha
         if not (0.0 <= alpha <= 1.0):  # also false for NaN
             raise ValueError(f"alpha {alpha} is outside [0, 1]")
+        return alpha
+
+    def select(self, alpha: float | None, mask: np.ndarray | None = None) -> Selection:
+        """Nearest baked alpha, or exactly the requested one when the continuous model is served; the
+        graph of the set of cascades that serves `mask` (W,) (any mask of a one-set model)."""
+        alpha = self.checked_alpha(alpha)
         index = self.cascade_set(mask)
         if self.baked:
             best, models = min(self.baked, key=lambda am: abs(am[0] - alpha))

@@ -277,12 +277,17 @@ class Session:
         self.assembler = SliceAssembler(self.enc, self.server.max_slice_bytes, reserve=self.server.budget.reserve)
         self._selection()  # a wrong alpha or model is answered now, not after the first slice's readouts
 
-    def _selection(self):
+    def _selection(self, mask: np.ndarray | None = None):
+        """The graph for a slice with this (W,) mask; with no mask (at the header) only the model and alpha
+        are checked, since a model with a set of cascades per acceleration picks its graph by the mask."""
         served = self.served
         if self.params.model and self.params.model not in known_names(served):
             raise SessionError(f"model {safe(self.params.model)} is not served; known: {shown(known_names(served))}")
         try:
-            return served.models.select(self.params.alpha)
+            if mask is None:
+                served.models.checked_alpha(self.params.alpha)
+                return None
+            return served.models.select(self.params.alpha, mask)
         except ValueError as exc:
             raise SessionError(f"unknown alpha: {exc}") from None
 
@@ -320,7 +325,7 @@ class Session:
 
     def _submit(self, s: Slice) -> None:
         try:
-            selection = self._selection()
+            selection = self._selection(s.mask)
             while not self._inflight.acquire(timeout=0.25):  # the writer frees a slot per image sent
                 if not self._writer.is_alive():
                     raise SessionError("image writer stopped")

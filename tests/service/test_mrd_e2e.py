@@ -15,7 +15,7 @@ from dnirecon import wire
 from service.client import ReconClient
 from service.mrd_client import acquisition_bytes, read_raw, stream, stream_file, write_outputs
 
-from .conftest import ROOT, free_port, launch, ort_reference, test_mask, write_volume_file
+from .conftest import ROOT, free_port, launch, ort_reference, test_mask, write_baked_set, write_volume_file
 
 INSIDE = slice(1, 23)  # the phase columns the test header's encoding limits allow
 
@@ -83,6 +83,28 @@ def test_mrd_images_equal_the_grpc_path_with_the_input_geometry(mrd_server, raw_
             np.testing.assert_array_equal(np.array(getattr(im.head, name)[:]), acq[name], err_msg=name)
         assert tuple(im.head.position) == pytest.approx(slice_geometry(im.head.slice, 3, 1.0).position)
     assert [im.head.image_index for im in result.images] == [1, 2, 3]
+
+
+def test_a_model_with_a_set_of_cascades_per_acceleration_serves_mrd_slices_by_their_mask(
+        onnx_models, raw_file, tmp_path):
+    """Two sets whose graphs differ: each MRD slice runs the set its received lines route it to, as the
+    gRPC path does on the same server."""
+    sets = {4.0: {0.0: onnx_models[0.0], 1.0: onnx_models[1.0]}, 8.0: {0.0: onnx_models[1.0], 1.0: onnx_models[0.0]}}
+    two = write_baked_set(tmp_path / "two-sets", {}, sets=sets)
+    (tmp_path / "log").mkdir()
+    s = start_mrd_server(two, tmp_path / "log")
+    try:
+        raw, k, mask = raw_file
+        result = stream_file(s.mrd_target, raw, params={"alpha": 0.0}, timeout=60)
+        assert result.errors == [] and len(result.images) == 3
+        with ReconClient(s.target) as client:
+            grpc_images = {r.slice_index: wire.image_from_result(r) for r in
+                           client.stream(((i, k[i], mask) for i in range(3)), (16, 16), alpha=0.0, timeout=60)}
+    finally:
+        s.stop()
+    top = max(float(np.abs(g).max()) for g in grpc_images.values())
+    for im in result.images:
+        np.testing.assert_allclose(im.image, grpc_images[im.head.slice], atol=1e-5 * top, rtol=0)
 
 
 def test_images_carry_model_version_alpha_residual_and_processing_history(mrd_server, raw_file, baked_dir):
