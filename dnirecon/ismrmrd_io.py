@@ -11,7 +11,6 @@ ISMRMRD -> fastMRI places the lines back into the zero-filled matrix. The fastMR
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -20,6 +19,7 @@ import numpy as np
 
 from dnirecon.errors import DataError
 from dnirecon.fastmri_io import FastMRIVolume, read_header_xml
+from dnirecon.files import replaced_on_success
 
 # acquisition flag bits (ISMRMRD's ACQ_* constants are bit numbers counted from 1)
 FLAG_BITS = {
@@ -173,16 +173,9 @@ def _write_raw(f: h5py.File, group: str, xml: bytes, records: np.ndarray, attrs:
 
 
 def _write_atomic(dst: Path, write) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
+    with replaced_on_success(dst) as tmp:
         with h5py.File(tmp, "w") as f:
             write(f)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 class RawVolume(NamedTuple):

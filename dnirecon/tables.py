@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from dnirecon.errors import DataError
+from dnirecon.files import replaced_on_success
 
 # (metric key, column title, digits)
 COLUMNS = [("nmse", "NMSE", 4), ("psnr", "PSNR", 2), ("ssim", "SSIM", 4)]
@@ -72,14 +73,8 @@ def _csv(rows: Sequence[Mapping]) -> str:
 
 def atomic_write_text(path: Path, text: str) -> Path:
     """Write to a temporary name beside `path`, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with replaced_on_success(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

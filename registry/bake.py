@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -18,6 +17,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from dnirecon.errors import ConfigError, DataError, ModelError
+from dnirecon.tables import atomic_write_text
 from registry.store import INTERPSN, MANIFEST_FORMAT, PARITY_TOLERANCE, alpha_key, manifest_tags
 from training.evaluate import HeldOutSlice, load_held_out, mean_metrics, score
 
@@ -256,9 +256,7 @@ def bake_models(sn_model, gan_model, alphas: Sequence[float], held_out: Sequence
 
 
 def _write_json_atomic(path: Path, data: Mapping) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def register_baked_set(directory: Path, manifest: Mapping, name: str = INTERPSN) -> tuple[str, str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -15,6 +14,7 @@ import grpc
 import numpy as np
 
 from dnirecon.errors import ConfigError, DataError
+from dnirecon.files import replaced_on_success, write_png
 from dnirecon.v1 import recon_pb2, recon_pb2_grpc
 from dnirecon import wire
 
@@ -319,13 +319,9 @@ def reconstruct_file(client: ReconClient, path: str | os.PathLike, *, accel: int
 def write_outputs(result: VolumeResult, source: Path, out_dir: Path) -> tuple[Path, list[Path]]:
     """HDF5 (written to a temporary file, then renamed: never half-written) and one PNG per slice."""
     import h5py
-    from PIL import Image
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{source.stem}.recon.h5"
-    fd, tmp = tempfile.mkstemp(prefix=f".{source.stem}.", suffix=".h5.tmp", dir=out_dir)
-    os.close(fd)
-    try:
+    with replaced_on_success(target) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("reconstruction", data=result.images)
             f.create_dataset("dc_residual", data=result.dc_residual)
@@ -334,17 +330,6 @@ def write_outputs(result: VolumeResult, source: Path, out_dir: Path) -> tuple[Pa
             if result.alpha is not None:
                 f.attrs["alpha"] = result.alpha
             f.attrs["failed_slices"] = np.array(sorted(result.errors), dtype=np.int64)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     png_dir = out_dir / source.stem
     png_dir.mkdir(exist_ok=True)
-    pngs = []
-    for i, img in enumerate(result.images):
-        top = float(np.percentile(img, 99.5)) or 1.0
-        pixels = (np.clip(img / top, 0, 1) * 255).astype(np.uint8)
-        p = png_dir / f"slice_{i:03d}.png"
-        Image.fromarray(pixels).save(p)
-        pngs.append(p)
-    return target, pngs
+    return target, [write_png(img, png_dir / f"slice_{i:03d}.png") for i, img in enumerate(result.images)]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from dnirecon.errors import DataError
+from dnirecon.files import replaced_on_success, write_png
 from dnirecon.ismrmrd_io import read_raw
 from service.mrd_protocol import (ACQ_HEADER_BYTES, Disconnected, MessageId, ProtocolError, Reader, close_message,
                                   config_file_message, read_image, text_message)
@@ -185,29 +185,15 @@ def stream_file(address: str, path: str | os.PathLike, *, group: str = "dataset"
 def write_outputs(result: MrdResult, source: Path, out_dir: Path) -> tuple[Path, list[Path]]:
     """ISMRMRD HDF5 (group `dataset`, one image_<series> per series; written whole, then renamed) and a PNG per image."""
     import ismrmrd
-    from PIL import Image as PILImage
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{source.stem}.mrd.h5"
-    fd, tmp = tempfile.mkstemp(prefix=f".{source.stem}.", suffix=".h5.tmp", dir=out_dir)
-    os.close(fd)
-    try:
-        with ismrmrd.Dataset(tmp, "dataset", mode="w") as dset:
+    with replaced_on_success(target) as tmp:
+        with ismrmrd.Dataset(str(tmp), "dataset", mode="w") as dset:
             for im in result.images:
                 img = ismrmrd.Image(im.head, im.attributes)
                 img.data.ravel()[:] = im.pixels.ravel()
                 dset.append_image(f"image_{im.head.image_series_index}", img)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     png_dir = out_dir / source.stem
     png_dir.mkdir(exist_ok=True)
-    pngs = []
-    for im in result.images:
-        img = im.pixels[0, 0].astype(np.float32)
-        top = float(np.percentile(img, 99.5)) or 1.0
-        p = png_dir / f"image_{im.head.image_series_index}_{im.head.image_index:03d}_slice_{im.head.slice:03d}.png"
-        PILImage.fromarray((np.clip(img / top, 0, 1) * 255).astype(np.uint8)).save(p)
-        pngs.append(p)
-    return target, pngs
+    return target, [write_png(im.pixels[0, 0], png_dir / f"image_{im.head.image_series_index}_{im.head.image_index:03d}"
+                                                          f"_slice_{im.head.slice:03d}.png") for im in result.images]

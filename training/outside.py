@@ -29,6 +29,7 @@ import h5py
 import numpy as np
 
 from dnirecon.errors import DataError
+from dnirecon.files import replaced_on_success
 
 ISMRMRD_GENERATOR = "ismrmrd_generate_cartesian_shepp_logan"
 BRAIN_FILE = "example4d.nii.gz"
@@ -207,9 +208,7 @@ def write_outside_volume(item: OutsideItem, vol: OutsideVolume, path: Path) -> P
 
     recon_size = vol.sense.shape[-2:]
     rss_t = np.stack([center_crop(rss(ifft2c(k)), recon_size) for k in vol.kspace]).astype(np.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with replaced_on_success(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("kspace", data=vol.kspace, chunks=(1,) + vol.kspace.shape[1:])
             f.create_dataset("reconstruction_rss", data=rss_t)
@@ -221,10 +220,6 @@ def write_outside_volume(item: OutsideItem, vol: OutsideVolume, path: Path) -> P
                          outside_noise_sd=vol.noise_sd, outside_seed=item.seed)
             for k, v in attrs.items():
                 f.attrs[k] = v
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -24,6 +24,7 @@ from scipy import ndimage
 from scipy.interpolate import RectBivariateSpline
 
 from dnirecon.errors import ConfigError
+from dnirecon.files import replaced_on_success
 from dnirecon.fastmri_io import ISMRMRD_NS, center_crop
 from dnirecon.fftc import fft2c, ifft2c
 
@@ -458,9 +459,7 @@ def synth_volume(cfg: SynthConfig, contrast: str, seed_seq: np.random.SeedSequen
 
 def write_volume(vol: SynthVolume, path: Path) -> Path:
     """Write a volume under a temporary name in the same directory, then rename: never a partial file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with replaced_on_success(path) as tmp:
         with h5py.File(tmp, "w") as f:
             chunks = (1,) + vol.kspace.shape[1:]
             f.create_dataset("kspace", data=vol.kspace, chunks=chunks)
@@ -470,11 +469,7 @@ def write_volume(vol: SynthVolume, path: Path) -> Path:
             f.create_dataset("ismrmrd_header", data=np.bytes_(vol.header.encode("utf-8")))
             for k, v in vol.attrs.items():
                 f.attrs[k] = v
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return Path(path)
 
 
 def synthesize(out_dir: str | os.PathLike, cfg: SynthConfig, progress: bool = False) -> list[Path]:
