@@ -244,7 +244,8 @@ def evaluate_dataset(methods: Mapping[str, Recon], data_dir: str | Path, accels:
     return table_rows(evaluate(methods, volumes, batch, progress), accels, list(methods))
 
 
-def _check_cs_args(args: argparse.Namespace) -> None:
+def _baselines_of(args: argparse.Namespace) -> dict[str, Recon]:
+    """The baseline methods with the command's --cg-*/--cs-* overrides (checked: a caller may pass any Namespace)."""
     from dnirecon.errors import ConfigError
 
     cs_lambda, cs_iters = getattr(args, "cs_lambda", None), getattr(args, "cs_iters", None)
@@ -252,6 +253,7 @@ def _check_cs_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--cs-iters must be a positive integer, got {cs_iters}")
     if cs_lambda is not None and not cs_lambda >= 0:
         raise ConfigError(f"--cs-lambda must be a non-negative number, got {cs_lambda}")
+    return baseline_methods(args.cg_lambda, args.cg_iters, cs_lambda, cs_iters)
 
 
 def eval_baselines_command(args: argparse.Namespace) -> int:
@@ -263,11 +265,9 @@ def eval_baselines_command(args: argparse.Namespace) -> int:
         raise ConfigError(f"--cg-iters must be a positive integer, got {args.cg_iters}")
     if args.cg_lambda is not None and not args.cg_lambda >= 0:
         raise ConfigError(f"--cg-lambda must be a non-negative number, got {args.cg_lambda}")
-    _check_cs_args(args)
     if args.limit_volumes is not None and args.limit_volumes < 1:
         raise ConfigError(f"--limit-volumes must be a positive integer, got {args.limit_volumes}")
-    rows = evaluate_dataset(baseline_methods(args.cg_lambda, args.cg_iters, getattr(args, 'cs_lambda', None), getattr(args, 'cs_iters', None)),
-                            args.data, args.accel,
+    rows = evaluate_dataset(_baselines_of(args), args.data, args.accel,
                             mask_kind=args.mask, limit_volumes=args.limit_volumes)
     print(table1(rows), end="")
     paths = write_table(rows, args.out, "baselines")
@@ -290,9 +290,7 @@ def eval_model_command(args: argparse.Namespace) -> int:
         ref = args.version or args.alias or tracking.CHAMPION
         loaded = tracking.load_registered_model(args.model, ref)
         label = f"{args.model} v{loaded.version}"
-    _check_cs_args(args)
-    methods: dict[str, Recon] = ({} if args.no_baselines else
-                                 baseline_methods(args.cg_lambda, args.cg_iters, getattr(args, 'cs_lambda', None), getattr(args, 'cs_iters', None)))
+    methods: dict[str, Recon] = {} if args.no_baselines else _baselines_of(args)
     methods[label] = torch_recon(loaded.model.eval())
     rows = evaluate_dataset(methods, args.data, args.accel, mask_kind=args.mask, limit_volumes=args.limit_volumes)
     print(table1(rows), end="")
