@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import time
 
 import h5py
@@ -193,3 +194,51 @@ def test_bad_noise_readouts_get_a_clear_err_and_the_server_goes_on(server, scan,
     assert any(re.match(expected, t) for t in result.errors), result.texts
     good = stream_file(server.mrd_target, with_noise, timeout=60)
     assert good.errors == [] and len(good.images) == 2
+
+
+NOISE_BYTES = COILS * NOISE_SAMPLES * 8  # 262,144: the scan's noise measurement as complex64
+
+
+@pytest.mark.parametrize("setting,expected", [
+    ("--max-slice-bytes", r"ERR acquisition \d+: noise readouts of more than 100000 bytes \(max_slice_bytes\)"),
+    ("--slice-memory-bytes", r"ERR acquisition \d+: noise readouts do not fit the memory for slices being assembled "
+                             r"\(\d+ bytes asked, \d+ of 100000 left\)"),
+], ids=["max_slice_bytes", "slice_memory_bytes"])
+def test_noise_readouts_beyond_the_memory_limits_end_the_session_and_give_their_memory_back(
+        baked_dir, tmp_path, scan, setting, expected):
+    from .test_mrd_limits import wait_metric
+
+    with_noise, *_ = scan
+    server = start_mrd_server(baked_dir, tmp_path, setting, "100000")  # a slice (49,152 bytes) fits, the noise does not
+    try:
+        result = stream_file(server.mrd_target, with_noise, timeout=60)
+        assert result.images == [] and result.closed
+        assert any(re.match(expected, t) for t in result.errors), result.texts
+        wait_metric(server, "dnirecon_slice_memory_reserved_bytes", 0)
+    finally:
+        server.stop()
+
+
+def test_noise_readouts_hold_their_bytes_of_the_memory_budget_until_the_first_image_line(server, scan):
+    import threading
+
+    from service.mrd_client import MrdResult, receive
+    from service.mrd_protocol import MessageId, close_message, config_file_message, text_message
+
+    from .test_mrd_limits import wait_metric
+
+    with_noise, *_ = scan
+    xml, records = read_raw(with_noise)
+    is_noise = (records["head"]["flags"] & np.uint64(flag("noise"))) != 0
+    host, port = server.mrd_target.rsplit(":", 1)
+    result = MrdResult()
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        reader = threading.Thread(target=receive, args=(sock, result))
+        reader.start()
+        sock.sendall(config_file_message("dnirecon") + text_message(xml.decode(), MessageId.HEADER)
+                     + b"".join(acquisition_bytes(r) for r in records[is_noise]))
+        wait_metric(server, "dnirecon_slice_memory_reserved_bytes", NOISE_BYTES)
+        sock.sendall(b"".join(acquisition_bytes(r) for r in records[~is_noise]) + close_message())
+        reader.join(60)
+    assert result.errors == [] and len(result.images) == 2
+    wait_metric(server, "dnirecon_slice_memory_reserved_bytes", 0)
