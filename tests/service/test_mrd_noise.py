@@ -242,3 +242,16 @@ def test_noise_readouts_hold_their_bytes_of_the_memory_budget_until_the_first_im
         reader.join(60)
     assert result.errors == [] and len(result.images) == 2
     wait_metric(server, "dnirecon_slice_memory_reserved_bytes", 0)
+
+
+def test_the_client_sends_noise_readouts_first_wherever_the_file_keeps_them(server, scan, tmp_path):
+    with_noise, *_ = scan
+    xml, records = read_raw(with_noise)
+    is_noise = (records["head"]["flags"] & np.uint64(flag("noise"))) != 0
+    moved = tmp_path / "noise_last.mrd.h5"
+    with h5py.File(moved, "w") as f:  # the noise measurement stored after the image lines
+        g = f.create_group("dataset")
+        g.create_dataset("xml", data=[xml], dtype=h5py.special_dtype(vlen=bytes))
+        g.create_dataset("data", data=np.concatenate([records[~is_noise], records[is_noise]]))
+    result = stream_file(server.mrd_target, moved, timeout=60)
+    assert result.errors == [] and [im.meta.get("DnireconPrewhitened") for im in result.images] == ["8", "8"]
