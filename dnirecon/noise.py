@@ -27,22 +27,40 @@ def min_noise_samples(channels: int) -> int:
     return max(MIN_NOISE_SAMPLES, MIN_SAMPLES_PER_CHANNEL * channels)
 
 
-def noise_covariance(noise: np.ndarray, where: str = "noise") -> np.ndarray:
-    """Psi (C, C) complex128 = noise noise^H / N of noise samples (C, N); receiver noise has zero mean.
+def _parts(noise) -> list[np.ndarray]:
+    return [np.asarray(noise)] if isinstance(noise, np.ndarray) else [np.asarray(p) for p in noise]
+
+
+def noise_channels(noise, where: str = "noise") -> int:
+    """The channel count C of noise samples (C, N), or of readouts [(C, n_i), ...]; DataError when they differ."""
+    parts = _parts(noise)
+    if not parts or any(p.ndim != 2 or p.shape[0] < 1 for p in parts):
+        raise DataError(f"{where} has shape {[p.shape for p in parts][:4]}, expected (channels, samples)")
+    channels = {p.shape[0] for p in parts}
+    if len(channels) > 1:
+        raise DataError(f"{where} have {sorted(channels)} channels, expected one count")
+    return parts[0].shape[0]
+
+
+def noise_covariance(noise, where: str = "noise") -> np.ndarray:
+    """Psi (C, C) complex128 = n n^H / N over noise samples n (C, N), given whole or as readouts
+    [(C, n_i), ...] (summed readout by readout: no copy of them all); receiver noise has zero mean.
 
     DataError naming `where` for a shape other than (C, N), non-finite samples or fewer than
     min_noise_samples(C) samples per channel."""
-    noise = np.asarray(noise)
-    if noise.ndim != 2 or noise.shape[0] < 1:
-        raise DataError(f"{where} has shape {noise.shape}, expected (channels, samples)")
-    c, n = noise.shape
+    parts = _parts(noise)
+    c = noise_channels(parts, where)
+    n = sum(p.shape[1] for p in parts)
     if n < min_noise_samples(c):
         raise DataError(f"{where} has {n} samples per channel, expected at least {min_noise_samples(c)} for "
                         f"{c} channels")
-    if not np.isfinite(noise).all():
-        raise DataError(f"{where} holds NaN or Inf")
-    x = noise.astype(np.complex128, copy=False)
-    return (x @ x.conj().T) / n
+    psi = np.zeros((c, c), np.complex128)
+    for p in parts:
+        if not np.isfinite(p).all():
+            raise DataError(f"{where} holds NaN or Inf")
+        x = p.astype(np.complex128, copy=False)
+        psi += x @ x.conj().T
+    return psi / n
 
 
 def whitening_matrix(psi: np.ndarray, where: str = "noise covariance", scale: float = 1.0) -> np.ndarray:
@@ -136,14 +154,15 @@ class Whitener(NamedTuple):
         return self.matrix.shape[0]
 
 
-def whitener(noise: np.ndarray, *, coils: int | None = None, where: str = "noise", scale: float = 1.0) -> Whitener:
-    """Whitener from noise samples (C, N); coils: the channels the data will have (DataError naming
-    `where` when C differs)."""
-    noise = np.asarray(noise)
-    if coils is not None and noise.ndim == 2 and noise.shape[0] != coils:
-        raise DataError(f"{where} has {noise.shape[0]} channels, expected {coils} (the k-space coils)")
-    psi = noise_covariance(noise, where)
-    return Whitener(whitening_matrix(psi, f"{where} covariance", scale), summarize(psi, noise.shape[1]))
+def whitener(noise, *, coils: int | None = None, where: str = "noise", scale: float = 1.0) -> Whitener:
+    """Whitener from noise samples (C, N) or readouts [(C, n_i), ...]; coils: the channels the data will
+    have (DataError naming `where` when C differs)."""
+    parts = _parts(noise)
+    c = noise_channels(parts, where)
+    if coils is not None and c != coils:
+        raise DataError(f"{where} has {c} channels, expected {coils} (the k-space coils)")
+    psi = noise_covariance(parts, where)
+    return Whitener(whitening_matrix(psi, f"{where} covariance", scale), summarize(psi, sum(p.shape[1] for p in parts)))
 
 
 def read_noise_dataset(h5, where: str, coils: int) -> np.ndarray | None:

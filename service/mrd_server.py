@@ -201,6 +201,8 @@ class Session:
         nm = self.noise
         if nm is None or (nm.readouts == 0 and nm.late == 0):
             return "not prewhitened (no noise readouts)"
+        if nm.readouts == 0:
+            return f"not prewhitened ({nm.late} noise readouts after the first image line, not used)"
         if nm.result is not None:
             return f"prewhitened with {nm.readouts} noise readouts: {nm.result.summary}"
         return f"not prewhitened ({nm.readouts} noise readouts, no imaging readout after them)"
@@ -350,6 +352,8 @@ class Session:
 
     def _submit(self, s: Slice) -> None:
         try:
+            if self.noise is not None and self.noise.result is not None:
+                prewhiten(s.kspace, self.noise.result.matrix, out=s.kspace)  # the slice's own matrix, in place
             selection = self._selection(s.mask)
             while not self._inflight.acquire(timeout=0.25):  # the writer frees a slot per image sent
                 if not self._writer.is_alive():
@@ -357,8 +361,6 @@ class Session:
         except BaseException:
             s.release()
             raise
-        if self.noise is not None and self.noise.result is not None:
-            prewhiten(s.kspace, self.noise.result.matrix, out=s.kspace)  # the slice's own matrix, in place
         job = Job(selection, s.kspace_ri(), s.mask, is_cancelled=self._cancelled.is_set)
         try:
             fut = self.server.batcher.submit(job, timeout=SUBMIT_TIMEOUT_S)

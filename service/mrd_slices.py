@@ -313,9 +313,8 @@ class NoiseMeasurement:
         if not self.parts:
             return None
         try:
-            noise = np.concatenate(self.parts, axis=1)
             scale = bandwidth_scale(self.dwell_us, float(head.sample_time_us), self.enc.noise_bandwidth)
-            self.result = whitener(noise, coils=head.active_channels, where="noise readouts", scale=scale)
+            self.result = whitener(self.parts, coils=head.active_channels, where="noise readouts", scale=scale)
         except DataError as exc:
             raise SessionError(str(exc)) from None
         finally:

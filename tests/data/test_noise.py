@@ -122,3 +122,17 @@ def test_prewhiten_refuses_a_matrix_for_other_coils():
     W = np.eye(3, dtype=np.complex64)
     with pytest.raises(DataError, match="kspace has 4 coils, the noise whitening matrix is for 3 channels"):
         prewhiten(np.zeros((4, 2, 2), np.complex64), W)
+
+
+def test_covariance_of_readouts_equals_that_of_their_samples_end_to_end():
+    rng = np.random.default_rng(8)
+    noise = correlated_mixing(4, 9) @ white(4, 700, rng)
+    parts = [noise[:, :256], noise[:, 256:512], noise[:, 512:]]
+    np.testing.assert_allclose(noise_covariance(parts), noise_covariance(noise), rtol=1e-12, atol=1e-15)
+    assert whitener(parts).summary.samples == 700
+
+
+def test_readouts_with_different_channel_counts_are_refused():
+    rng = np.random.default_rng(0)
+    with pytest.raises(DataError, match=r"noise readouts have \[3, 4\] channels, expected one count"):
+        whitener([white(4, 300, rng), white(3, 300, rng)], where="noise readouts")

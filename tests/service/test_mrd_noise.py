@@ -84,14 +84,30 @@ def server(baked_dir, tmp_path_factory):
         s.stop()
 
 
-def closing_lines(server, count: int) -> list[str]:
-    """The last `count` closing log lines of MRD sessions (written just after the server's CLOSE)."""
-    for _ in range(50):
-        lines = [line for line in server.log().splitlines() if re.search(r"mrd session mrd-\d+: closed;", line)]
-        if len(lines) >= count:
-            return lines[-count:]
-        time.sleep(0.1)
-    raise AssertionError(f"fewer than {count} closing lines in the log")
+CLOSING = re.compile(r"^.*mrd session (mrd-\d+): [^;\n]*; \d+ acquisitions.*$", re.M)
+
+
+def closing_lines(server) -> list[str]:
+    """The closing log lines so far, once every session the log mentions has written its own (a session
+    writes it just after its CLOSE, so it may lag the client's read)."""
+    for _ in range(100):
+        text = server.log()
+        closed = [m for m in CLOSING.finditer(text)]
+        if {m[1] for m in closed} == set(re.findall(r"mrd session (mrd-\d+):", text)):
+            return [m[0] for m in closed]
+        time.sleep(0.05)
+    raise AssertionError("a session without its closing log line")
+
+
+def closing_line_after(server, before: int) -> str:
+    """The closing log line of the one session that ended after `before` closing lines."""
+    for _ in range(100):
+        lines = closing_lines(server)
+        if len(lines) > before:
+            assert len(lines) == before + 1, lines[before:]
+            return lines[-1]
+        time.sleep(0.05)
+    raise AssertionError("no closing line for the session in the log")
 
 
 def combined(k: np.ndarray) -> np.ndarray:
@@ -103,11 +119,12 @@ def combined(k: np.ndarray) -> np.ndarray:
 
 def test_a_session_with_noise_readouts_is_prewhitened_and_logs_it(server, scan):
     with_noise, _without, _clean, _noisy, noise = scan
+    before = len(closing_lines(server))
     result = stream_file(server.mrd_target, with_noise, timeout=60)
     assert result.errors == [] and result.closed and len(result.images) == 2
     assert all(im.meta["DnireconPrewhitened"] == "8" for im in result.images)
     summary = whitener(noise).summary
-    line = closing_lines(server, 1)[0]
+    line = closing_line_after(server, before)
     readouts = -(-NOISE_SAMPLES // H)
     assert f"prewhitened with {readouts} noise readouts: 8 channels, noise sd " in line
     sd_range = re.search(r"noise sd ([\d.e+-]+)\.\.([\d.e+-]+), largest correlation ([\d.]+)", line)
@@ -145,10 +162,11 @@ def test_prewhitening_lowers_the_error_against_the_noise_free_image(server, scan
 
 def test_a_session_without_noise_readouts_says_it_was_not_prewhitened(server, scan):
     _with_noise, without, _clean, noisy, _noise = scan
+    before = len(closing_lines(server))
     result = stream_file(server.mrd_target, without, timeout=60)
     assert result.errors == [] and len(result.images) == 2
     assert "DnireconPrewhitened" not in result.images[0].meta
-    assert "not prewhitened (no noise readouts)" in closing_lines(server, 1)[0]
+    assert "not prewhitened (no noise readouts)" in closing_line_after(server, before)
     np.testing.assert_allclose(result.images[0].image, combined(noisy[0]), rtol=0,
                                atol=1e-4 * float(combined(noisy[0]).max()))
 
@@ -255,3 +273,13 @@ def test_the_client_sends_noise_readouts_first_wherever_the_file_keeps_them(serv
         g.create_dataset("data", data=np.concatenate([records[~is_noise], records[is_noise]]))
     result = stream_file(server.mrd_target, moved, timeout=60)
     assert result.errors == [] and [im.meta.get("DnireconPrewhitened") for im in result.images] == ["8", "8"]
+
+
+def test_noise_readouts_after_the_first_image_line_are_not_used_and_the_log_says_so(server, scan):
+    _with_noise, without, _clean, noisy, _noise = scan
+    xml, _records = read_raw(without)
+    before = len(closing_lines(server))
+    result = stream(server.mrd_target, xml, image_messages(without) + [noise_message(8, 256)] * 2, timeout=60)
+    assert result.errors == [] and len(result.images) == 2
+    assert "DnireconPrewhitened" not in result.images[0].meta
+    assert "not prewhitened (2 noise readouts after the first image line, not used)" in closing_line_after(server, before)
