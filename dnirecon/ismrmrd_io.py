@@ -285,7 +285,8 @@ def _noise_samples(path: Path, records: np.ndarray, coils: int) -> np.ndarray | 
     for r in rows:
         ch, samples = int(head["active_channels"][r]), int(head["number_of_samples"][r])
         if ch != coils:
-            raise DataError(f"{path.name} noise readout {r}: {ch} channels, expected {coils} (the image readouts' coils)")
+            raise DataError(f"{path.name} noise readout {r}: {ch} channels, expected {coils} "
+                            "(the image readouts' coils)")
         parts.append(np.asarray(records["data"][r], np.float32).view(np.complex64).reshape(ch, samples))
     return np.concatenate(parts, axis=1)
 

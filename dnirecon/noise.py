@@ -17,14 +17,14 @@ import numpy as np
 
 from dnirecon.errors import DataError
 
-MIN_SAMPLES_PER_CHANNEL = 16  # fewer noise samples than 16 per channel give a covariance off by > 25 %
+SAMPLES_PER_COVARIANCE_CHANNEL = 16  # N >= 16 C keeps the whitened noise's error, about sqrt(C / N), under 25 %
 MIN_NOISE_SAMPLES = 64
 MIN_PIVOT = 1e-6  # a Cholesky pivot below this fraction of the largest marks a (numerically) singular Psi
 
 
 def min_noise_samples(channels: int) -> int:
-    """The fewest noise samples per channel that give a usable covariance of `channels` channels."""
-    return max(MIN_NOISE_SAMPLES, MIN_SAMPLES_PER_CHANNEL * channels)
+    """The fewest noise samples per channel, N, that give a usable covariance of `channels` channels."""
+    return max(MIN_NOISE_SAMPLES, SAMPLES_PER_COVARIANCE_CHANNEL * channels)
 
 
 def _parts(noise) -> list[np.ndarray]:
@@ -78,7 +78,8 @@ def whitening_matrix(psi: np.ndarray, where: str = "noise covariance", scale: fl
     try:
         L = np.linalg.cholesky(psi)
     except np.linalg.LinAlgError:
-        raise DataError(f"{where} is singular (not positive definite): a channel is silent or a copy of others") from None
+        raise DataError(f"{where} is singular (not positive definite): a channel is silent or a copy of "
+                        "others") from None
     pivots = np.abs(np.diag(L))
     if pivots.min() <= MIN_PIVOT * pivots.max():
         worst = int(np.argmin(pivots))

@@ -25,7 +25,8 @@ from service.logsafe import escape
 from service.mrd_protocol import DATATYPE_FLOAT, DATATYPE_USHORT, IMTYPE_MAGNITUDE
 
 NS = "{http://www.ismrm.org/ISMRMRD}"
-LAST_IN_SLICE, NOISE_MEASUREMENT, REVERSE = 8, 19, 22  # ISMRMRD acquisition flag bits, counted from 1 as in its ACQ_* constants
+# ISMRMRD acquisition flag bits, counted from 1 as in its ACQ_* constants
+LAST_IN_SLICE, NOISE_MEASUREMENT, REVERSE = 8, 19, 22
 USHORT_MAX_VALUE = 4095  # 12-bit range, as scanners store magnitude images
 RESEARCH_COMMENT = "dnirecon: research use only, not for diagnosis"
 

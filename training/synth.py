@@ -463,7 +463,8 @@ def synth_volume(cfg: SynthConfig, contrast: str, seed_seq: np.random.SeedSequen
 NOISE_MEASUREMENT_SAMPLES = 4096  # per channel: the covariance to within about 2 % (1 / sqrt(N))
 
 
-def noise_measurement(vol: SynthVolume, rng: np.random.Generator, samples: int = NOISE_MEASUREMENT_SAMPLES) -> np.ndarray:
+def noise_measurement(vol: SynthVolume, rng: np.random.Generator,
+                      samples: int = NOISE_MEASUREMENT_SAMPLES) -> np.ndarray:
     """A noise-only draw (C, samples) complex64 of the volume's coil noise process (its `noise_mixing`
     correlated noise at its noise_sd): what a scanner's noise scan before the image lines records."""
     coils = vol.noise_mixing.shape[0]

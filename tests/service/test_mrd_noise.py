@@ -153,7 +153,8 @@ def test_prewhitening_lowers_the_error_against_the_noise_free_image(server, scan
     with_noise, without, clean, _noisy, noise = scan
     Wm = whitener(noise).matrix
     errors = {}
-    for name, path, target in (("with", with_noise, combined(prewhiten(clean, Wm))), ("without", without, combined(clean))):
+    cases = (("with", with_noise, combined(prewhiten(clean, Wm))), ("without", without, combined(clean)))
+    for name, path, target in cases:
         images = stream_file(server.mrd_target, path, timeout=60).images
         got = np.stack([im.image for im in images])
         errors[name] = float(np.linalg.norm(got - target) / np.linalg.norm(target))
@@ -192,7 +193,8 @@ silent[:7] = np.random.default_rng(3).standard_normal((7, 256))
 BAD_NOISE = [
     ("noise of 4 channels for 8-coil data", [noise_message(4, 256)] * 2,
      r"ERR noise readouts has 4 channels, expected 8 \(the k-space coils\)"),
-    ("a noise readout with no channels", [noise_message(0, 256)], r"ERR acquisition 0: noise readout of 0 channels x 256 samples"),
+    ("a noise readout with no channels", [noise_message(0, 256)],
+     r"ERR acquisition 0: noise readout of 0 channels x 256 samples"),
     ("noise readouts whose channels change", [noise_message(8, 256), noise_message(6, 256)],
      r"ERR acquisition 1: noise readout of 6 channels, expected 8 \(the first noise readout's\)"),
     ("too few noise samples", [noise_message(8, 16)],
@@ -282,4 +284,25 @@ def test_noise_readouts_after_the_first_image_line_are_not_used_and_the_log_says
     result = stream(server.mrd_target, xml, image_messages(without) + [noise_message(8, 256)] * 2, timeout=60)
     assert result.errors == [] and len(result.images) == 2
     assert "DnireconPrewhitened" not in result.images[0].meta
-    assert "not prewhitened (2 noise readouts after the first image line, not used)" in closing_line_after(server, before)
+    line = closing_line_after(server, before)
+    assert "not prewhitened (2 noise readouts after the first image line, not used)" in line
+
+
+def test_noise_at_another_dwell_time_is_scaled_by_the_dwell_ratio_and_the_relative_noise_bandwidth():
+    from service.mrd_slices import NoiseMeasurement, SessionError, parse_encoding
+
+    xml = HEADER_XML.replace("<encoding>", "<acquisitionSystemInformation><relativeReceiverNoiseBandwidth>0.79"
+                                           "</relativeReceiverNoiseBandwidth></acquisitionSystemInformation><encoding>")
+    enc = parse_encoding(xml)
+    assert enc.noise_bandwidth == pytest.approx(0.79)
+    noise = (mixing(4) @ np.random.default_rng(2).standard_normal((4, 1024))).astype(np.complex64)
+    nm = NoiseMeasurement(enc, 1 << 20)
+    head = AcquisitionHeader()
+    head.flags, head.number_of_samples, head.active_channels, head.sample_time_us = flag("noise"), 1024, 4, 2.0
+    nm.check_header(0, head)
+    nm.add(0, head, noise)
+    head.flags, head.sample_time_us = 0, 8.0  # the first image line, sampled 4x slower
+    W = nm.whitener_for(head).matrix
+    np.testing.assert_allclose(W, np.sqrt(4 * 0.79) * whitener(noise).matrix, rtol=1e-5)
+    with pytest.raises(SessionError, match="relativeReceiverNoiseBandwidth is '-1', expected a number > 0"):
+        parse_encoding(xml.replace(">0.79<", ">-1<"))
