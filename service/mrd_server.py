@@ -2,6 +2,7 @@
 
 A session: CONFIG_FILE or CONFIG_TEXT (the config name `dnirecon` or a served model name or alias,
 and JSON parameters), HEADER (ISMRMRD XML), TEXT (JSON parameters, optional), ACQUISITIONs, CLOSE.
+Noise readouts before the first image line prewhiten every slice of the session (dnirecon.noise).
 Each slice goes to the engine through the same Batcher as gRPC slices; one MRD image per slice comes
 back, then CLOSE. A broken session gets an ERR text and CLOSE and touches no other session. Logs hold
 session ids, counts and escaped client strings (service.logsafe), never the header's content.

@@ -1,5 +1,5 @@
-"""MRD slices: the encoding a session's header declares, slice assembly from acquisitions, and the
-MRD image built from a reconstruction.
+"""MRD slices: the encoding a session's header declares, slice assembly from acquisitions, the noise
+measurement that prewhitens them, and the MRD image built from a reconstruction.
 
 Knows numpy and the ISMRMRD structures; nothing of sockets, gRPC or onnxruntime.
 """
