@@ -6,6 +6,8 @@ fastMRI -> ISMRMRD writes one readout per acquired phase column, its kspace_enco
 from the header's encoding limits (column = encodedSpace y // 2 - center + step, fastMRI's padding);
 ISMRMRD -> fastMRI places the lines back into the zero-filled matrix. The fastMRI file's own
 `ismrmrd_header` travels as the group's `xml`, so a round trip gives the same k-space bit for bit.
+A file's optional `noise` dataset (complex64 (coils, samples), a dnirecon extension) travels as noise
+readouts (ACQ_IS_NOISE_MEASUREMENT) ahead of the image lines, and comes back bit for bit.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 from dnirecon.errors import DataError
 from dnirecon.fastmri_io import FastMRIVolume, read_header_xml
 from dnirecon.files import replaced_on_success
+from dnirecon.noise import read_noise_dataset
 
 # acquisition flag bits (ISMRMRD's ACQ_* constants are bit numbers counted from 1)
 FLAG_BITS = {
@@ -79,7 +82,8 @@ def fastmri_to_ismrmrd(src: str | os.PathLike, dst: str | os.PathLike, *, mask: 
     mask (W,): phase columns to send; default: the file's own `mask` dataset (undersampled files), else
     every column inside the header's encoding limits. calibration (W,) marks columns flagged
     PARALLEL_CALIBRATION_AND_IMAGING. Columns outside the encoding limits must hold zeros (DataError
-    otherwise: they cannot be encoded). Written to a temporary file and renamed: never half-written.
+    otherwise: they cannot be encoded). The file's `noise` dataset, when present, goes first as noise
+    readouts of one readout's length each. Written to a temporary file and renamed: never half-written.
     """
     src, dst = Path(src), Path(dst)
     with FastMRIVolume(src) as vol, h5py.File(src, "r") as h5:
@@ -100,7 +104,9 @@ def fastmri_to_ismrmrd(src: str | os.PathLike, dst: str | os.PathLike, *, mask: 
                             f"[{hdr.padding_left}, {hdr.padding_right})")
         calib = None if calibration is None else np.asarray(calibration).reshape(-1) > 0
         thickness = _slice_thickness(xml)
-        parts = []
+        noise = read_noise_dataset(h5, src.name, int(h5["kspace"].shape[1]))
+        parts = [] if noise is None else [noise_records(noise, height)]
+        first = sum(len(p) for p in parts)
         for s in range(n):
             k = vol.kspace(s)
             if np.any(k[..., ~inside]):
@@ -108,7 +114,7 @@ def fastmri_to_ismrmrd(src: str | os.PathLike, dst: str | os.PathLike, *, mask: 
                                 f"[{hdr.padding_left}, {hdr.padding_right}) of the ismrmrd_header's encodingLimits; "
                                 "they cannot be sent as readouts")
             parts.append(slice_records(k, cols, hdr.padding_left, s, slice_geometry(s, n, thickness),
-                                       counter=s * cols.size, calibration=calib))
+                                       counter=first + s * cols.size, calibration=calib))
         records = np.concatenate(parts)
         attrs = vol.attrs
     _write_atomic(dst, lambda f: _write_raw(f, group, xml, records, attrs))
@@ -140,6 +146,26 @@ def slice_records(kspace: np.ndarray, cols: np.ndarray, padding_left: int, index
     head["flags"] = flags
     for j, c in enumerate(cols):
         records["data"][j] = np.ascontiguousarray(kspace[:, :, c]).view(np.float32).reshape(-1)
+        records["traj"][j] = np.zeros(0, np.float32)
+    return records
+
+
+def noise_records(noise: np.ndarray, samples: int) -> np.ndarray:
+    """Noise samples (coils, N) complex64 as noise-measurement readouts of `samples` samples each (the
+    last one shorter when N is not a multiple), in order: their data laid end to end is `noise`."""
+    coils, total = noise.shape
+    starts = list(range(0, total, max(1, samples)))
+    records = np.zeros(len(starts), acquisition_dtype())
+    head = records["head"]
+    head["version"], head["measurement_uid"] = 1, 1
+    head["scan_counter"] = 1 + np.arange(len(starts))
+    head["available_channels"], head["active_channels"] = coils, coils
+    head["channel_mask"][:, 0] = np.uint64((1 << coils) - 1) if coils < 64 else np.iinfo(np.uint64).max
+    head["flags"] = np.uint64(flag("noise"))
+    for j, a in enumerate(starts):
+        part = np.ascontiguousarray(noise[:, a:a + samples], np.complex64)
+        head["number_of_samples"][j] = part.shape[1]
+        records["data"][j] = part.view(np.float32).reshape(-1)
         records["traj"][j] = np.zeros(0, np.float32)
     return records
 
@@ -183,6 +209,7 @@ class RawVolume(NamedTuple):
 
     kspace (slices, coils, readout, phase) complex64, zero-filled; mask (phase,) float32, the columns
     received in every slice; xml the ISMRMRD header; slices the `idx.slice` values in kspace order.
+    noise (coils, N) complex64: the noise readouts' samples end to end, None without noise readouts.
     """
 
     kspace: np.ndarray
@@ -190,6 +217,7 @@ class RawVolume(NamedTuple):
     xml: bytes
     slices: list[int]
     attrs: dict
+    noise: np.ndarray | None = None
 
 
 def read_raw(path: str | os.PathLike, group: str = DEFAULT_GROUP) -> tuple[bytes, np.ndarray]:
@@ -210,7 +238,8 @@ def read_raw(path: str | os.PathLike, group: str = DEFAULT_GROUP) -> tuple[bytes
 
 def read_ismrmrd(path: str | os.PathLike, group: str = DEFAULT_GROUP) -> RawVolume:
     """Reads an ISMRMRD raw HDF5 file (Cartesian, one encoding, 2-D slices) into the fastMRI layout.
-    Readouts that are not image lines (NOT_IMAGING_BITS) are left out; reversed readouts are flipped."""
+    Readouts that are not image lines (NOT_IMAGING_BITS) are left out of kspace, noise readouts kept as
+    `noise`; reversed readouts are flipped."""
     path = Path(path)
     xml, records = read_raw(path, group)
     with h5py.File(path, "r") as f:
@@ -243,7 +272,23 @@ def read_ismrmrd(path: str | os.PathLike, group: str = DEFAULT_GROUP) -> RawVolu
         line = np.asarray(records["data"][r], np.float32).view(np.complex64).reshape(coils, height)
         kspace[s, :, :, col] = line[:, ::-1] if int(h["flags"]) & flag("reverse") else line
         seen[s, col] = True
-    return RawVolume(kspace, seen.all(0).astype(np.float32), xml, slices, attrs)
+    return RawVolume(kspace, seen.all(0).astype(np.float32), xml, slices, attrs, _noise_samples(path, records, coils))
+
+
+def _noise_samples(path: Path, records: np.ndarray, coils: int) -> np.ndarray | None:
+    """The noise readouts' samples (coils, N) in file order; DataError naming the readout whose channels differ."""
+    head = records["head"]
+    rows = np.flatnonzero((head["flags"] & np.uint64(flag("noise"))) != 0)
+    if rows.size == 0:
+        return None
+    parts = []
+    for r in rows:
+        ch, samples = int(head["active_channels"][r]), int(head["number_of_samples"][r])
+        if ch != coils:
+            raise DataError(f"{path.name} noise readout {r}: {ch} channels, expected {coils} "
+                            "(the image readouts' coils)")
+        parts.append(np.asarray(records["data"][r], np.float32).view(np.complex64).reshape(ch, samples))
+    return np.concatenate(parts, axis=1)
 
 
 def ismrmrd_to_fastmri(src: str | os.PathLike, dst: str | os.PathLike, group: str = DEFAULT_GROUP) -> Path:
@@ -260,6 +305,8 @@ def ismrmrd_to_fastmri(src: str | os.PathLike, dst: str | os.PathLike, group: st
         f.create_dataset("kspace", data=raw.kspace)
         f.create_dataset("ismrmrd_header", data=np.bytes_(raw.xml))
         f.create_dataset("mask", data=raw.mask)
+        if raw.noise is not None:
+            f.create_dataset("noise", data=raw.noise)
         if raw.mask[hdr.padding_left:hdr.padding_right].all():
             target = np.stack([center_crop(rss(ifft2c(k)), hdr.recon_size) for k in raw.kspace]).astype(np.float32)
             f.create_dataset("reconstruction_rss", data=target)

@@ -18,7 +18,7 @@ import numpy as np
 
 from dnirecon.errors import DataError
 from dnirecon.files import replaced_on_success, write_png
-from dnirecon.ismrmrd_io import read_raw
+from dnirecon.ismrmrd_io import flag, read_raw
 from service.mrd_protocol import (ACQ_HEADER_BYTES, Disconnected, MessageId, ProtocolError, Reader, close_message,
                                   config_file_message, read_image, text_message)
 
@@ -179,6 +179,8 @@ class Connection:
 def stream_file(address: str, path: str | os.PathLike, *, group: str = "dataset", config: str = "dnirecon",
                 params: dict | None = None, timeout: float = 300.0) -> MrdResult:
     xml, records = read_raw(path, group)
+    noise = (records["head"]["flags"] & np.uint64(flag("noise"))) != 0
+    records = np.concatenate([records[noise], records[~noise]])  # a scanner sends its noise measurement first
     return stream(address, xml, (acquisition_bytes(rec) for rec in records), config=config, params=params, timeout=timeout)
 
 

@@ -2,6 +2,7 @@
 
 A session: CONFIG_FILE or CONFIG_TEXT (the config name `dnirecon` or a served model name or alias,
 and JSON parameters), HEADER (ISMRMRD XML), TEXT (JSON parameters, optional), ACQUISITIONs, CLOSE.
+Noise readouts before the first image line prewhiten every slice of the session (dnirecon.noise).
 Each slice goes to the engine through the same Batcher as gRPC slices; one MRD image per slice comes
 back, then CLOSE. A broken session gets an ERR text and CLOSE and touches no other session. Logs hold
 session ids, counts and escaped client strings (service.logsafe), never the header's content.
@@ -35,8 +36,9 @@ from service.limits import ByteBudget, Slots
 from service.logsafe import escape
 from service.mrd_protocol import (Disconnected, MessageId, ProtocolError, Reader, close_message, image_message,
                                   text_message)
-from service.mrd_slices import (Encoding, Provenance, Refused, SessionError, Slice, SliceAssembler, build_image, parse_encoding,
-                                 safe)
+from dnirecon.noise import prewhiten
+from service.mrd_slices import (NOISE_MEASUREMENT, Encoding, NoiseMeasurement, Provenance, Refused, SessionError, Slice,
+                                SliceAssembler, build_image, has_flag, parse_encoding, safe)
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +125,7 @@ class Session:
         self.served = None
         self.enc: Encoding | None = None
         self.assembler: SliceAssembler | None = None
+        self.noise: NoiseMeasurement | None = None
         self.acquisitions = 0
         self.images = 0
         self.errors = 0
@@ -184,13 +187,26 @@ class Session:
         finally:
             if self.assembler is not None:
                 self.assembler.abandon()  # a slice left open gives its memory back
+            if self.noise is not None:
+                self.noise.release()
             self._out.put(None)
             self._writer.join()
             if not self._cancelled.is_set():
                 self._try_close()
             _close_gently(self.conn)
-            log.info("mrd session %s: %s; %d acquisitions, %d images, %d errors",
-                     self.id, outcome, self.acquisitions, self.images, self.errors)
+            log.info("mrd session %s: %s; %d acquisitions, %d images, %d errors; %s",
+                     self.id, outcome, self.acquisitions, self.images, self.errors, self._noise_outcome())
+
+    def _noise_outcome(self) -> str:
+        """The closing log line's account of prewhitening (numbers only, nothing a client wrote)."""
+        nm = self.noise
+        if nm is None or (nm.readouts == 0 and nm.late == 0):
+            return "not prewhitened (no noise readouts)"
+        if nm.readouts == 0:
+            return f"not prewhitened ({nm.late} noise readouts after the first image line, not used)"
+        if nm.result is not None:
+            return f"prewhitened with {nm.readouts} noise readouts: {nm.result.summary}"
+        return f"not prewhitened ({nm.readouts} noise readouts, no imaging readout after them)"
 
     def _idle_reason(self) -> str:
         idle = self.server.slice_idle_seconds
@@ -275,6 +291,7 @@ class Session:
             raise SessionError("a second HEADER, expected one per session")
         self.enc = parse_encoding(xml)
         self.assembler = SliceAssembler(self.enc, self.server.max_slice_bytes, reserve=self.server.budget.reserve)
+        self.noise = NoiseMeasurement(self.enc, self.server.max_slice_bytes, reserve=self.server.budget.reserve)
         self._selection()  # a wrong alpha or model is answered now, not after the first slice's readouts
 
     def _selection(self, mask: np.ndarray | None = None):
@@ -299,11 +316,22 @@ class Session:
         imaging = self.assembler.check_header(n, head)
         if not imaging and head.number_of_samples * max(head.active_channels, 1) * 8 > self.server.max_slice_bytes:
             raise SessionError(f"acquisition {n}: {head.active_channels}x{head.number_of_samples} samples, too large")
+        # noise readouts count until the first imaging readout fixes the whitening of the session
+        noise = not imaging and has_flag(head, NOISE_MEASUREMENT) and self.assembler.readouts == 0 \
+            and self.assembler.skipped == 0
+        if noise:
+            self.noise.check_header(n, head)
         _traj, data = self.reader.acquisition_payload(head)
         self.acquisitions += 1
+        if noise:
+            self.noise.add(n, head, data)
+            return
         if not imaging:
+            self.noise.late += has_flag(head, NOISE_MEASUREMENT)
             self.assembler.ignored += 1
             return
+        if self.assembler.readouts == 0 and self.assembler.skipped == 0 and self.noise.result is None:
+            self.noise.whitener_for(head)
         for s in self.assembler.add(n, head, data, time.perf_counter()):
             if isinstance(s, Refused):
                 self._refused(s)
@@ -325,6 +353,8 @@ class Session:
 
     def _submit(self, s: Slice) -> None:
         try:
+            if self.noise is not None and self.noise.result is not None:
+                prewhiten(s.kspace, self.noise.result.matrix, out=s.kspace)  # the slice's own matrix, in place
             selection = self._selection(s.mask)
             while not self._inflight.acquire(timeout=0.25):  # the writer frees a slot per image sent
                 if not self._writer.is_alive():
@@ -375,8 +405,10 @@ class Session:
         image = np.asarray(center_crop(r.image, self.enc.recon), np.float32)
         self.images += 1
         server_ms = 1e3 * (time.perf_counter() - s.t_last)  # last readout -> image built (sent right after)
-        prov = Provenance(b.name, str(b.version), item.alpha, float(r.dc_residual),
-                          {"DnireconServerMs": f"{server_ms:.3f}", "DnireconComputeMs": f"{1e3 * r.compute_s:.3f}"})
+        extra = {"DnireconServerMs": f"{server_ms:.3f}", "DnireconComputeMs": f"{1e3 * r.compute_s:.3f}"}
+        if self.noise is not None and self.noise.result is not None:
+            extra["DnireconPrewhitened"] = self.noise.result.channels  # the image is in units of the noise sd
+        prov = Provenance(b.name, str(b.version), item.alpha, float(r.dc_residual), extra)
         head, attributes, pixels = build_image(s, image, self.enc, prov, self.images, series=self.params.series,
                                                datatype=self.params.datatype)
         self.send(image_message(head, attributes, pixels))

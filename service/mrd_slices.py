@@ -1,5 +1,5 @@
-"""MRD slices: the encoding a session's header declares, slice assembly from acquisitions, and the
-MRD image built from a reconstruction.
+"""MRD slices: the encoding a session's header declares, slice assembly from acquisitions, the noise
+measurement that prewhitens them, and the MRD image built from a reconstruction.
 
 Knows numpy and the ISMRMRD structures; nothing of sockets, gRPC or onnxruntime.
 """
@@ -19,12 +19,14 @@ from ismrmrd.meta import Meta
 from dnirecon.errors import DataError
 from dnirecon.fastmri_io import read_header_xml
 from dnirecon.ismrmrd_io import NOT_IMAGING_BITS
+from dnirecon.noise import Whitener, bandwidth_scale, whitener
 from service.limits import BudgetExceeded, Reservation
 from service.logsafe import escape
 from service.mrd_protocol import DATATYPE_FLOAT, DATATYPE_USHORT, IMTYPE_MAGNITUDE
 
 NS = "{http://www.ismrm.org/ISMRMRD}"
-LAST_IN_SLICE, REVERSE = 8, 22  # ISMRMRD acquisition flag bits, counted from 1 as in its ACQ_* constants
+# ISMRMRD acquisition flag bits, counted from 1 as in its ACQ_* constants
+LAST_IN_SLICE, NOISE_MEASUREMENT, REVERSE = 8, 19, 22
 USHORT_MAX_VALUE = 4095  # 12-bit range, as scanners store magnitude images
 RESEARCH_COMMENT = "dnirecon: research use only, not for diagnosis"
 
@@ -42,7 +44,8 @@ class Encoding(NamedTuple):
 
     readout, phase: encodedSpace matrix (samples per readout, phase columns); recon: reconSpace (x, y);
     fov_mm: reconSpace field of view (x, y, z); padding_left: the column of kspace_encode_step_1 = 0;
-    max_step: encodingLimits kspace_encoding_step_1 maximum; coils: receiverChannels (None: not given).
+    max_step: encodingLimits kspace_encoding_step_1 maximum; coils: receiverChannels (None: not given);
+    noise_bandwidth: relativeReceiverNoiseBandwidth (1: not given), for noise sampled at another dwell time.
     """
 
     readout: int
@@ -52,6 +55,7 @@ class Encoding(NamedTuple):
     padding_left: int
     max_step: int
     coils: int | None
+    noise_bandwidth: float = 1.0
 
 
 def parse_encoding(xml: str) -> Encoding:
@@ -78,12 +82,20 @@ def parse_encoding(xml: str) -> Encoding:
         coils = int(coils_text) if coils_text else None
     except ValueError:
         raise SessionError(f"HEADER acquisitionSystemInformation/receiverChannels is {_safe(coils_text)}, expected an integer") from None
+    bw_text = root.findtext(f"{NS}acquisitionSystemInformation/{NS}relativeReceiverNoiseBandwidth")
+    try:
+        noise_bandwidth = float(bw_text) if bw_text else 1.0
+    except ValueError:
+        noise_bandwidth = math.nan
+    if not (math.isfinite(noise_bandwidth) and noise_bandwidth > 0):
+        raise SessionError(f"HEADER acquisitionSystemInformation/relativeReceiverNoiseBandwidth is {_safe(bw_text)}, "
+                           "expected a number > 0")
     readout, phase = hdr.enc_size
     if not (0 < hdr.recon_size[0] <= readout and 0 < hdr.recon_size[1] <= phase):
         raise SessionError(f"HEADER reconSpace matrixSize {hdr.recon_size[0]}x{hdr.recon_size[1]}, expected within the "
                            f"encodedSpace matrix {readout}x{phase}")
     return Encoding(readout, phase, hdr.recon_size, (fov[0], fov[1], fov[2]), hdr.padding_left,
-                    hdr.padding_right - hdr.padding_left - 1, coils)
+                    hdr.padding_right - hdr.padding_left - 1, coils, noise_bandwidth)
 
 
 def _safe(text: object, limit: int = 64) -> str:
@@ -244,6 +256,77 @@ class SliceAssembler:
         if self.current is not None:
             self.current.release()
         self.current, self.skipping = None, None
+
+
+@dataclass
+class NoiseMeasurement:
+    """A session's noise readouts (ACQ_IS_NOISE_MEASUREMENT) before its first imaging readout, turned into the
+    prewhitening of every slice when that readout arrives.
+
+    Each readout's samples are reserved from the memory budget (reserve, as slices are) until the whitener
+    is made or the session ends; max_bytes bounds them all (the server's max_slice_bytes)."""
+
+    enc: Encoding
+    max_bytes: int
+    reserve: Callable[[int], Reservation] | None = None
+    parts: list = field(default_factory=list)
+    reservations: list = field(default_factory=list)
+    nbytes: int = 0
+    readouts: int = 0
+    dwell_us: float = 0.0
+    result: Whitener | None = None
+    late: int = 0  # noise readouts after the first imaging readout: not used
+
+    def check_header(self, n: int, head: AcquisitionHeader) -> None:
+        """Checks noise readout n before its data is read: channels as the header (or the first noise
+        readout) says, some samples, and room in max_bytes and the memory budget."""
+        coils = self.enc.coils or (self.parts[0].shape[0] if self.parts else None)
+        c, samples = head.active_channels, head.number_of_samples
+        if c == 0 or samples == 0:
+            raise SessionError(f"acquisition {n}: noise readout of {c} channels x {samples} samples, expected "
+                               "the receiver's channels and at least one sample")
+        if coils is not None and c != coils:
+            raise SessionError(f"acquisition {n}: noise readout of {c} channels, expected {coils} "
+                               + ("(HEADER receiverChannels)" if self.enc.coils else "(the first noise readout's)"))
+        size = 8 * c * samples
+        if self.nbytes + size > self.max_bytes:
+            raise SessionError(f"acquisition {n}: noise readouts of more than {self.max_bytes} bytes "
+                               "(max_slice_bytes), expected a noise measurement smaller than a slice")
+        if self.reserve is not None:
+            try:
+                self.reservations.append(self.reserve(size))
+            except BudgetExceeded as exc:
+                raise SessionError(f"acquisition {n}: noise readouts do not fit the memory for slices being "
+                                   f"assembled ({exc}); the session ends") from None
+        self.nbytes += size
+
+    def add(self, n: int, head: AcquisitionHeader, data: np.ndarray) -> None:
+        if not np.isfinite(data).all():
+            raise SessionError(f"acquisition {n}: noise readout holds NaN or Inf")
+        if not self.parts:
+            self.dwell_us = float(head.sample_time_us)
+        self.parts.append(data)
+        self.readouts += 1
+
+    def whitener_for(self, head: AcquisitionHeader) -> Whitener | None:
+        """At the first imaging readout (head): the whitener for its channels and dwell time, None without
+        noise readouts; SessionError for noise that cannot whiten these data. Frees the samples."""
+        if not self.parts:
+            return None
+        try:
+            scale = bandwidth_scale(self.dwell_us, float(head.sample_time_us), self.enc.noise_bandwidth)
+            self.result = whitener(self.parts, coils=head.active_channels, where="noise readouts", scale=scale)
+        except DataError as exc:
+            raise SessionError(str(exc)) from None
+        finally:
+            self.release()
+        return self.result
+
+    def release(self) -> None:
+        self.parts = []
+        for r in self.reservations:
+            r.release()
+        self.reservations = []
 
 
 @dataclass

@@ -201,8 +201,20 @@ def build_volume(item: OutsideItem, generator: str | None = None) -> OutsideVolu
     return _simulated_volume(item, [mag] * item.repeats, rng, generator)
 
 
-def write_outside_volume(item: OutsideItem, vol: OutsideVolume, path: Path) -> Path:
-    """Write under a temporary name, then rename: never a partial file."""
+NOISE_MEASUREMENT_SAMPLES = 4096  # per channel: the covariance to within about 2 % (1 / sqrt(N))
+
+
+def noise_measurement(item: OutsideItem, vol: OutsideVolume, samples: int = NOISE_MEASUREMENT_SAMPLES) -> np.ndarray:
+    """A noise-only draw (C, samples) complex64 of the volume's receiver noise (white, sd vol.noise_sd), from a
+    stream of the item's seed that the volume's own draws do not use."""
+    coils = vol.kspace.shape[1]
+    return add_noise(np.zeros((coils, samples), np.complex64), vol.noise_sd, np.random.default_rng([item.seed, 1]))
+
+
+def write_outside_volume(item: OutsideItem, vol: OutsideVolume, path: Path, *,
+                         with_noise_measurement: bool = False) -> Path:
+    """Write under a temporary name, then rename: never a partial file. with_noise_measurement adds the
+    `noise` dataset (noise_measurement)."""
     from dnirecon.fftc import ifft2c, rss
     from dnirecon.fastmri_io import center_crop
 
@@ -214,6 +226,8 @@ def write_outside_volume(item: OutsideItem, vol: OutsideVolume, path: Path) -> P
             f.create_dataset("reconstruction_rss", data=rss_t)
             f.create_dataset("reconstruction_sense", data=vol.sense)
             f.create_dataset("ismrmrd_header", data=np.bytes_(vol.header.encode("utf-8")))
+            if with_noise_measurement:
+                f.create_dataset("noise", data=noise_measurement(item, vol))
             attrs = dict(acquisition=item.source.upper(), max=float(rss_t.max()), norm=float(np.linalg.norm(rss_t)),
                          patient_id=f"{item.name}-{item.seed}", outside_source=vol.generator, outside_role=item.role,
                          outside_coils=item.coils, outside_noise_level=item.noise_level,

@@ -414,6 +414,8 @@ class SynthVolume:
     sensitivity_maps: np.ndarray  # complex64 (S, C, 2h, W)
     header: str
     attrs: dict
+    noise_mixing: np.ndarray | None = None  # (C, C) A: coil noise noise_sd / sqrt 2 * A @ (white + i white)
+    noise_sd: float = 0.0
 
 
 def synth_volume(cfg: SynthConfig, contrast: str, seed_seq: np.random.SeedSequence) -> SynthVolume:
@@ -454,11 +456,25 @@ def synth_volume(cfg: SynthConfig, contrast: str, seed_seq: np.random.SeedSequen
                  patient_id=seed_seq.generate_state(2, np.uint64).tobytes().hex(),
                  synthetic="dnirecon.synth/1")
     return SynthVolume(kspace, rss, sense, maps,
-                       ismrmrd_header(cfg.recon_size, enc_w, cfg.slices, cfg.coils, contrast, pad), attrs)
+                       ismrmrd_header(cfg.recon_size, enc_w, cfg.slices, cfg.coils, contrast, pad), attrs,
+                       noise_mixing=mix, noise_sd=float(noise_sd))
 
 
-def write_volume(vol: SynthVolume, path: Path) -> Path:
-    """Write a volume under a temporary name in the same directory, then rename: never a partial file."""
+NOISE_MEASUREMENT_SAMPLES = 4096  # per channel: the covariance to within about 2 % (1 / sqrt(N))
+
+
+def noise_measurement(vol: SynthVolume, rng: np.random.Generator,
+                      samples: int = NOISE_MEASUREMENT_SAMPLES) -> np.ndarray:
+    """A noise-only draw (C, samples) complex64 of the volume's coil noise process (its `noise_mixing`
+    correlated noise at its noise_sd): what a scanner's noise scan before the image lines records."""
+    coils = vol.noise_mixing.shape[0]
+    white = rng.standard_normal((coils, samples)) + 1j * rng.standard_normal((coils, samples))
+    return (vol.noise_sd / np.sqrt(2) * (vol.noise_mixing @ white)).astype(np.complex64)
+
+
+def write_volume(vol: SynthVolume, path: Path, noise: np.ndarray | None = None) -> Path:
+    """Write a volume under a temporary name in the same directory, then rename: never a partial file.
+    noise (C, N) complex64, when given, is written as the `noise` dataset (docs/data.md)."""
     with replaced_on_success(path) as tmp:
         with h5py.File(tmp, "w") as f:
             chunks = (1,) + vol.kspace.shape[1:]
@@ -467,13 +483,18 @@ def write_volume(vol: SynthVolume, path: Path) -> Path:
             f.create_dataset("reconstruction_sense", data=vol.reconstruction_sense)
             f.create_dataset("sensitivity_maps", data=vol.sensitivity_maps, chunks=chunks)
             f.create_dataset("ismrmrd_header", data=np.bytes_(vol.header.encode("utf-8")))
+            if noise is not None:
+                f.create_dataset("noise", data=noise)
             for k, v in vol.attrs.items():
                 f.attrs[k] = v
     return Path(path)
 
 
-def synthesize(out_dir: str | os.PathLike, cfg: SynthConfig, progress: bool = False) -> list[Path]:
-    """Write cfg.volumes_per_contrast volumes of each contrast as `synth_<contrast>_<NNN>.h5`."""
+def synthesize(out_dir: str | os.PathLike, cfg: SynthConfig, progress: bool = False,
+               with_noise_measurement: bool = False) -> list[Path]:
+    """Write cfg.volumes_per_contrast volumes of each contrast as `synth_<contrast>_<NNN>.h5`; with
+    with_noise_measurement (and noise), each also holds a `noise` dataset drawn from a stream of its own,
+    so the other datasets are the same either way."""
     cfg = cfg.validated()
     out = Path(out_dir)
     try:
@@ -489,7 +510,10 @@ def synthesize(out_dir: str | os.PathLike, cfg: SynthConfig, progress: bool = Fa
         t0 = time.perf_counter()
         seq = np.random.SeedSequence([cfg.seed, list(CONTRASTS).index(contrast), i])
         vol = synth_volume(cfg, contrast, seq)
-        written.append(write_volume(vol, out / f"synth_{contrast}_{i:03d}.h5"))
+        noise = None
+        if with_noise_measurement and vol.noise_sd > 0:
+            noise = noise_measurement(vol, np.random.default_rng(seq.spawn(1)[0]))
+        written.append(write_volume(vol, out / f"synth_{contrast}_{i:03d}.h5", noise))
         log.debug("wrote %s in %.2f s", written[-1], time.perf_counter() - t0)
     return written
 

@@ -130,3 +130,45 @@ def test_ismrmrd_tools_shepp_logan_is_read_into_the_fastmri_layout(tmp_path):
     vol = read_ismrmrd(out)
     assert vol.kspace.shape[0] == 1 and vol.kspace.shape[1] == 4
     assert vol.mask.all() and np.abs(vol.kspace).max() > 0
+
+
+def with_noise(src, dst, noise):
+    shutil.copy(src, dst)
+    with h5py.File(dst, "r+") as f:
+        f.create_dataset("noise", data=noise)
+    return dst
+
+
+def test_round_trip_keeps_the_noise_dataset_bit_for_bit_as_noise_readouts_first(pd_file, tmp_path):
+    with FastMRIVolume(pd_file) as vol:
+        coils, height = vol.num_coils, vol.header.enc_size[0]
+    rng = np.random.default_rng(3)
+    n = 2 * height + 37  # not a multiple of the readout: the last noise readout is shorter
+    noise = (rng.standard_normal((coils, n)) + 1j * rng.standard_normal((coils, n))).astype(np.complex64)
+    src = with_noise(pd_file, tmp_path / "pd.h5", noise)
+    raw = fastmri_to_ismrmrd(src, tmp_path / "raw.h5")
+    with h5py.File(raw, "r") as f:
+        head = f["dataset/data"]["head"]
+    is_noise = (head["flags"] & np.uint64(flag("noise"))) != 0
+    assert list(np.flatnonzero(is_noise)) == [0, 1, 2]
+    assert list(head["number_of_samples"][:3]) == [height, height, 37]
+    assert list(head["scan_counter"][:5]) == [1, 2, 3, 4, 5]  # image lines count on after the noise
+    back = ismrmrd_to_fastmri(raw, tmp_path / "back" / "pd.h5")
+    with h5py.File(src, "r") as a, h5py.File(back, "r") as b:
+        assert b["noise"].dtype == np.complex64 and b["noise"][()].tobytes() == noise.tobytes()
+        assert a["kspace"][()].tobytes() == b["kspace"][()].tobytes()
+
+
+def test_a_noise_dataset_with_other_channels_than_kspace_is_refused_naming_the_file(pd_file, tmp_path):
+    with FastMRIVolume(pd_file) as vol:
+        coils = vol.num_coils
+    src = with_noise(pd_file, tmp_path / "pd.h5", np.ones((coils + 1, 100), np.complex64))
+    with pytest.raises(DataError, match=rf"noise in pd.h5 has {coils + 1} channels, expected {coils} \(kspace coils\)"):
+        fastmri_to_ismrmrd(src, tmp_path / "raw.h5")
+    assert not (tmp_path / "raw.h5").exists()
+
+
+def test_a_noise_dataset_that_is_not_complex64_channels_by_samples_is_refused(pd_file, tmp_path):
+    src = with_noise(pd_file, tmp_path / "pd.h5", np.ones((4, 100), np.float32))
+    with pytest.raises(DataError, match=r"noise in pd.h5 is float32 of shape \(4, 100\), expected complex64"):
+        fastmri_to_ismrmrd(src, tmp_path / "raw.h5")
