@@ -309,21 +309,35 @@ def coil_layout(coils: int, rng: np.random.Generator) -> list[tuple[float, float
     return out
 
 
-def coil_fields(layout, z: float, grid: _Grid, radius: float = 1.15, segments: int = 24) -> np.ndarray:
-    """Complex receive sensitivities (C, 2h, W) of loop coils, Biot-Savart on a coarse grid.
+def cylinder_loops(layout, radius: float = 1.15) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
+    """Loops (centre, u, w, loop radius) of a `coil_layout` on a cylinder of `radius` around the leg."""
+    loops = []
+    for phi, yc, a in layout:
+        centre = np.array([radius * np.cos(phi), yc, radius * np.sin(phi)])
+        u = np.array([-np.sin(phi), 0.0, np.cos(phi)])
+        w = np.array([0.0, 1.0, 0.0])
+        loops.append((centre, u, w, a))
+    return loops
 
-    B0 runs along the leg (y), so the receive field is B1- = Bx - i Bz; computed on a coarse grid and
-    spline-interpolated because the fields are smooth.
+
+def coil_fields(layout, z: float, grid: _Grid, radius: float = 1.15, segments: int = 24) -> np.ndarray:
+    """Complex receive sensitivities (C, 2h, W) of a cylindrical `coil_layout` (see `loop_fields`)."""
+    return loop_fields(cylinder_loops(layout, radius), z, grid, segments)
+
+
+def loop_fields(loops, z: float, grid: _Grid, segments: int = 24) -> np.ndarray:
+    """Complex receive sensitivities (C, 2h, W) of circular loops, Biot-Savart on a coarse grid.
+
+    loops: (centre (3,), u (3,), w (3,), radius) each, in (x, y, z) normalised units; the loop is
+    centre + radius (cos tau u + sin tau w). B0 runs along the leg (y), so the receive field is
+    B1- = Bx - i Bz; computed on a coarse grid and spline-interpolated because the fields are smooth.
     """
     gy = np.linspace(grid.y[0, 0], grid.y[-1, 0], min(grid.shape[0], 48))
     gx = np.linspace(grid.x[0, 0], grid.x[0, -1], min(grid.shape[1], 40))
     P = np.stack(np.broadcast_arrays(gx[None, :], gy[:, None], np.full((1, 1), z)), -1)  # (gy, gx, 3) xyz
     tau = np.linspace(0, 2 * np.pi, segments, endpoint=False)
     maps = []
-    for phi, yc, a in layout:
-        centre = np.array([radius * np.cos(phi), yc, radius * np.sin(phi)])
-        u = np.array([-np.sin(phi), 0.0, np.cos(phi)])
-        w = np.array([0.0, 1.0, 0.0])
+    for centre, u, w, a in loops:
         pts = centre + a * (np.cos(tau)[:, None] * u + np.sin(tau)[:, None] * w)          # (S, 3)
         dl = a * (2 * np.pi / segments) * (-np.sin(tau)[:, None] * u + np.cos(tau)[:, None] * w)
         r = P[None] - pts[:, None, None, :]                                                  # (S, gy, gx, 3)
@@ -342,9 +356,14 @@ def normalise_maps(raw: np.ndarray) -> np.ndarray:
 
 def noise_mixing(layout, rng: np.random.Generator) -> np.ndarray:
     """A (C, C) matrix A: coil noise A @ white has covariance A A^H with neighbour coupling."""
-    pos = np.array([[np.cos(p), yc, np.sin(p)] for p, yc, _ in layout])
+    return coupled_noise_mixing(np.array([[np.cos(p), yc, np.sin(p)] for p, yc, _ in layout]), rng)
+
+
+def coupled_noise_mixing(positions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """noise_mixing for coil centres `positions` (C, 3): coupling decays with the distance between them."""
+    pos = positions
     dist = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
-    n = len(layout)
+    n = len(pos)
     coupling = (rng.standard_normal((n, n)) + 1j * rng.standard_normal((n, n))) / np.sqrt(2)
     coupling *= 0.3 * np.exp(-dist / 0.8)
     np.fill_diagonal(coupling, 0)
