@@ -26,6 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     s.add_argument("--noise-scale", type=float, default=1.0,
                    help="multiply the k-space noise (image SNR about 67 PD / 16 PDFS at 1; 0: noise-free)")
+    s.add_argument("--vary", action="store_true",
+                   help="draw each volume's acquisition: noise 1-8%% of the mean foreground signal (log-uniform), "
+                        "4-16 coils on a cylinder or two plates, recon size within +-1/6 of --recon-size, "
+                        "orientation, knee or shape-phantom content (--coils and --enc-width are then drawn)")
     s.set_defaults(func=_run_synth)
 
     f = dsub.add_parser("figure", help="save a picture of synthetic slices of each contrast")
@@ -45,7 +49,7 @@ def _run_synth(args: argparse.Namespace) -> int:
 
     cfg = SynthConfig(volumes_per_contrast=args.volumes_per_contrast, slices=args.slices, coils=args.coils,
                       recon_size=tuple(args.recon_size), enc_width=args.enc_width, seed=args.seed,
-                      contrasts=tuple(args.contrasts), noise_scale=args.noise_scale)
+                      contrasts=tuple(args.contrasts), noise_scale=args.noise_scale, vary=args.vary)
     files = synthesize(args.out, cfg, progress=True)
     print(f"wrote {len(files)} volumes to {args.out}")
     return 0
