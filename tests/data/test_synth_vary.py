@@ -12,6 +12,7 @@ from fastmri.data import SliceDataset
 from commands.cli import main
 from dnirecon.errors import ConfigError
 from dnirecon.fastmri_io import FastMRIVolume
+from dnirecon.fftc import ifft2c
 from training import synth
 from training.outside import noise_reference
 from training.synth import COIL_COUNTS, NOISE_LEVELS, SynthConfig, draw_acquisition, synth_volume
@@ -80,6 +81,19 @@ def test_recorded_noise_level_matches_the_noise_in_the_kspace(seed):
     assert NOISE_LEVELS[0] <= noisy.attrs["noise_level"] <= NOISE_LEVELS[1]
     assert measured == pytest.approx(expected, rel=0.10)
     assert noisy.attrs["noise_sd"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_noise_in_the_air_of_each_file_matches_its_recorded_sd(varied_dir):
+    for path in sorted(varied_dir.glob("*.h5")):
+        with FastMRIVolume(path) as vol:
+            k = np.stack([vol.kspace(i) for i in range(vol.num_slices)]).astype(np.complex128)
+            acquired = (vol.header.padding_right - vol.header.padding_left) / k.shape[-1]
+        with h5py.File(path) as f:
+            recorded = float(f.attrs["noise_sd"])
+        # the ends of the 2x oversampled readout hold no object, whatever the content and orientation
+        air = ifft2c(k)[..., np.r_[0:4, -4:0], :]
+        measured = math.sqrt(np.mean(np.abs(air) ** 2) / acquired)  # zeroed padding removes its share
+        assert measured == pytest.approx(recorded, rel=0.10), path.name
 
 
 def test_files_record_what_was_drawn_and_keep_the_fastmri_layout(varied_dir):
