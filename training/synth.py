@@ -366,7 +366,26 @@ def _rotated_ellipse(x, y, cx, cy, a, b, rot):
     return _ellipse(xr, yr, 0.0, 0.0, a, b)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
+class Inclusion:
+    """One ellipse or convex polygon of a shape phantom (normalised units, centre slice tz, half-extent rz)."""
+
+    kind: str  # "ellipse" or "polygon"
+    cx: float
+    cy: float
+    a: float
+    b: float
+    rot: float
+    angles: np.ndarray  # polygon: sorted vertex angles on the (a, b) ellipse
+    intensity: float
+    tz: float
+    rz: float
+    texture: str  # "image" (a scikit-image texture photograph) or "noise" (band-pass noise)
+    tex_amp: float
+    tex_wl: float
+
+
+@dataclasses.dataclass(frozen=True)
 class ShapeParams:
     """A piecewise-constant phantom: a body outline holding ellipses and polygons, some nested.
 
@@ -374,24 +393,23 @@ class ShapeParams:
     centre slice `tz` and vanishes beyond `rz`, so neighbouring slices change smoothly.
     """
 
-    body: tuple  # (cx, cy, a, b, rot, intensity, texture amplitude)
-    shapes: list  # dicts: kind, cx, cy, a, b, rot, angles, intensity, tz, rz, texture, parent
+    body: tuple[float, ...]  # (cx, cy, a, b, rot, intensity, texture amplitude)
+    inclusions: tuple[Inclusion, ...]
+    coverage: float = 0.9  # slices span t in [-coverage, coverage]
 
     @staticmethod
     def sample(rng: np.random.Generator) -> "ShapeParams":
         u = rng.uniform
         body = (u(-0.08, 0.08), u(-0.08, 0.08), u(0.55, 0.85), u(0.55, 0.85), u(0, np.pi), u(0.25, 0.6),
                 u(0.0, 0.1))
-        shapes: list[dict] = []
+        inclusions: list[Inclusion] = []
         for _ in range(int(rng.integers(6, 17))):
-            nested = bool(shapes) and rng.uniform() < 0.3
-            parent = int(rng.integers(len(shapes))) if nested else -1
-            if nested:
-                p = shapes[parent]
+            if inclusions and rng.uniform() < 0.3:  # nested inside an earlier one
+                p = inclusions[int(rng.integers(len(inclusions)))]
                 scale = u(0.3, 0.6)
-                cx, cy = p["cx"] + u(-0.3, 0.3) * p["a"], p["cy"] + u(-0.3, 0.3) * p["b"]
-                a, b = scale * p["a"], scale * p["b"] * u(0.7, 1.3)
-                tz, rz = p["tz"], p["rz"] * u(0.6, 1.0)
+                cx, cy = p.cx + u(-0.3, 0.3) * p.a, p.cy + u(-0.3, 0.3) * p.b
+                a, b = scale * p.a, scale * p.b * u(0.7, 1.3)
+                tz, rz = p.tz, p.rz * u(0.6, 1.0)
             else:
                 cx, cy = u(-0.6, 0.6) * body[2] + body[0], u(-0.6, 0.6) * body[3] + body[1]
                 a, b = u(0.06, 0.3), u(0.06, 0.3)
@@ -399,11 +417,10 @@ class ShapeParams:
             kind = "ellipse" if rng.uniform() < 0.5 else "polygon"
             n = int(rng.integers(3, 8))
             angles = np.sort(rng.uniform(0, 2 * np.pi, n)) if kind == "polygon" else np.zeros(0)
-            shapes.append(dict(kind=kind, cx=cx, cy=cy, a=a, b=b, rot=u(0, np.pi), angles=angles,
-                               intensity=u(0.05, 1.0), tz=tz, rz=rz, parent=parent,
-                               texture="image" if rng.uniform() < 0.3 else "noise", tex_amp=u(0.03, 0.15),
-                               tex_wl=u(0.03, 0.12)))
-        return ShapeParams(body, shapes)
+            inclusions.append(Inclusion(kind, cx, cy, a, b, rot=u(0, np.pi), angles=angles, intensity=u(0.05, 1.0),
+                                        tz=tz, rz=rz, texture="image" if rng.uniform() < 0.3 else "noise",
+                                        tex_amp=u(0.03, 0.15), tex_wl=u(0.03, 0.12)))
+        return ShapeParams(body, tuple(inclusions))
 
 
 def shapes_slice(p: ShapeParams, t: float, grid: _Grid, rng: np.random.Generator, contrast: str) -> np.ndarray:
@@ -413,21 +430,21 @@ def shapes_slice(p: ShapeParams, t: float, grid: _Grid, rng: np.random.Generator
     cx, cy, a, b, rot, body_int, body_tex = p.body
     img = body_int * (1 + body_tex * _bandpass_noise(rng, grid.shape, grid.spacing, 0.3, rel_bw=0.6)) \
         * _occ(_rotated_ellipse(x, y, cx, cy, a, b, rot), edge)
-    for sh in p.shapes:
-        across = 1.0 - ((t - sh["tz"]) / sh["rz"]) ** 2  # sphere-like cross-section across the slab
+    for inc in p.inclusions:
+        across = 1.0 - ((t - inc.tz) / inc.rz) ** 2  # sphere-like cross-section across the slab
         if across <= 0.05:
             continue
         f = math.sqrt(across)
-        if sh["kind"] == "ellipse":
-            d = _rotated_ellipse(x, y, sh["cx"], sh["cy"], f * sh["a"], f * sh["b"], sh["rot"])
+        if inc.kind == "ellipse":
+            d = _rotated_ellipse(x, y, inc.cx, inc.cy, f * inc.a, f * inc.b, inc.rot)
         else:
-            d = _polygon(x, y, sh["cx"], sh["cy"], f * sh["a"], f * sh["b"], sh["rot"], sh["angles"])
-        if sh["texture"] == "image":
+            d = _polygon(x, y, inc.cx, inc.cy, f * inc.a, f * inc.b, inc.rot, inc.angles)
+        if inc.texture == "image":
             tex = _texture_fill(rng, grid.shape)
         else:
-            tex = _bandpass_noise(rng, grid.shape, grid.spacing, max(sh["tex_wl"], 2.5 * grid.pixel))
+            tex = _bandpass_noise(rng, grid.shape, grid.spacing, max(inc.tex_wl, 2.5 * grid.pixel))
         occ = _occ(d, edge)
-        img = img * (1 - occ) + sh["intensity"] * np.clip(1 + sh["tex_amp"] * tex, 0, None) * occ
+        img = img * (1 - occ) + inc.intensity * np.clip(1 + inc.tex_amp * tex, 0, None) * occ
     return img * TISSUE[contrast]["scale"]
 
 
@@ -736,8 +753,7 @@ def _varied_volume(cfg: SynthConfig, contrast: str, seed_seq: np.random.SeedSequ
     coil_phase = np.exp(1j * rng.uniform(0, 2 * np.pi, acq.coils))[:, None, None]
     phase_coeffs = rng.normal(0, [[0.6, 0.8, 0.6, 0.5, 0.5, 0.3, 3.0], [0.1, 0.15, 0.1, 0.1, 0.1, 0.05, 0.3]])
     amplitude = rng.uniform(1.5e-4, 3.5e-4)
-    coverage = params.coverage if acq.content == "knee" else 0.9
-    ts = np.linspace(-1, 1, cfg.slices) * coverage if cfg.slices > 1 else np.zeros(1)
+    ts = np.linspace(-1, 1, cfg.slices) * params.coverage if cfg.slices > 1 else np.zeros(1)
     shape = (cfg.slices, acq.coils, 2 * h, enc_w)
     kspace = np.zeros(shape, np.complex64)
     maps = np.zeros(shape, np.complex64)
