@@ -428,8 +428,8 @@ def shapes_slice(p: ShapeParams, t: float, grid: _Grid, rng: np.random.Generator
     x, y = grid.x, grid.y
     edge = 0.5 * grid.pixel
     cx, cy, a, b, rot, body_int, body_tex = p.body
-    img = body_int * (1 + body_tex * _bandpass_noise(rng, grid.shape, grid.spacing, 0.3, rel_bw=0.6)) \
-        * _occ(_rotated_ellipse(x, y, cx, cy, a, b, rot), edge)
+    body = _occ(_rotated_ellipse(x, y, cx, cy, a, b, rot), edge)
+    img = body_int * (1 + body_tex * _bandpass_noise(rng, grid.shape, grid.spacing, 0.3, rel_bw=0.6)) * body
     for inc in p.inclusions:
         across = 1.0 - ((t - inc.tz) / inc.rz) ** 2  # sphere-like cross-section across the slab
         if across <= 0.05:
@@ -443,7 +443,7 @@ def shapes_slice(p: ShapeParams, t: float, grid: _Grid, rng: np.random.Generator
             tex = _texture_fill(rng, grid.shape)
         else:
             tex = _bandpass_noise(rng, grid.shape, grid.spacing, max(inc.tex_wl, 2.5 * grid.pixel))
-        occ = _occ(d, edge)
+        occ = _occ(d, edge) * body  # inclusions stay inside the body
         img = img * (1 - occ) + inc.intensity * np.clip(1 + inc.tex_amp * tex, 0, None) * occ
     return img * TISSUE[contrast]["scale"]
 
@@ -855,6 +855,41 @@ def figure(out_png: str | os.PathLike, recon_size=(320, 320), coils: int = 8, sl
     fig.suptitle(f"dnirecon synthetic knee: {coils} coils, recon {recon_size[0]}x{recon_size[1]} (SENSE target)",
                  fontsize=10)
     fig.tight_layout()
+    return _save_figure(fig, out_png)
+
+
+def figure_varied(out_png: str | os.PathLike, recon_size=(96, 96), seed: int = 0, volumes: int = 12) -> Path:
+    """Save the central SENSE target of `volumes` varied volumes (`--vary`), titled with what each drew."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cfg = SynthConfig(volumes_per_contrast=1, slices=3, recon_size=tuple(recon_size), seed=seed,
+                      vary=True).validated()
+    cols = min(volumes, 6)
+    rows = -(-volumes // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= volumes:
+            continue
+        contrast = cfg.contrasts[i % len(cfg.contrasts)]
+        vol = synth_volume(cfg, contrast, np.random.SeedSequence([seed, list(CONTRASTS).index(contrast), i]))
+        a = vol.attrs
+        ax.imshow(vol.reconstruction_sense[1], cmap="gray", vmin=0,
+                  vmax=np.percentile(vol.reconstruction_sense[1], 99.5))
+        ax.set_title(f"{a['content']}, {a['coils']} coils {a['coil_geometry']}\n"
+                     f"noise {100 * a['noise_level']:.1f} %, {a['orientation']}", fontsize=7)
+    fig.suptitle("dnirecon synthetic volumes with --vary (SENSE target, central slice)", fontsize=10)
+    fig.tight_layout()
+    return _save_figure(fig, out_png)
+
+
+def _save_figure(fig, out_png: str | os.PathLike) -> Path:
+    """Write a matplotlib figure under a temporary name, then rename (never a partial PNG)."""
+    import matplotlib.pyplot as plt
+
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.png")

@@ -171,3 +171,9 @@ def test_cli_vary_writes_varied_files(tmp_path):
     with h5py.File(tmp_path / "synth_pd_000.h5") as f:
         assert NOISE_LEVELS[0] <= f.attrs["noise_level"] <= NOISE_LEVELS[1]
         assert f["kspace"].shape[1] == f.attrs["coils"] and f.attrs["coils"] in COIL_COUNTS
+
+
+def test_figure_of_varied_volumes_is_one_png(tmp_path):
+    out = synth.figure_varied(tmp_path / "varied.png", recon_size=(32, 32), volumes=2)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["varied.png"]
