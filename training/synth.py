@@ -94,8 +94,12 @@ class SynthConfig:
 
     @property
     def enc_w(self) -> int:
-        w = self.recon_size[1]
-        return self.enc_width if self.enc_width is not None else w + 2 * round(0.075 * w)
+        return self.enc_width if self.enc_width is not None else encoded_width(self.recon_size[1])
+
+
+def encoded_width(w: int) -> int:
+    """Encoded phase width for a recon width w: 7.5 % more on each side (368 for 320), as fastMRI's knees."""
+    return w + 2 * round(0.075 * w)
 
 
 def acquired_columns(enc_w: int) -> tuple[int, int]:
@@ -448,6 +452,89 @@ def shapes_slice(p: ShapeParams, t: float, grid: _Grid, rng: np.random.Generator
     return img * TISSUE[contrast]["scale"]
 
 
+# ----------------------------------------------------------------------------- coils
+def coil_layout(coils: int, rng: np.random.Generator) -> list[tuple[float, float, float]]:
+    """(azimuth, superior-inferior position, loop radius) of each element of a cylindrical knee array."""
+    rows = 1 if coils <= 4 else 2 if coils <= 10 else 3
+    per_row = [coils // rows + (1 if r < coils % rows else 0) for r in range(rows)]
+    ys = np.linspace(-0.55, 0.55, rows) if rows > 1 else np.array([0.0])
+    rot = rng.uniform(0, 2 * np.pi)
+    out = []
+    for r, n in enumerate(per_row):
+        for j in range(n):
+            phi = rot + 2 * np.pi * (j + 0.5 * (r % 2)) / n
+            out.append((phi, float(ys[r] + rng.normal(0, 0.03)), float(rng.uniform(0.42, 0.5))))
+    return out
+
+
+def cylinder_loops(layout, radius: float = 1.15) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
+    """Loops (centre, u, w, loop radius) of a `coil_layout` on a cylinder of `radius` around the leg."""
+    loops = []
+    for phi, yc, a in layout:
+        centre = np.array([radius * np.cos(phi), yc, radius * np.sin(phi)])
+        u = np.array([-np.sin(phi), 0.0, np.cos(phi)])
+        w = np.array([0.0, 1.0, 0.0])
+        loops.append((centre, u, w, a))
+    return loops
+
+
+def coil_fields(layout, z: float, grid: _Grid, radius: float = 1.15, segments: int = 24) -> np.ndarray:
+    """Complex receive sensitivities (C, 2h, W) of a cylindrical `coil_layout` (see `loop_fields`)."""
+    return loop_fields(cylinder_loops(layout, radius), z, grid, segments)
+
+
+def loop_fields(loops, z: float, grid: _Grid, segments: int = 24) -> np.ndarray:
+    """Complex receive sensitivities (C, 2h, W) of circular loops, Biot-Savart on a coarse grid.
+
+    loops: (centre (3,), u (3,), w (3,), radius) each, in (x, y, z) normalised units; the loop is
+    centre + radius (cos tau u + sin tau w). B0 runs along the leg (y), so the receive field is
+    B1- = Bx - i Bz; computed on a coarse grid and spline-interpolated because the fields are smooth.
+    """
+    gy = np.linspace(grid.y[0, 0], grid.y[-1, 0], min(grid.shape[0], 48))
+    gx = np.linspace(grid.x[0, 0], grid.x[0, -1], min(grid.shape[1], 40))
+    P = np.stack(np.broadcast_arrays(gx[None, :], gy[:, None], np.full((1, 1), z)), -1)  # (gy, gx, 3) xyz
+    tau = np.linspace(0, 2 * np.pi, segments, endpoint=False)
+    maps = []
+    for centre, u, w, a in loops:
+        pts = centre + a * (np.cos(tau)[:, None] * u + np.sin(tau)[:, None] * w)          # (S, 3)
+        dl = a * (2 * np.pi / segments) * (-np.sin(tau)[:, None] * u + np.cos(tau)[:, None] * w)
+        r = P[None] - pts[:, None, None, :]                                                  # (S, gy, gx, 3)
+        B = np.sum(np.cross(dl[:, None, None, :], r) / (np.linalg.norm(r, axis=-1, keepdims=True) ** 3), 0)
+        c = B[..., 0] - 1j * B[..., 2]
+        fine = (RectBivariateSpline(gy, gx, c.real)(grid.y[:, 0], grid.x[0])
+                + 1j * RectBivariateSpline(gy, gx, c.imag)(grid.y[:, 0], grid.x[0]))
+        maps.append(fine)
+    return np.stack(maps)
+
+
+def normalise_maps(raw: np.ndarray) -> np.ndarray:
+    """Scale the coil fields so that sum_c |S_c|^2 = 1 at every pixel."""
+    return raw / np.sqrt(np.sum(np.abs(raw) ** 2, axis=0, keepdims=True))
+
+
+def noise_mixing(layout, rng: np.random.Generator) -> np.ndarray:
+    """A (C, C) matrix A: coil noise A @ white has covariance A A^H with neighbour coupling."""
+    return coupled_noise_mixing(np.array([[np.cos(p), yc, np.sin(p)] for p, yc, _ in layout]), rng)
+
+
+def coupled_noise_mixing(pos: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """noise_mixing for coil centres `pos` (C, 3): coupling decays with the distance between them."""
+    dist = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
+    n = len(pos)
+    coupling = (rng.standard_normal((n, n)) + 1j * rng.standard_normal((n, n))) / np.sqrt(2)
+    coupling *= 0.3 * np.exp(-dist / 0.8)
+    np.fill_diagonal(coupling, 0)
+    gains = rng.uniform(0.85, 1.15, n)
+    A = gains[:, None] * (np.eye(n) + coupling)
+    return A / np.sqrt(np.mean(np.sum(np.abs(A) ** 2, 1)))  # mean noise variance 1 per coil
+
+
+def smooth_phase(grid: _Grid, coeffs: np.ndarray, t: float) -> np.ndarray:
+    y, x = grid.y / 2, grid.x  # y spans [-1, 1] over the oversampled rows
+    c = coeffs[0] + t * coeffs[1]
+    return (c[0] + c[1] * x + c[2] * y + c[3] * x * y + c[4] * (x * x - y * y) + c[5] * np.sin(2 * x + c[6]))
+
+
 # ----------------------------------------------------------------------------- varied acquisitions
 # Image noise relative to the mean foreground signal (image SNR 100 .. 12.5). Clinical 1.5 T / 3 T knee and
 # brain scans run an image SNR of roughly 15-60 in tissue, and fastMRI's multi-coil knee data sit in that
@@ -480,8 +567,7 @@ class Acquisition:
 
     @property
     def enc_w(self) -> int:
-        w = self.recon_size[1]
-        return w + 2 * round(0.075 * w)
+        return encoded_width(self.recon_size[1])
 
 
 def _even_sizes(side: int) -> np.ndarray:
@@ -550,90 +636,6 @@ def varied_loops(coils: int, geometry: str, rng: np.random.Generator) -> list:
     return loops
 
 
-# ----------------------------------------------------------------------------- coils
-def coil_layout(coils: int, rng: np.random.Generator) -> list[tuple[float, float, float]]:
-    """(azimuth, superior-inferior position, loop radius) of each element of a cylindrical knee array."""
-    rows = 1 if coils <= 4 else 2 if coils <= 10 else 3
-    per_row = [coils // rows + (1 if r < coils % rows else 0) for r in range(rows)]
-    ys = np.linspace(-0.55, 0.55, rows) if rows > 1 else np.array([0.0])
-    rot = rng.uniform(0, 2 * np.pi)
-    out = []
-    for r, n in enumerate(per_row):
-        for j in range(n):
-            phi = rot + 2 * np.pi * (j + 0.5 * (r % 2)) / n
-            out.append((phi, float(ys[r] + rng.normal(0, 0.03)), float(rng.uniform(0.42, 0.5))))
-    return out
-
-
-def cylinder_loops(layout, radius: float = 1.15) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
-    """Loops (centre, u, w, loop radius) of a `coil_layout` on a cylinder of `radius` around the leg."""
-    loops = []
-    for phi, yc, a in layout:
-        centre = np.array([radius * np.cos(phi), yc, radius * np.sin(phi)])
-        u = np.array([-np.sin(phi), 0.0, np.cos(phi)])
-        w = np.array([0.0, 1.0, 0.0])
-        loops.append((centre, u, w, a))
-    return loops
-
-
-def coil_fields(layout, z: float, grid: _Grid, radius: float = 1.15, segments: int = 24) -> np.ndarray:
-    """Complex receive sensitivities (C, 2h, W) of a cylindrical `coil_layout` (see `loop_fields`)."""
-    return loop_fields(cylinder_loops(layout, radius), z, grid, segments)
-
-
-def loop_fields(loops, z: float, grid: _Grid, segments: int = 24) -> np.ndarray:
-    """Complex receive sensitivities (C, 2h, W) of circular loops, Biot-Savart on a coarse grid.
-
-    loops: (centre (3,), u (3,), w (3,), radius) each, in (x, y, z) normalised units; the loop is
-    centre + radius (cos tau u + sin tau w). B0 runs along the leg (y), so the receive field is
-    B1- = Bx - i Bz; computed on a coarse grid and spline-interpolated because the fields are smooth.
-    """
-    gy = np.linspace(grid.y[0, 0], grid.y[-1, 0], min(grid.shape[0], 48))
-    gx = np.linspace(grid.x[0, 0], grid.x[0, -1], min(grid.shape[1], 40))
-    P = np.stack(np.broadcast_arrays(gx[None, :], gy[:, None], np.full((1, 1), z)), -1)  # (gy, gx, 3) xyz
-    tau = np.linspace(0, 2 * np.pi, segments, endpoint=False)
-    maps = []
-    for centre, u, w, a in loops:
-        pts = centre + a * (np.cos(tau)[:, None] * u + np.sin(tau)[:, None] * w)          # (S, 3)
-        dl = a * (2 * np.pi / segments) * (-np.sin(tau)[:, None] * u + np.cos(tau)[:, None] * w)
-        r = P[None] - pts[:, None, None, :]                                                  # (S, gy, gx, 3)
-        B = np.sum(np.cross(dl[:, None, None, :], r) / (np.linalg.norm(r, axis=-1, keepdims=True) ** 3), 0)
-        c = B[..., 0] - 1j * B[..., 2]
-        fine = (RectBivariateSpline(gy, gx, c.real)(grid.y[:, 0], grid.x[0])
-                + 1j * RectBivariateSpline(gy, gx, c.imag)(grid.y[:, 0], grid.x[0]))
-        maps.append(fine)
-    return np.stack(maps)
-
-
-def normalise_maps(raw: np.ndarray) -> np.ndarray:
-    """Scale the coil fields so that sum_c |S_c|^2 = 1 at every pixel."""
-    return raw / np.sqrt(np.sum(np.abs(raw) ** 2, axis=0, keepdims=True))
-
-
-def noise_mixing(layout, rng: np.random.Generator) -> np.ndarray:
-    """A (C, C) matrix A: coil noise A @ white has covariance A A^H with neighbour coupling."""
-    return coupled_noise_mixing(np.array([[np.cos(p), yc, np.sin(p)] for p, yc, _ in layout]), rng)
-
-
-def coupled_noise_mixing(positions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """noise_mixing for coil centres `positions` (C, 3): coupling decays with the distance between them."""
-    pos = positions
-    dist = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
-    n = len(pos)
-    coupling = (rng.standard_normal((n, n)) + 1j * rng.standard_normal((n, n))) / np.sqrt(2)
-    coupling *= 0.3 * np.exp(-dist / 0.8)
-    np.fill_diagonal(coupling, 0)
-    gains = rng.uniform(0.85, 1.15, n)
-    A = gains[:, None] * (np.eye(n) + coupling)
-    return A / np.sqrt(np.mean(np.sum(np.abs(A) ** 2, 1)))  # mean noise variance 1 per coil
-
-
-def smooth_phase(grid: _Grid, coeffs: np.ndarray, t: float) -> np.ndarray:
-    y, x = grid.y / 2, grid.x  # y spans [-1, 1] over the oversampled rows
-    c = coeffs[0] + t * coeffs[1]
-    return (c[0] + c[1] * x + c[2] * y + c[3] * x * y + c[4] * (x * x - y * y) + c[5] * np.sin(2 * x + c[6]))
-
-
 # ----------------------------------------------------------------------------- header
 def ismrmrd_header(recon_size, enc_w, slices, coils, contrast, pad) -> str:
     """A full ISMRMRD XML header of a Siemens-like Cartesian TSE knee scan (fastMRI's fields)."""
@@ -691,6 +693,18 @@ class SynthVolume:
     attrs: dict
 
 
+def rss_and_sense(coil_images: np.ndarray, maps: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """RSS and |SENSE combination with `maps`| of coil images (C, 2h, W), centre-cropped to `size` (h, w)."""
+    rss = center_crop(np.sqrt(np.sum(np.abs(coil_images) ** 2, 0)), size)
+    sense = center_crop(np.abs(np.sum(np.conj(maps) * coil_images, 0)), size)
+    return rss, sense
+
+
+def _attrs(contrast: str, rss: np.ndarray, seed_seq: np.random.SeedSequence) -> dict:
+    return dict(acquisition=CONTRASTS[contrast], max=float(rss.max()), norm=float(np.linalg.norm(rss)),
+                patient_id=seed_seq.generate_state(2, np.uint64).tobytes().hex(), synthetic="dnirecon.synth/1")
+
+
 def synth_volume(cfg: SynthConfig, contrast: str, seed_seq: np.random.SeedSequence) -> SynthVolume:
     """Generate one volume (all slices) in memory; with cfg.vary its acquisition is drawn too."""
     if cfg.vary:
@@ -722,16 +736,12 @@ def synth_volume(cfg: SynthConfig, contrast: str, seed_seq: np.random.SeedSequen
         k = k + (noise_sd / np.sqrt(2) * (mix @ white)).reshape(k.shape)
         k[..., :pad[0]] = 0
         k[..., pad[1]:] = 0
-        coil_images = ifft2c(k.astype(np.complex64))
         kspace[i] = k
         maps[i] = S
-        rss[i] = center_crop(np.sqrt(np.sum(np.abs(coil_images) ** 2, 0)), (h, w))
-        sense[i] = center_crop(np.abs(np.sum(np.conj(S) * coil_images, 0)), (h, w))
-    attrs = dict(acquisition=CONTRASTS[contrast], max=float(rss.max()), norm=float(np.linalg.norm(rss)),
-                 patient_id=seed_seq.generate_state(2, np.uint64).tobytes().hex(),
-                 synthetic="dnirecon.synth/1")
+        rss[i], sense[i] = rss_and_sense(ifft2c(k.astype(np.complex64)), S, (h, w))
     return SynthVolume(kspace, rss, sense, maps,
-                       ismrmrd_header(cfg.recon_size, enc_w, cfg.slices, cfg.coils, contrast, pad), attrs)
+                       ismrmrd_header(cfg.recon_size, enc_w, cfg.slices, cfg.coils, contrast, pad),
+                       _attrs(contrast, rss, seed_seq))
 
 
 def _varied_volume(cfg: SynthConfig, contrast: str, seed_seq: np.random.SeedSequence) -> SynthVolume:
@@ -766,7 +776,7 @@ def _varied_volume(cfg: SynthConfig, contrast: str, seed_seq: np.random.SeedSequ
         k[..., :pad[0]] = 0
         k[..., pad[1]:] = 0
         kspace[i], maps[i] = k, S
-        clean_sense[i] = center_crop(np.abs(np.sum(np.conj(S) * ifft2c(k), 0)), (h, w))
+        clean_sense[i] = rss_and_sense(ifft2c(k), S, (h, w))[1]
     level = acq.noise_level * cfg.noise_scale
     noise_sd = level * noise_reference(clean_sense)
     rss = np.zeros((cfg.slices, h, w), np.float32)
@@ -778,14 +788,10 @@ def _varied_volume(cfg: SynthConfig, contrast: str, seed_seq: np.random.SeedSequ
         k[..., :pad[0]] = 0
         k[..., pad[1]:] = 0
         kspace[i] = k
-        coil_images = ifft2c(kspace[i])
-        rss[i] = center_crop(np.sqrt(np.sum(np.abs(coil_images) ** 2, 0)), (h, w))
-        sense[i] = center_crop(np.abs(np.sum(np.conj(maps[i]) * coil_images, 0)), (h, w))
-    attrs = dict(acquisition=CONTRASTS[contrast], max=float(rss.max()), norm=float(np.linalg.norm(rss)),
-                 patient_id=seed_seq.generate_state(2, np.uint64).tobytes().hex(),
-                 synthetic="dnirecon.synth/1", noise_level=float(level), noise_sd=float(noise_sd),
-                 coils=acq.coils, coil_geometry=acq.geometry, content=acq.content,
-                 recon_size=np.array(acq.recon_size, np.int64), orientation=acq.orientation)
+        rss[i], sense[i] = rss_and_sense(ifft2c(kspace[i]), maps[i], (h, w))
+    attrs = _attrs(contrast, rss, seed_seq) | dict(
+        noise_level=float(level), noise_sd=float(noise_sd), coils=acq.coils, coil_geometry=acq.geometry,
+        content=acq.content, recon_size=np.array(acq.recon_size, np.int64), orientation=acq.orientation)
     return SynthVolume(kspace, rss, sense, maps,
                        ismrmrd_header(acq.recon_size, enc_w, cfg.slices, acq.coils, contrast, pad), attrs)
 
