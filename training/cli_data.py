@@ -26,13 +26,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     s.add_argument("--noise-scale", type=float, default=1.0,
                    help="multiply the k-space noise (image SNR about 67 PD / 16 PDFS at 1; 0: noise-free)")
+    s.add_argument("--vary", action="store_true",
+                   help="draw each volume's acquisition: noise 1-8%% of the mean foreground signal (log-uniform), "
+                        "4-16 coils on a cylinder or two plates, recon size within +-1/6 of --recon-size, "
+                        "orientation, knee or shape-phantom content (--coils and --enc-width are then drawn)")
     s.set_defaults(func=_run_synth)
 
     f = dsub.add_parser("figure", help="save a picture of synthetic slices of each contrast")
-    f.add_argument("--out", type=Path, default=Path("docs/figures/synthetic_slices.png"))
-    f.add_argument("--recon-size", type=positive_int, nargs=2, metavar=("H", "W"), default=[320, 320])
+    f.add_argument("--out", type=Path, default=None,
+                   help="PNG to write (default: docs/figures/synthetic_slices.png, with --vary synthetic_varied.png)")
+    f.add_argument("--recon-size", type=positive_int, nargs=2, metavar=("H", "W"), default=None,
+                   help="recon size (default: 320 320; with --vary 96 96, the centre of the drawn sizes)")
     f.add_argument("--coils", type=positive_int, default=8)
     f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--vary", action="store_true", help="show 12 varied volumes (see data synth --vary) instead")
     f.set_defaults(func=_run_figure)
 
     from dnirecon.ismrmrd_io import register_data_commands
@@ -45,14 +52,19 @@ def _run_synth(args: argparse.Namespace) -> int:
 
     cfg = SynthConfig(volumes_per_contrast=args.volumes_per_contrast, slices=args.slices, coils=args.coils,
                       recon_size=tuple(args.recon_size), enc_width=args.enc_width, seed=args.seed,
-                      contrasts=tuple(args.contrasts), noise_scale=args.noise_scale)
+                      contrasts=tuple(args.contrasts), noise_scale=args.noise_scale, vary=args.vary)
     files = synthesize(args.out, cfg, progress=True)
     print(f"wrote {len(files)} volumes to {args.out}")
     return 0
 
 
 def _run_figure(args: argparse.Namespace) -> int:
-    from training.synth import figure
+    from training.synth import figure, figure_varied
 
-    print(figure(args.out, recon_size=tuple(args.recon_size), coils=args.coils, seed=args.seed))
+    if args.vary:
+        print(figure_varied(args.out or Path("docs/figures/synthetic_varied.png"),
+                            recon_size=tuple(args.recon_size or (96, 96)), seed=args.seed))
+    else:
+        print(figure(args.out or Path("docs/figures/synthetic_slices.png"),
+                     recon_size=tuple(args.recon_size or (320, 320)), coils=args.coils, seed=args.seed))
     return 0

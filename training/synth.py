@@ -6,13 +6,20 @@ fibres and fat septa, subcutaneous fat, skin), with a smooth phase, seen by C lo
 around the leg (Biot-Savart fields) with correlated noise. Files carry, besides fastMRI's datasets,
 `reconstruction_sense` (|SENSE combination with the true maps|, cropped) and `sensitivity_maps`.
 
+With `SynthConfig.vary` (`--vary`) each volume draws its acquisition instead (`draw_acquisition`): noise
+level, coil count and array geometry, matrix size, orientation, and content (the knee or a shape phantom,
+`shapes_slice`); the file records the draw in its attrs.
+
 Coordinates: "normalised units" are half the reconstructed field of view (70 mm at 140 mm FOV);
 y runs along the readout rows (superior -> inferior), x along the phase-encode columns.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
+import math
 import logging
 import os
 import time
@@ -57,6 +64,9 @@ class SynthConfig:
     # multiplies each contrast's k-space noise (TISSUE[...]["noise"]); 0 gives noise-free volumes. The
     # random stream does not depend on it, so scales of one seed differ only by the noise.
     noise_scale: float = 1.0
+    # draw each volume's acquisition (noise level, coils and their geometry, recon size around recon_size,
+    # orientation, content); coils and enc_width are then drawn, not taken from here
+    vary: bool = False
 
     def validated(self) -> "SynthConfig":
         def positive(name: str, v: int) -> None:
@@ -74,6 +84,9 @@ class SynthConfig:
         if not isinstance(self.noise_scale, (int, float, np.floating)) or not np.isfinite(self.noise_scale) \
                 or self.noise_scale < 0:
             raise ConfigError(f"--noise-scale must be a finite number >= 0, got {self.noise_scale!r}")
+        if self.vary and self.enc_width is not None:
+            raise ConfigError("--enc-width cannot be combined with --vary (the encoded width follows each drawn "
+                              f"recon width), got {self.enc_width}")
         for c in self.contrasts:
             if c not in CONTRASTS:
                 raise ConfigError(f"--contrasts: unknown contrast {c!r}, expected one of {sorted(CONTRASTS)}")
@@ -81,8 +94,12 @@ class SynthConfig:
 
     @property
     def enc_w(self) -> int:
-        w = self.recon_size[1]
-        return self.enc_width if self.enc_width is not None else w + 2 * round(0.075 * w)
+        return self.enc_width if self.enc_width is not None else encoded_width(self.recon_size[1])
+
+
+def encoded_width(w: int) -> int:
+    """Encoded phase width for a recon width w: 7.5 % more on each side (368 for 320), as fastMRI's knees."""
+    return w + 2 * round(0.075 * w)
 
 
 def acquired_columns(enc_w: int) -> tuple[int, int]:
@@ -165,6 +182,20 @@ class _Grid:
         self.y = ((np.arange(2 * h) - h) * self.spacing[0])[:, None]
         self.x = ((np.arange(enc_w) - enc_w // 2) * self.spacing[1])[None, :]
         self.pixel = max(self.spacing)
+        self.transposed = False
+
+    def axes(self, pair: tuple[float, float]) -> tuple[float, float]:
+        """A (content y, content x) pair in array-axis order (swapped when the content is transposed)."""
+        return (pair[1], pair[0]) if self.transposed else pair
+
+    def oriented(self, transpose: bool, flip_rows: bool, flip_cols: bool) -> "_Grid":
+        """The same pixels, with content coordinates transposed and/or mirrored (the anatomy turns, not the coils)."""
+        g = copy.copy(self)
+        rows = -self.y if flip_rows else self.y
+        cols = -self.x if flip_cols else self.x
+        g.y, g.x = (cols, rows) if transpose else (rows, cols)
+        g.transposed = transpose
+        return g
 
 
 def _occ(d: np.ndarray, edge: float) -> np.ndarray:
@@ -231,8 +262,8 @@ def knee_slice(p: KneeParams, t: float, grid: _Grid, rng: np.random.Generator, c
     trab = np.exp(-((trab_n / 0.45) ** 2))  # zero crossings of band-pass noise: a trabecular mesh
     marrow_lf = _bandpass_noise(rng, grid.shape, grid.spacing, 0.25, rel_bw=0.6)
     fibres = _bandpass_noise(rng, grid.shape, grid.spacing, max(0.02, 2.2 * grid.pixel), rel_bw=0.5,
-                             stretch=(8.0, 1.0))
-    septa_n = _bandpass_noise(rng, grid.shape, grid.spacing, 0.35, rel_bw=0.5, stretch=(3.0, 1.0))
+                             stretch=grid.axes((8.0, 1.0)))
+    septa_n = _bandpass_noise(rng, grid.shape, grid.spacing, 0.35, rel_bw=0.5, stretch=grid.axes((3.0, 1.0)))
     septa = np.exp(-((septa_n / 0.07) ** 2))
     lobules = _bandpass_noise(rng, grid.shape, grid.spacing, max(0.05, 3 * grid.pixel), rel_bw=0.5)
 
@@ -294,6 +325,133 @@ def knee_slice(p: KneeParams, t: float, grid: _Grid, rng: np.random.Generator, c
     return img * v["scale"]
 
 
+# ----------------------------------------------------------------------------- shape phantoms
+# CC0-licensed photographs of textures that scikit-image ships in its wheel (no download)
+TEXTURES = ("brick", "grass", "gravel")
+
+
+@functools.lru_cache(maxsize=None)
+def _texture(name: str) -> np.ndarray:
+    """A scikit-image texture photograph as float64, zero mean and unit standard deviation."""
+    import skimage.data
+
+    img = np.asarray(getattr(skimage.data, name)(), np.float64)
+    return (img - img.mean()) / (img.std() + 1e-12)
+
+
+def _texture_fill(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """A random crop of a random texture, resampled to `shape` at a random zoom; unit variance."""
+    from skimage.transform import resize
+
+    tex = _texture(TEXTURES[int(rng.integers(len(TEXTURES)))])
+    zoom = rng.uniform(1.0, 3.0)  # texture pixels per image pixel
+    ch, cw = (min(tex.shape[0], max(4, round(shape[0] * zoom))), min(tex.shape[1], max(4, round(shape[1] * zoom))))
+    r0, c0 = rng.integers(tex.shape[0] - ch + 1), rng.integers(tex.shape[1] - cw + 1)
+    out = resize(tex[r0:r0 + ch, c0:c0 + cw], shape, anti_aliasing=True)
+    return (out - out.mean()) / (out.std() + 1e-12)
+
+
+def _polygon(x, y, cx, cy, a, b, rot, angles):
+    """Signed distance (negative inside, exact near the edges) to a convex polygon with vertices on an ellipse."""
+    vx = cx + a * np.cos(angles) * np.cos(rot) - b * np.sin(angles) * np.sin(rot)
+    vy = cy + a * np.cos(angles) * np.sin(rot) + b * np.sin(angles) * np.cos(rot)
+    d = np.full(np.broadcast(x, y).shape, -np.inf)
+    for i in range(len(angles)):
+        ex, ey = vx[(i + 1) % len(angles)] - vx[i], vy[(i + 1) % len(angles)] - vy[i]
+        nx, ny = ey, -ex  # outward normal of a counter-clockwise polygon
+        norm = np.hypot(nx, ny)
+        d = np.maximum(d, ((x - vx[i]) * nx + (y - vy[i]) * ny) / norm)
+    return d
+
+
+def _rotated_ellipse(x, y, cx, cy, a, b, rot):
+    xr = (x - cx) * np.cos(rot) + (y - cy) * np.sin(rot)
+    yr = -(x - cx) * np.sin(rot) + (y - cy) * np.cos(rot)
+    return _ellipse(xr, yr, 0.0, 0.0, a, b)
+
+
+@dataclasses.dataclass(frozen=True)
+class Inclusion:
+    """One ellipse or convex polygon of a shape phantom (normalised units, centre slice tz, half-extent rz)."""
+
+    kind: str  # "ellipse" or "polygon"
+    cx: float
+    cy: float
+    a: float
+    b: float
+    rot: float
+    angles: np.ndarray  # polygon: sorted vertex angles on the (a, b) ellipse
+    intensity: float
+    tz: float
+    rz: float
+    texture: str  # "image" (a scikit-image texture photograph) or "noise" (band-pass noise)
+    tex_amp: float
+    tex_wl: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ShapeParams:
+    """A piecewise-constant phantom: a body outline holding ellipses and polygons, some nested.
+
+    Each inclusion is a sphere-like blob across the slab: its cross-section shrinks away from its
+    centre slice `tz` and vanishes beyond `rz`, so neighbouring slices change smoothly.
+    """
+
+    body: tuple[float, ...]  # (cx, cy, a, b, rot, intensity, texture amplitude)
+    inclusions: tuple[Inclusion, ...]
+    coverage: float = 0.9  # slices span t in [-coverage, coverage]
+
+    @staticmethod
+    def sample(rng: np.random.Generator) -> "ShapeParams":
+        u = rng.uniform
+        body = (u(-0.08, 0.08), u(-0.08, 0.08), u(0.55, 0.85), u(0.55, 0.85), u(0, np.pi), u(0.25, 0.6),
+                u(0.0, 0.1))
+        inclusions: list[Inclusion] = []
+        for _ in range(int(rng.integers(6, 17))):
+            if inclusions and rng.uniform() < 0.3:  # nested inside an earlier one
+                p = inclusions[int(rng.integers(len(inclusions)))]
+                scale = u(0.3, 0.6)
+                cx, cy = p.cx + u(-0.3, 0.3) * p.a, p.cy + u(-0.3, 0.3) * p.b
+                a, b = scale * p.a, scale * p.b * u(0.7, 1.3)
+                tz, rz = p.tz, p.rz * u(0.6, 1.0)
+            else:
+                cx, cy = u(-0.6, 0.6) * body[2] + body[0], u(-0.6, 0.6) * body[3] + body[1]
+                a, b = u(0.06, 0.3), u(0.06, 0.3)
+                tz, rz = u(-0.6, 0.6), u(0.6, 1.6)
+            kind = "ellipse" if rng.uniform() < 0.5 else "polygon"
+            n = int(rng.integers(3, 8))
+            angles = np.sort(rng.uniform(0, 2 * np.pi, n)) if kind == "polygon" else np.zeros(0)
+            inclusions.append(Inclusion(kind, cx, cy, a, b, rot=u(0, np.pi), angles=angles, intensity=u(0.05, 1.0),
+                                        tz=tz, rz=rz, texture="image" if rng.uniform() < 0.3 else "noise",
+                                        tex_amp=u(0.03, 0.15), tex_wl=u(0.03, 0.12)))
+        return ShapeParams(body, tuple(inclusions))
+
+
+def shapes_slice(p: ShapeParams, t: float, grid: _Grid, rng: np.random.Generator, contrast: str) -> np.ndarray:
+    """Magnitude image (2h, W) of one slice of a shape phantom; t in [-1, 1] across the slab."""
+    x, y = grid.x, grid.y
+    edge = 0.5 * grid.pixel
+    cx, cy, a, b, rot, body_int, body_tex = p.body
+    body = _occ(_rotated_ellipse(x, y, cx, cy, a, b, rot), edge)
+    img = body_int * (1 + body_tex * _bandpass_noise(rng, grid.shape, grid.spacing, 0.3, rel_bw=0.6)) * body
+    for inc in p.inclusions:
+        across = 1.0 - ((t - inc.tz) / inc.rz) ** 2  # sphere-like cross-section across the slab
+        if across <= 0.05:
+            continue
+        f = math.sqrt(across)
+        if inc.kind == "ellipse":
+            d = _rotated_ellipse(x, y, inc.cx, inc.cy, f * inc.a, f * inc.b, inc.rot)
+        else:
+            d = _polygon(x, y, inc.cx, inc.cy, f * inc.a, f * inc.b, inc.rot, inc.angles)
+        if inc.texture == "image":
+            tex = _texture_fill(rng, grid.shape)
+        else:
+            tex = _bandpass_noise(rng, grid.shape, grid.spacing, max(inc.tex_wl, 2.5 * grid.pixel))
+        occ = _occ(d, edge) * body  # inclusions stay inside the body
+        img = img * (1 - occ) + inc.intensity * np.clip(1 + inc.tex_amp * tex, 0, None) * occ
+    return img * TISSUE[contrast]["scale"]
+
+
 # ----------------------------------------------------------------------------- coils
 def coil_layout(coils: int, rng: np.random.Generator) -> list[tuple[float, float, float]]:
     """(azimuth, superior-inferior position, loop radius) of each element of a cylindrical knee array."""
@@ -309,21 +467,35 @@ def coil_layout(coils: int, rng: np.random.Generator) -> list[tuple[float, float
     return out
 
 
-def coil_fields(layout, z: float, grid: _Grid, radius: float = 1.15, segments: int = 24) -> np.ndarray:
-    """Complex receive sensitivities (C, 2h, W) of loop coils, Biot-Savart on a coarse grid.
+def cylinder_loops(layout, radius: float = 1.15) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
+    """Loops (centre, u, w, loop radius) of a `coil_layout` on a cylinder of `radius` around the leg."""
+    loops = []
+    for phi, yc, a in layout:
+        centre = np.array([radius * np.cos(phi), yc, radius * np.sin(phi)])
+        u = np.array([-np.sin(phi), 0.0, np.cos(phi)])
+        w = np.array([0.0, 1.0, 0.0])
+        loops.append((centre, u, w, a))
+    return loops
 
-    B0 runs along the leg (y), so the receive field is B1- = Bx - i Bz; computed on a coarse grid and
-    spline-interpolated because the fields are smooth.
+
+def coil_fields(layout, z: float, grid: _Grid, radius: float = 1.15, segments: int = 24) -> np.ndarray:
+    """Complex receive sensitivities (C, 2h, W) of a cylindrical `coil_layout` (see `loop_fields`)."""
+    return loop_fields(cylinder_loops(layout, radius), z, grid, segments)
+
+
+def loop_fields(loops, z: float, grid: _Grid, segments: int = 24) -> np.ndarray:
+    """Complex receive sensitivities (C, 2h, W) of circular loops, Biot-Savart on a coarse grid.
+
+    loops: (centre (3,), u (3,), w (3,), radius) each, in (x, y, z) normalised units; the loop is
+    centre + radius (cos tau u + sin tau w). B0 runs along the leg (y), so the receive field is
+    B1- = Bx - i Bz; computed on a coarse grid and spline-interpolated because the fields are smooth.
     """
     gy = np.linspace(grid.y[0, 0], grid.y[-1, 0], min(grid.shape[0], 48))
     gx = np.linspace(grid.x[0, 0], grid.x[0, -1], min(grid.shape[1], 40))
     P = np.stack(np.broadcast_arrays(gx[None, :], gy[:, None], np.full((1, 1), z)), -1)  # (gy, gx, 3) xyz
     tau = np.linspace(0, 2 * np.pi, segments, endpoint=False)
     maps = []
-    for phi, yc, a in layout:
-        centre = np.array([radius * np.cos(phi), yc, radius * np.sin(phi)])
-        u = np.array([-np.sin(phi), 0.0, np.cos(phi)])
-        w = np.array([0.0, 1.0, 0.0])
+    for centre, u, w, a in loops:
         pts = centre + a * (np.cos(tau)[:, None] * u + np.sin(tau)[:, None] * w)          # (S, 3)
         dl = a * (2 * np.pi / segments) * (-np.sin(tau)[:, None] * u + np.cos(tau)[:, None] * w)
         r = P[None] - pts[:, None, None, :]                                                  # (S, gy, gx, 3)
@@ -342,9 +514,13 @@ def normalise_maps(raw: np.ndarray) -> np.ndarray:
 
 def noise_mixing(layout, rng: np.random.Generator) -> np.ndarray:
     """A (C, C) matrix A: coil noise A @ white has covariance A A^H with neighbour coupling."""
-    pos = np.array([[np.cos(p), yc, np.sin(p)] for p, yc, _ in layout])
+    return coupled_noise_mixing(np.array([[np.cos(p), yc, np.sin(p)] for p, yc, _ in layout]), rng)
+
+
+def coupled_noise_mixing(pos: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """noise_mixing for coil centres `pos` (C, 3): coupling decays with the distance between them."""
     dist = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
-    n = len(layout)
+    n = len(pos)
     coupling = (rng.standard_normal((n, n)) + 1j * rng.standard_normal((n, n))) / np.sqrt(2)
     coupling *= 0.3 * np.exp(-dist / 0.8)
     np.fill_diagonal(coupling, 0)
@@ -357,6 +533,107 @@ def smooth_phase(grid: _Grid, coeffs: np.ndarray, t: float) -> np.ndarray:
     y, x = grid.y / 2, grid.x  # y spans [-1, 1] over the oversampled rows
     c = coeffs[0] + t * coeffs[1]
     return (c[0] + c[1] * x + c[2] * y + c[3] * x * y + c[4] * (x * x - y * y) + c[5] * np.sin(2 * x + c[6]))
+
+
+# ----------------------------------------------------------------------------- varied acquisitions
+# Image noise relative to the mean foreground signal (image SNR 100 .. 12.5). Clinical 1.5 T / 3 T knee and
+# brain scans run an image SNR of roughly 15-60 in tissue, and fastMRI's multi-coil knee data sit in that
+# band; the range reaches a little beyond it on both sides. Same definition as training.outside.
+NOISE_LEVELS = (0.01, 0.08)
+COIL_COUNTS = (4, 6, 8, 10, 12, 16)
+GEOMETRIES = ("cylinder", "plates")
+CONTENTS = ("knee", "shapes")
+SIZE_SPREAD = 1.0 / 6.0  # each recon side drawn from the even numbers within +-1/6 of --recon-size
+
+
+@dataclasses.dataclass(frozen=True)
+class Acquisition:
+    """What one varied volume drew: noise, coils, matrix, orientation and content."""
+
+    noise_level: float  # noise sd per k-space sample / mean clean SENSE image over its foreground
+    coils: int
+    geometry: str  # "cylinder" or "plates"
+    content: str  # "knee" or "shapes"
+    recon_size: tuple[int, int]
+    transpose: bool
+    flip_rows: bool
+    flip_cols: bool
+
+    @property
+    def orientation(self) -> str:
+        parts = [n for n, on in (("transpose", self.transpose), ("flip_rows", self.flip_rows),
+                                 ("flip_cols", self.flip_cols)) if on]
+        return "+".join(parts) or "none"
+
+    @property
+    def enc_w(self) -> int:
+        return encoded_width(self.recon_size[1])
+
+
+def _even_sizes(side: int) -> np.ndarray:
+    lo = max(16, math.ceil(side * (1 - SIZE_SPREAD) / 2) * 2)
+    hi = max(lo, math.floor(side * (1 + SIZE_SPREAD) / 2) * 2)
+    return np.arange(lo, hi + 1, 2)
+
+
+def draw_acquisition(recon_size: tuple[int, int], rng: np.random.Generator) -> Acquisition:
+    """One volume's settings: noise level log-uniform over NOISE_LEVELS, the rest uniform over their sets.
+
+    noise_level is the k-space noise sd per sample (orthonormal FFT, so per coil-image pixel) over the
+    mean of the clean SENSE image on its foreground: `training.outside.noise_reference`, the definition
+    the outside data use, so levels compare. 1 % .. 8 % is an image SNR of 100 .. 12.5: clinical 1.5 T /
+    3 T knee and brain scans run roughly 15-60 in tissue and fastMRI's multi-coil knee data lie in that
+    band; the range covers it with a margin on both sides. Sizes: each recon side an even number within
+    +-SIZE_SPREAD of `recon_size`, uniform (so the mean pixel count is about recon_size's).
+    """
+    level = math.exp(rng.uniform(math.log(NOISE_LEVELS[0]), math.log(NOISE_LEVELS[1])))
+    coils = int(rng.choice(COIL_COUNTS))
+    geometry = GEOMETRIES[int(rng.integers(len(GEOMETRIES)))]
+    content = CONTENTS[int(rng.integers(len(CONTENTS)))]
+    size = (int(rng.choice(_even_sizes(recon_size[0]))), int(rng.choice(_even_sizes(recon_size[1]))))
+    transpose, flip_rows, flip_cols = (bool(v) for v in rng.integers(0, 2, 3))
+    return Acquisition(level, coils, geometry, content, size, transpose, flip_rows, flip_cols)
+
+
+def varied_loops(coils: int, geometry: str, rng: np.random.Generator) -> list:
+    """Loops (centre, u, w, radius) of a randomly placed array (see `loop_fields`).
+
+    cylinder: 1-3 rings around the leg, random rotation, cylinder radius, ring spacing and loop size.
+    plates: two flat arrays facing each other across the object (anterior/posterior, left/right or
+    oblique), elements tiled in 1-2 rows with a little overlap.
+    """
+    u = rng.uniform
+    loops = []
+    y_axis = np.array([0.0, 1.0, 0.0])
+    if geometry == "cylinder":
+        rows = int(rng.integers(1, min(3, coils // 3) + 1))
+        per_row = [coils // rows + (1 if r < coils % rows else 0) for r in range(rows)]
+        spread = u(0.35, 0.7)
+        ys = np.linspace(-spread, spread, rows) if rows > 1 else np.array([u(-0.2, 0.2)])
+        radius, a, rot = u(1.25, 1.5), u(0.35, 0.55), u(0, 2 * np.pi)
+        for r, n in enumerate(per_row):
+            for j in range(n):
+                phi = rot + 2 * np.pi * (j + 0.5 * (r % 2)) / n
+                centre = np.array([radius * np.cos(phi), ys[r] + rng.normal(0, 0.03), radius * np.sin(phi)])
+                loops.append((centre, np.array([-np.sin(phi), 0.0, np.cos(phi)]), y_axis, a))
+        return loops
+    if geometry != "plates":
+        raise ConfigError(f"coil geometry {geometry!r} unknown, expected one of {GEOMETRIES}")
+    phi0, dist, a = u(0, np.pi), u(1.3, 1.6), u(0.3, 0.45)
+    for plate, n in enumerate((coils - coils // 2, coils // 2)):
+        phi = phi0 + np.pi * plate
+        normal = np.array([np.cos(phi), 0.0, np.sin(phi)])
+        tangent = np.array([-np.sin(phi), 0.0, np.cos(phi)])
+        rows = 1 if n <= 3 else 2
+        cols = math.ceil(n / rows)
+        pitch = 1.7 * a  # neighbouring loops overlap a little, as arrays do to decouple them
+        for k in range(n):
+            r, c = divmod(k, cols)
+            in_row = cols if r < rows - 1 else n - cols * (rows - 1)
+            off_u = (c - (in_row - 1) / 2) * pitch + rng.normal(0, 0.02)
+            off_y = (r - (rows - 1) / 2) * pitch + rng.normal(0, 0.02)
+            loops.append((dist * normal + off_u * tangent + off_y * y_axis, tangent, y_axis, a))
+    return loops
 
 
 # ----------------------------------------------------------------------------- header
@@ -418,8 +695,22 @@ class SynthVolume:
     noise_sd: float = 0.0
 
 
+def rss_and_sense(coil_images: np.ndarray, maps: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """RSS and |SENSE combination with `maps`| of coil images (C, 2h, W), centre-cropped to `size` (h, w)."""
+    rss = center_crop(np.sqrt(np.sum(np.abs(coil_images) ** 2, 0)), size)
+    sense = center_crop(np.abs(np.sum(np.conj(maps) * coil_images, 0)), size)
+    return rss, sense
+
+
+def _attrs(contrast: str, rss: np.ndarray, seed_seq: np.random.SeedSequence) -> dict:
+    return dict(acquisition=CONTRASTS[contrast], max=float(rss.max()), norm=float(np.linalg.norm(rss)),
+                patient_id=seed_seq.generate_state(2, np.uint64).tobytes().hex(), synthetic="dnirecon.synth/1")
+
+
 def synth_volume(cfg: SynthConfig, contrast: str, seed_seq: np.random.SeedSequence) -> SynthVolume:
-    """Generate one volume (all slices) in memory."""
+    """Generate one volume (all slices) in memory; with cfg.vary its acquisition is drawn too."""
+    if cfg.vary:
+        return _varied_volume(cfg, contrast, seed_seq)
     rng = np.random.default_rng(seed_seq)
     h, w = cfg.recon_size
     enc_w = cfg.enc_w
@@ -447,16 +738,66 @@ def synth_volume(cfg: SynthConfig, contrast: str, seed_seq: np.random.SeedSequen
         k = k + (noise_sd / np.sqrt(2) * (mix @ white)).reshape(k.shape)
         k[..., :pad[0]] = 0
         k[..., pad[1]:] = 0
-        coil_images = ifft2c(k.astype(np.complex64))
         kspace[i] = k
         maps[i] = S
-        rss[i] = center_crop(np.sqrt(np.sum(np.abs(coil_images) ** 2, 0)), (h, w))
-        sense[i] = center_crop(np.abs(np.sum(np.conj(S) * coil_images, 0)), (h, w))
-    attrs = dict(acquisition=CONTRASTS[contrast], max=float(rss.max()), norm=float(np.linalg.norm(rss)),
-                 patient_id=seed_seq.generate_state(2, np.uint64).tobytes().hex(),
-                 synthetic="dnirecon.synth/1")
+        rss[i], sense[i] = rss_and_sense(ifft2c(k.astype(np.complex64)), S, (h, w))
     return SynthVolume(kspace, rss, sense, maps,
-                       ismrmrd_header(cfg.recon_size, enc_w, cfg.slices, cfg.coils, contrast, pad), attrs,
+                       ismrmrd_header(cfg.recon_size, enc_w, cfg.slices, cfg.coils, contrast, pad),
+                       _attrs(contrast, rss, seed_seq), noise_mixing=mix, noise_sd=float(noise_sd))
+
+
+def _varied_volume(cfg: SynthConfig, contrast: str, seed_seq: np.random.SeedSequence) -> SynthVolume:
+    """A volume whose acquisition (`draw_acquisition`) is drawn from the seed; noise sd set from the clean image."""
+    from training.outside import noise_reference
+
+    rng = np.random.default_rng(seed_seq)
+    acq = draw_acquisition(cfg.recon_size, rng)
+    noise_rng = np.random.default_rng(rng.integers(2**63))  # the noise draw never shifts the content draws
+    h, w = acq.recon_size
+    enc_w = acq.enc_w
+    grid = _Grid(acq.recon_size, enc_w)
+    content_grid = grid.oriented(acq.transpose, acq.flip_rows, acq.flip_cols)
+    pad = acquired_columns(enc_w)
+    params = KneeParams.sample(rng) if acq.content == "knee" else ShapeParams.sample(rng)
+    draw_slice = knee_slice if acq.content == "knee" else shapes_slice
+    loops = varied_loops(acq.coils, acq.geometry, rng)
+    mix = coupled_noise_mixing(np.array([c for c, *_ in loops]), rng)
+    coil_phase = np.exp(1j * rng.uniform(0, 2 * np.pi, acq.coils))[:, None, None]
+    phase_coeffs = rng.normal(0, [[0.6, 0.8, 0.6, 0.5, 0.5, 0.3, 3.0], [0.1, 0.15, 0.1, 0.1, 0.1, 0.05, 0.3]])
+    amplitude = rng.uniform(1.5e-4, 3.5e-4)
+    ts = np.linspace(-1, 1, cfg.slices) * params.coverage if cfg.slices > 1 else np.zeros(1)
+    shape = (cfg.slices, acq.coils, 2 * h, enc_w)
+    kspace = np.zeros(shape, np.complex64)
+    maps = np.zeros(shape, np.complex64)
+    clean_sense = np.zeros((cfg.slices, h, w), np.float32)
+    for i, t in enumerate(ts):
+        mag = draw_slice(params, float(t), content_grid, rng, contrast) * amplitude
+        image = mag * np.exp(1j * smooth_phase(content_grid, phase_coeffs, float(t)))
+        S = normalise_maps(loop_fields(loops, 0.35 * float(t), grid) * coil_phase)
+        k = fft2c((S * image).astype(np.complex64))
+        k[..., :pad[0]] = 0
+        k[..., pad[1]:] = 0
+        kspace[i], maps[i] = k, S
+        clean_sense[i] = rss_and_sense(ifft2c(k), S, (h, w))[1]
+    level = acq.noise_level * cfg.noise_scale
+    noise_sd = level * noise_reference(clean_sense)
+    rss = np.zeros((cfg.slices, h, w), np.float32)
+    for i in range(cfg.slices):
+        n = kspace[i, 0].size
+        white = noise_rng.standard_normal((acq.coils, n)) + 1j * noise_rng.standard_normal((acq.coils, n))
+        k = kspace[i] + (noise_sd / np.sqrt(2) * (mix @ white)).reshape(kspace[i].shape)
+        k[..., :pad[0]] = 0
+        k[..., pad[1]:] = 0
+        kspace[i] = k
+        rss[i] = rss_and_sense(ifft2c(kspace[i]), maps[i], (h, w))[0]
+    # the SENSE target is the noise-free image through the acquired band (as training.outside's): a model
+    # trained on it learns to remove the noise, not to reproduce it
+    sense = clean_sense
+    attrs = _attrs(contrast, rss, seed_seq) | dict(
+        noise_level=float(level), noise_sd=float(noise_sd), coils=acq.coils, coil_geometry=acq.geometry,
+        content=acq.content, recon_size=np.array(acq.recon_size, np.int64), orientation=acq.orientation)
+    return SynthVolume(kspace, rss, sense, maps,
+                       ismrmrd_header(acq.recon_size, enc_w, cfg.slices, acq.coils, contrast, pad), attrs,
                        noise_mixing=mix, noise_sd=float(noise_sd))
 
 
@@ -546,6 +887,41 @@ def figure(out_png: str | os.PathLike, recon_size=(320, 320), coils: int = 8, sl
     fig.suptitle(f"dnirecon synthetic knee: {coils} coils, recon {recon_size[0]}x{recon_size[1]} (SENSE target)",
                  fontsize=10)
     fig.tight_layout()
+    return _save_figure(fig, out_png)
+
+
+def figure_varied(out_png: str | os.PathLike, recon_size=(96, 96), seed: int = 0, volumes: int = 12) -> Path:
+    """Save the central SENSE target of `volumes` varied volumes (`--vary`), titled with what each drew."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cfg = SynthConfig(volumes_per_contrast=1, slices=3, recon_size=tuple(recon_size), seed=seed,
+                      vary=True).validated()
+    cols = min(volumes, 6)
+    rows = -(-volumes // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= volumes:
+            continue
+        contrast = cfg.contrasts[i % len(cfg.contrasts)]
+        vol = synth_volume(cfg, contrast, np.random.SeedSequence([seed, list(CONTRASTS).index(contrast), i]))
+        a = vol.attrs
+        ax.imshow(vol.reconstruction_sense[1], cmap="gray", vmin=0,
+                  vmax=np.percentile(vol.reconstruction_sense[1], 99.5))
+        ax.set_title(f"{a['content']}, {a['coils']} coils {a['coil_geometry']}\n"
+                     f"noise {100 * a['noise_level']:.1f} %, {a['orientation']}", fontsize=7)
+    fig.suptitle("dnirecon synthetic volumes with --vary (SENSE target, central slice)", fontsize=10)
+    fig.tight_layout()
+    return _save_figure(fig, out_png)
+
+
+def _save_figure(fig, out_png: str | os.PathLike) -> Path:
+    """Write a matplotlib figure under a temporary name, then rename (never a partial PNG)."""
+    import matplotlib.pyplot as plt
+
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.png")
