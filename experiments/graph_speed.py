@@ -41,33 +41,34 @@ def build(preset: str, size: tuple[int, int, int], out: Path):
     return one, path, kspace, mask
 
 
-def session(path: Path, profile_prefix: str | None = None):
+LEVELS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED", "basic": "ORT_ENABLE_BASIC"}
+
+
+def session(path: Path, profile_prefix: str | None = None, level: str = "all"):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, LEVELS[level])
     if profile_prefix:
         opts.enable_profiling = True
         opts.profile_file_prefix = profile_prefix
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def median_ms(fn, runs: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+def timed_ms(fn) -> tuple[float, float]:
+    """(wall ms, this process's CPU ms) of one call: at one thread the CPU time leaves out the waits for
+    a core that other jobs on a shared machine cause."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    return 1e3 * (time.perf_counter() - w0), 1e3 * (time.process_time() - c0)
 
 
-def ort_profile(path: Path, feeds: dict, runs: int, work: Path) -> dict[str, float]:
+def ort_profile(path: Path, feeds: dict, runs: int, work: Path, level: str) -> dict[str, float]:
     """ms per run summed by op type (node events of the last `runs` runs)."""
-    sess = session(path, str(work / "ort"))
+    sess = session(path, str(work / "ort"), level)
     sess.run(None, feeds)
     for _ in range(runs):
         sess.run(None, feeds)
@@ -78,6 +79,7 @@ def ort_profile(path: Path, feeds: dict, runs: int, work: Path) -> dict[str, flo
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
             by_op[e["args"]["op_name"]] += e["dur"] / 1e3
     n = len(runs_seen)
+    by_op["(run total, nodes and between them)"] = sum(e["dur"] for e in runs_seen) / 1e3
     return {k: v / n for k, v in sorted(by_op.items(), key=lambda kv: -kv[1])}
 
 
@@ -101,6 +103,7 @@ def main() -> int:
     p.add_argument("--size", default="15x640x368", help="COILSxREADOUTxPHASE")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--level", default="all", choices=sorted(LEVELS), help="onnxruntime graph optimisation level")
     p.add_argument("--top", type=int, default=14, help="rows of each profile printed")
     a = p.parse_args()
 
@@ -117,24 +120,27 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="graph-speed-") as tmp:
         work = Path(tmp)
         model, path, kspace, mask = build(a.preset, size, work)
-        sess = session(path)
+        sess = session(path, level=a.level)
         ref, _ = run_torch(model, kspace, mask)
         out, _ = run_onnx(sess, kspace, mask)
         parity = relative_max_error(ref, out)
         feeds = {"kspace": np.stack([kspace.real, kspace.imag], -1)[None].astype(np.float32), "mask": mask[None]}
+        sess.run(None, feeds)
+        run_torch(model, kspace, mask)
         # alternate the two so both see the same machine load
         t_ort, t_torch = [], []
         for _ in range(a.runs):
-            t_ort.append(median_ms(lambda: sess.run(None, feeds), 1))
-            t_torch.append(median_ms(lambda: run_torch(model, kspace, mask), 1))
-        ms_ort, ms_torch = statistics.median(t_ort), statistics.median(t_torch)
-        print(f"size {a.size} preset {a.preset}, 1 thread, median of {a.runs}: onnxruntime {ms_ort:.1f} ms "
-              f"(runs {', '.join(f'{t:.0f}' for t in t_ort)}), torch eager {ms_torch:.1f} ms "
-              f"(runs {', '.join(f'{t:.0f}' for t in t_torch)}), ratio {ms_ort / ms_torch:.2f}; "
-              f"parity {parity:.2e}")
+            t_ort.append(timed_ms(lambda: sess.run(None, feeds)))
+            t_torch.append(timed_ms(lambda: run_torch(model, kspace, mask)))
+        print(f"size {a.size} preset {a.preset}, level {a.level}, 1 thread, {a.runs} runs each; parity {parity:.2e}")
+        for i, what in enumerate(("wall", "CPU")):
+            o, t = [x[i] for x in t_ort], [x[i] for x in t_torch]
+            mo, mt = statistics.median(o), statistics.median(t)
+            print(f"  {what:4s} median: onnxruntime {mo:7.1f} ms, torch eager {mt:7.1f} ms, ratio {mo / mt:.2f}  "
+                  f"(onnxruntime {' '.join(f'{x:.0f}' for x in o)}; torch {' '.join(f'{x:.0f}' for x in t)})")
         if a.profile:
-            prof = ort_profile(path, feeds, 2, work)
-            total = sum(prof.values())
+            prof = ort_profile(path, feeds, 2, work, a.level)
+            total = sum(v for k, v in prof.items() if not k.startswith("("))
             print(f"onnxruntime by op type (ms per run, node total {total:.0f}):")
             for k, v in list(prof.items())[:a.top]:
                 print(f"  {k:24s} {v:8.1f}  {100 * v / total:5.1f}%")

@@ -4,13 +4,16 @@
 `dnirecon.fftc`).
 
 - `TORCH_FFT`: torch.fft, for training.
-- `MATMUL_FFT`: for the ONNX export. Every transform is `centred_dft`, a 1-D centred DFT along the last
-  axis factorised as a Cooley-Tukey split N = N1 x N2 (an N1-point matrix product, a twiddle multiply,
-  an N2-point matrix product, a transpose), about N1 + N2 complex multiply-adds per point instead of N
-  for a dense DFT matrix. The shifts are folded into the three factors, so there is no roll at all.
-  In the exported graph it is one ONNX function made of MatMul/Mul/Transpose/Reshape, with the split
-  computed from the input's shape at run time (dynamic sizes; contract 3: no `DFT` node). A length with
-  no divisor above 1 up to its square root (a prime) gets N1 = 1: the dense transform.
+- `MATMUL_FFT`: for the ONNX export. Every transform is `centred_dft`, a 1-D centred DFT factorised as a
+  Cooley-Tukey split N = N1 x N2, about N1 + N2 complex multiply-adds per point instead of N for a dense
+  DFT matrix. It works on the real view (re, im in a last axis of 2: the graph's layout for complex
+  values), where a complex product is one real matrix product with the matrix in its real form: an
+  N1-point product over all rows as one GEMM, an N2-point product with the twiddles folded in (one
+  matrix per k1), and transposes that bring each contracted axis last. The shifts are folded into the
+  factors, so there is no roll at all. In the exported graph it is one ONNX function made of
+  MatMul/Transpose/Reshape, with the split computed from the input's shape at run time (dynamic sizes;
+  contract 3: no `DFT` node). A length with no divisor above 1 up to its square root (a prime) gets
+  N1 = 1: the dense transform.
 """
 
 from __future__ import annotations
@@ -171,12 +174,12 @@ def _centred_dft_onnx(x, inverse: bool):
                                        op.Unsqueeze(op.Mul(cols, two), [0]), axis=0))
 
     i1, i2 = op.Range(zero, n1, one), op.Range(zero, n2, one)
-    g1r, g1i = phase(op.Sub(i1, c), i1, n1)  # [k1, n1]
+    g1r, g1i = phase(i1, op.Sub(i1, c), n1)  # [n1, k1]: the product is symmetric, no transpose
     twr, twi = phase(op.Sub(i1, c), op.Sub(i2, c), n)  # [k1, n2]
     g2r, g2i = phase(op.Sub(i2, c), i2, n2)  # [n2, k2]
     scale = op.Reciprocal(op.Sqrt(op.Cast(n, to=1)))
     twr, twi = op.Unsqueeze(op.Mul(twr, scale), [2]), op.Unsqueeze(op.Mul(twi, scale), [2])
-    r1 = real_form(op.Transpose(g1r, perm=[1, 0]), op.Transpose(g1i, perm=[1, 0]), n1, n1, [])
+    r1 = real_form(g1r, g1i, n1, n1, [])
     r2 = real_form(op.Sub(op.Mul(twr, g2r), op.Mul(twi, g2i)), op.Add(op.Mul(twr, g2i), op.Mul(twi, g2r)),
                    n2, n2, [op.Unsqueeze(n1, [0])])
     s1, s2 = op.Unsqueeze(n1, [0]), op.Unsqueeze(n2, [0])
