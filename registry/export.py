@@ -38,7 +38,7 @@ class ReconstructionBoundary(nn.Module):
         self.fourier = fourier
 
     def forward(self, kspace: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        y = torch.complex(kspace[..., 0], kspace[..., 1])
+        y = torch.view_as_complex(kspace.contiguous())  # in the graph: no split into re and im and stack back
         # On the model's grid (readout oversampling removed when the config says so): the residual is
         # that of the data the model was consistent with; the image goes back on the input's rows.
         x, residual = self.sn.reconstruct_with_residual(y, mask)

@@ -96,3 +96,41 @@ def test_the_exported_graph_matches_torch_fft_within_1e5_at_primes_odd_and_scann
     for i, want in enumerate((TORCH_FFT.fft(x), TORCH_FFT.ifft(x))):
         out = got[..., 2 * i] + 1j * got[..., 2 * i + 1]
         assert np.abs(out - want.numpy()).max() / want.abs().max().item() < 1e-5
+
+
+def test_a_complex_matrix_product_is_one_real_product_with_the_matrix_in_real_form():
+    from training.physics.fft import _real_form
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(5, 4, dtype=torch.complex64, generator=g)
+    m = torch.randn(4, 3, dtype=torch.complex64, generator=g)
+    got = torch.view_as_real(x).reshape(5, 8) @ _real_form(m.real, m.imag)
+    assert torch.allclose(got, torch.view_as_real(x @ m).reshape(5, 6), atol=1e-6)
+
+
+class _OneTransform(torch.nn.Module):
+    """kspace (B, C, H, W, 2) -> the real view of dft_last of it (mask unused)."""
+
+    def forward(self, kspace, mask):
+        from training.physics.fft import dft_last
+
+        return torch.view_as_real(dft_last(torch.view_as_complex(kspace)))
+
+
+def test_one_exported_transform_is_two_matmuls_and_three_transposes_on_the_real_view(tmp_path):
+    import onnx
+
+    from physics_helpers import export_onnx
+
+    x = random_kspace(2, 3, 10, 8)
+    session, _ = export_onnx(_OneTransform(), torch.view_as_real(x).contiguous(), torch.ones(2, 8),
+                             tmp_path / "one.onnx")
+    nodes = onnx.load(str(tmp_path / "one.onnx")).graph.node
+    ops = [node.op_type for node in nodes]
+    assert ops.count("MatMul") == 2 and ops.count("Transpose") == 3
+    assert {n.op_type for n in nodes if "kspace" in n.input} == {"Shape", "Reshape"}  # no split into re and im
+    y = random_kspace(1, 2, 12, 368, seed=3)
+    got = session.run(None, {"kspace": torch.view_as_real(y).contiguous().numpy(),
+                             "mask": np.ones((1, 368), np.float32)})[0]
+    want = torch.fft.fftshift(torch.fft.fft(torch.fft.ifftshift(y, dim=-1), dim=-1, norm="ortho"), dim=-1)
+    assert np.abs(got - torch.view_as_real(want).numpy()).max() / want.abs().max().item() < 1e-5

@@ -65,3 +65,25 @@ def test_data_consistency_weight_is_clamped_to_unit_interval():
     assert torch.equal(DataConsistency(-2.0)(pred, meas, mask), pred)
     half = DataConsistency(0.5)(pred, meas, mask)
     assert rel_err(half, 0.5 * (pred + meas)) < 1e-6
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (2, 1, 1, 1), (1, 1, 4, 1), (1, 1, 1, 5), ()])
+def test_mul_real_and_its_graph_form_are_the_complex_product_by_a_real_factor_for_every_broadcast(shape):
+    from training.physics.complex_ops import mul_real, mul_real_view
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, 5, dtype=torch.complex64, generator=g)
+    r = torch.randn(shape, generator=g)
+    assert torch.allclose(mul_real(x, r), x * r, atol=1e-6)
+    assert torch.allclose(mul_real_view(x, r), x * r, atol=1e-6)
+
+
+def test_the_graph_forms_of_coil_expand_and_combine_are_the_complex_products():
+    from training.physics.sense import coil_combine_view, coil_expand_view
+
+    g = torch.Generator().manual_seed(0)
+    maps = torch.randn(2, 3, 4, 5, dtype=torch.complex64, generator=g)
+    x = torch.randn(2, 4, 5, dtype=torch.complex64, generator=g)
+    z = torch.randn(2, 3, 4, 5, dtype=torch.complex64, generator=g)
+    assert torch.allclose(coil_expand_view(x, maps), maps * x[:, None], atol=1e-6)
+    assert torch.allclose(coil_combine_view(z, maps), (maps.conj() * z).sum(dim=1), atol=1e-5)

@@ -44,12 +44,12 @@ class ColumnDomain:
     def __init__(self, kspace: Tensor, mask: Tensor, oversampling: int = 1):
         rows = dft_rows(kspace, inverse=True)
         if oversampling != 1:
-            # sizes and slices on the real parts: the ONNX exporter has no complex sym_size or slice
-            re, im = rows.real, rows.imag
-            h_full = re.shape[-2]
+            # sizes and slices on the real view: the ONNX exporter has no complex sym_size or slice
+            view = torch.view_as_real(rows)
+            h_full = view.shape[-3]
             h = h_full // oversampling
             top = (h_full - h) // 2
-            rows = torch.complex(re[..., top: top + h, :], im[..., top: top + h, :])
+            rows = torch.view_as_complex(view[..., top: top + h, :, :].contiguous())
         self.rows = rows
         self.mask = mask.to(kspace.real.dtype)
 

@@ -4,13 +4,16 @@
 `dnirecon.fftc`).
 
 - `TORCH_FFT`: torch.fft, for training.
-- `MATMUL_FFT`: for the ONNX export. Every transform is `centred_dft`, a 1-D centred DFT along the last
-  axis factorised as a Cooley-Tukey split N = N1 x N2 (an N1-point matrix product, a twiddle multiply,
-  an N2-point matrix product, a transpose), about N1 + N2 complex multiply-adds per point instead of N
-  for a dense DFT matrix. The shifts are folded into the three factors, so there is no roll at all.
-  In the exported graph it is one ONNX function made of MatMul/Mul/Transpose/Reshape, with the split
-  computed from the input's shape at run time (dynamic sizes; contract 3: no `DFT` node). A length with
-  no divisor above 1 up to its square root (a prime) gets N1 = 1: the dense transform.
+- `MATMUL_FFT`: for the ONNX export. Every transform is `centred_dft`, a 1-D centred DFT factorised as a
+  Cooley-Tukey split N = N1 x N2, about N1 + N2 complex multiply-adds per point instead of N for a dense
+  DFT matrix. It works on the real view (re, im in a last axis of 2: the graph's layout for complex
+  values), where a complex product is one real matrix product with the matrix in its real form: an
+  N1-point product over all rows as one GEMM, an N2-point product with the twiddles folded in (one
+  matrix per k1), and transposes that bring each contracted axis last. The shifts are folded into the
+  factors, so there is no roll at all. In the exported graph it is one ONNX function made of
+  MatMul/Transpose/Reshape, with the split computed from the input's shape at run time (dynamic sizes;
+  contract 3: no `DFT` node). A length with no divisor above 1 up to its square root (a prime) gets
+  N1 = 1: the dense transform.
 """
 
 from __future__ import annotations
@@ -86,79 +89,107 @@ def _split_factors(n: int, inverse: bool, device) -> tuple[int, int, tuple[Tenso
     return n1, n2, (*g1, tw[0] * scale, tw[1] * scale, *g2)
 
 
-def _centred_dft_eager(re: Tensor, im: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-    shape = re.shape
-    n1, n2, (g1r, g1i, twr, twi, g2r, g2i) = _split_factors(shape[-1], inverse, re.device)
-    xr, xi = re.reshape(-1, n1, n2), im.reshape(-1, n1, n2)  # [n1, n2]
-    tr, ti = g1r @ xr - g1i @ xi, g1r @ xi + g1i @ xr  # [k1, n2]
-    ur, ui = tr * twr - ti * twi, tr * twi + ti * twr
-    vr, vi = ur @ g2r - ui @ g2i, ur @ g2i + ui @ g2r  # [k1, k2]
-    return vr.transpose(-1, -2).reshape(shape), vi.transpose(-1, -2).reshape(shape)  # k = k1 + N1 k2
+def _real_form(gr: Tensor, gi: Tensor) -> Tensor:
+    """The complex matrices gr + i gi (..., n, k) as real (..., 2n, 2k) acting on interleaved re/im rows:
+    (x @ G) for complex x (rows, n) is one real product (rows, 2n) @ R; R[2a+s, 2b+t] = [[gr, gi], [-gi, gr]][s][t]."""
+    top, bottom = torch.stack([gr, gi], dim=-1), torch.stack([-gi, gr], dim=-1)  # (..., n, k, 2)
+    r = torch.stack([top, bottom], dim=-3)  # (..., n, 2, k, 2)
+    return r.reshape(*gr.shape[:-2], 2 * gr.shape[-2], 2 * gr.shape[-1])
+
+
+def _stage_matrices(n: int, inverse: bool, device) -> tuple[int, int, Tensor, Tensor]:
+    """N1, N2, the first stage R1 (2 N1, 2 N1) and the second stage with the twiddles folded in, one matrix
+    per k1: R2 (N1, 2 N2, 2 N2) with G2'[k1][n2, k2] = tw[k1, n2] G2[n2, k2] (exact: a row scaling)."""
+    n1, n2, (g1r, g1i, twr, twi, g2r, g2i) = _split_factors(n, inverse, device)
+    r1 = _real_form(g1r.T, g1i.T)  # [n1, k1]
+    twr, twi = twr[:, :, None], twi[:, :, None]
+    r2 = _real_form(twr * g2r - twi * g2i, twr * g2i + twi * g2r)  # [k1][n2, k2]
+    return n1, n2, r1, r2
+
+
+def _centred_dft_eager(x: Tensor, inverse: bool) -> Tensor:
+    shape = x.shape
+    n1, n2, r1, r2 = _stage_matrices(shape[-2], inverse, x.device)
+    y = x.reshape(-1, n1, n2, 2).transpose(1, 2).reshape(-1, 2 * n1) @ r1  # [m n2, k1 c]
+    y = y.reshape(-1, n2, n1, 2).permute(2, 0, 1, 3).reshape(n1, -1, 2 * n2) @ r2  # [k1, m, k2 c]
+    return y.reshape(n1, -1, n2, 2).permute(1, 2, 0, 3).reshape(shape)  # k = k1 + N1 k2
 
 
 @torch.library.custom_op("dnirecon::centred_dft", mutates_args=())
-def centred_dft(re: Tensor, im: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-    """The centred orthonormal (inverse) DFT along the last axis of the complex tensor re + i im.
+def centred_dft(x: Tensor, inverse: bool) -> Tensor:
+    """The centred orthonormal (inverse) DFT along the second-to-last axis of x (..., N, 2), the real
+    view (re, im in the last axis) of a complex tensor: the layout the ONNX graph holds complex values in.
 
     A custom op so that the exporter keeps it whole and writes it as `_centred_dft_onnx`, whose split
     depends on the run-time length (torch.export cannot reshape by a size computed from a shape)."""
-    return _centred_dft_eager(re, im, inverse)
+    return _centred_dft_eager(x, inverse)
 
 
 @centred_dft.register_fake
-def _(re: Tensor, im: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-    return torch.empty_like(re), torch.empty_like(im)
+def _(x: Tensor, inverse: bool) -> Tensor:
+    return torch.empty_like(x)
 
 
 def _register_flops() -> None:
     from torch.utils.flop_counter import register_flop_formula
 
     @register_flop_formula(torch.ops.dnirecon.centred_dft)
-    def _(re_shape, *args, **kwargs) -> int:
-        n1, n2 = split_length(re_shape[-1])
-        # the two complex products as the graph's MatMul nodes count them: 4 real ones, 2 FLOPs a
-        # multiply-add (the twiddle's elementwise Mul/Add are left out, as for every other node)
-        return 8 * math.prod(re_shape) * (n1 + n2)
+    def _(x_shape, *args, **kwargs) -> int:
+        n1, n2 = split_length(x_shape[-2])
+        # the two stages as the graph's MatMul nodes count them: real (2n x 2k) products on the
+        # interleaved rows, 2 FLOPs a multiply-add: 8 (N1 + N2) a complex point
+        return 4 * math.prod(x_shape) * (n1 + n2)
 
 
 _register_flops()
 
 
-def _centred_dft_onnx(re, im, inverse: bool):
-    """centred_dft as ONNX nodes (onnxscript, opset 18): the split is computed from the input's shape."""
+def _centred_dft_onnx(x, inverse: bool):
+    """centred_dft as ONNX nodes (onnxscript, opset 18): the split is computed from the input's shape.
+    Three real MatMul-friendly layouts, two products (each one large GEMM or a batch of N1 large ones)."""
     from onnxscript import opset18 as op
 
     sign = 1.0 if inverse else -1.0
-    shape = op.Shape(re)
-    one, zero = op.Constant(value_int=1), op.Constant(value_int=0)
-    n = op.Squeeze(op.Shape(re, start=-1))
+    shape = op.Shape(x)
+    one, zero, two = op.Constant(value_int=1), op.Constant(value_int=0), op.Constant(value_int=2)
+    minus_one = op.Constant(value_ints=[-1])
+    n = op.Squeeze(op.Shape(x, start=-2, end=-1))
     divisors = op.Range(one, op.Add(n, one), one)
     fits = op.And(op.Equal(op.Mod(n, divisors), zero), op.LessOrEqual(op.Mul(divisors, divisors), n))
     n1 = op.ReduceMax(op.Where(fits, divisors, one), keepdims=0)
     n2 = op.Div(n, n1)
-    c = op.Div(n, op.Constant(value_int=2))
+    c = op.Div(n, two)
 
     def phase(a, b, m):
         p = op.Cast(op.Mod(op.Mul(op.Unsqueeze(a, [1]), op.Unsqueeze(b, [0])), m), to=1)
         angle = op.Div(op.Mul(p, op.Constant(value_float=sign * 2.0 * math.pi)), op.Cast(m, to=1))
         return op.Cos(angle), op.Sin(angle)
 
+    def real_form(gr, gi, rows, cols, lead):
+        """(lead..., rows, cols) complex -> (lead..., 2 rows, 2 cols) real, as _real_form."""
+        top = op.Concat(op.Unsqueeze(gr, [-1]), op.Unsqueeze(gi, [-1]), axis=-1)
+        bottom = op.Concat(op.Unsqueeze(op.Neg(gi), [-1]), op.Unsqueeze(gr, [-1]), axis=-1)
+        r = op.Concat(op.Unsqueeze(top, [-3]), op.Unsqueeze(bottom, [-3]), axis=-3)
+        return op.Reshape(r, op.Concat(*lead, op.Unsqueeze(op.Mul(rows, two), [0]),
+                                       op.Unsqueeze(op.Mul(cols, two), [0]), axis=0))
+
     i1, i2 = op.Range(zero, n1, one), op.Range(zero, n2, one)
-    g1r, g1i = phase(op.Sub(i1, c), i1, n1)
-    twr, twi = phase(op.Sub(i1, c), op.Sub(i2, c), n)
-    g2r, g2i = phase(op.Sub(i2, c), i2, n2)
+    g1r, g1i = phase(i1, op.Sub(i1, c), n1)  # [n1, k1]: the product is symmetric, no transpose
+    twr, twi = phase(op.Sub(i1, c), op.Sub(i2, c), n)  # [k1, n2]
+    g2r, g2i = phase(op.Sub(i2, c), i2, n2)  # [n2, k2]
     scale = op.Reciprocal(op.Sqrt(op.Cast(n, to=1)))
-    twr, twi = op.Mul(twr, scale), op.Mul(twi, scale)
-    split = op.Concat(op.Constant(value_ints=[-1]), op.Unsqueeze(n1, [0]), op.Unsqueeze(n2, [0]), axis=0)
-    xr, xi = op.Reshape(re, split), op.Reshape(im, split)
-    tr = op.Sub(op.MatMul(g1r, xr), op.MatMul(g1i, xi))
-    ti = op.Add(op.MatMul(g1r, xi), op.MatMul(g1i, xr))
-    ur = op.Sub(op.Mul(tr, twr), op.Mul(ti, twi))
-    ui = op.Add(op.Mul(tr, twi), op.Mul(ti, twr))
-    vr = op.Sub(op.MatMul(ur, g2r), op.MatMul(ui, g2i))
-    vi = op.Add(op.MatMul(ur, g2i), op.MatMul(ui, g2r))
-    return (op.Reshape(op.Transpose(vr, perm=[0, 2, 1]), shape),
-            op.Reshape(op.Transpose(vi, perm=[0, 2, 1]), shape))
+    twr, twi = op.Unsqueeze(op.Mul(twr, scale), [2]), op.Unsqueeze(op.Mul(twi, scale), [2])
+    r1 = real_form(g1r, g1i, n1, n1, [])
+    r2 = real_form(op.Sub(op.Mul(twr, g2r), op.Mul(twi, g2i)), op.Add(op.Mul(twr, g2i), op.Mul(twi, g2r)),
+                   n2, n2, [op.Unsqueeze(n1, [0])])
+    s1, s2 = op.Unsqueeze(n1, [0]), op.Unsqueeze(n2, [0])
+    pair = op.Constant(value_ints=[2])
+    y = op.Transpose(op.Reshape(x, op.Concat(minus_one, s1, s2, pair, axis=0)), perm=[0, 2, 1, 3])
+    y = op.MatMul(op.Reshape(y, op.Concat(minus_one, op.Mul(s1, two), axis=0)), r1)  # [m n2, k1 c]
+    y = op.Transpose(op.Reshape(y, op.Concat(minus_one, s2, s1, pair, axis=0)), perm=[2, 0, 1, 3])
+    y = op.MatMul(op.Reshape(y, op.Concat(s1, minus_one, op.Mul(s2, two), axis=0)), r2)  # [k1, m, k2 c]
+    y = op.Transpose(op.Reshape(y, op.Concat(s1, minus_one, s2, pair, axis=0)), perm=[1, 2, 0, 3])
+    return op.Reshape(y, shape)
 
 
 def onnx_translation_table() -> dict:
@@ -168,14 +199,12 @@ def onnx_translation_table() -> dict:
 
 def dft_last(x: Tensor, inverse: bool = False) -> Tensor:
     """Centred orthonormal (inverse) DFT of complex x along its last axis (`centred_dft`)."""
-    re, im = centred_dft(x.real, x.imag, inverse)
-    return torch.complex(re, im)
+    return torch.view_as_complex(centred_dft(torch.view_as_real(x), inverse))
 
 
 def dft_rows(x: Tensor, inverse: bool = False) -> Tensor:
     """The same along the second-to-last axis (the readout, H)."""
-    re, im = centred_dft(x.real.transpose(-1, -2), x.imag.transpose(-1, -2), inverse)
-    return torch.complex(re.transpose(-1, -2), im.transpose(-1, -2))
+    return dft_last(x.transpose(-1, -2), inverse).transpose(-1, -2)
 
 
 def _matmul_fft2c(x: Tensor) -> Tensor:
