@@ -29,13 +29,15 @@ class DemoSizes:
     train_volumes_per_contrast: int
     val_volumes_per_contrast: int
     slices: int
-    coils: int
-    recon_size: tuple[int, int]
+    coils: int  # ignored under `vary`, where each volume draws its own
+    recon_size: tuple[int, int]  # under `vary`, the centre of each volume's drawn size
+    vary: bool = False  # training.synth's varied acquisitions (noise, coils, geometry, matrix, orientation, content)
 
 
 SIZES = {
+    # varied acquisitions: the setting experiments/train_tuning.py chose on tuning data
     "cpu": DemoSizes(train_volumes_per_contrast=10, val_volumes_per_contrast=2, slices=8, coils=8,
-                     recon_size=(96, 96)),
+                     recon_size=(96, 96), vary=True),
     "paper": DemoSizes(train_volumes_per_contrast=40, val_volumes_per_contrast=4, slices=16, coils=15,
                        recon_size=(320, 320)),
 }
@@ -91,7 +93,7 @@ def run_demo(preset: str = "cpu", data_root: Path = Path("data/demo"), work: Pat
     t = steps.start("synthetic fastMRI-layout data (train and held-out)")
     data_key = json.dumps(asdict(sizes), sort_keys=True, default=str)
     if state.get("data_key") != data_key or not (data_root / "val").exists():
-        common = dict(slices=sizes.slices, coils=sizes.coils, recon_size=sizes.recon_size)
+        common = dict(slices=sizes.slices, coils=sizes.coils, recon_size=sizes.recon_size, vary=sizes.vary)
         synthesize(data_root / "train", SynthConfig(volumes_per_contrast=sizes.train_volumes_per_contrast,
                                                     seed=0, **common), progress=True)
         synthesize(data_root / "val", SynthConfig(volumes_per_contrast=sizes.val_volumes_per_contrast,

@@ -147,7 +147,7 @@ PRESETS: dict[str, Preset] = {
                     accel_branches=(4.0, 8.0)),
         unet=UNetConfig(chans=16, num_pool_layers=3),
         discriminator=DiscriminatorConfig(chans=16, num_layers=3),
-        sn_schedule=Schedule(epochs=12, lr=5e-4, lr_floor=0.1, batch_size=1, slices_per_volume=None,
+        sn_schedule=Schedule(epochs=18, lr=5e-4, lr_floor=0.1, batch_size=1, slices_per_volume=None,
                              disc_lr=None, branch_adv_weights=(), **_PAPER_LOSS),
         # a quarter of the LSGAN term for the 4x branch, which keeps most of the detail, and twice the
         # term for the 8x branch, which loses more

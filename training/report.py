@@ -688,7 +688,7 @@ def render_outside(outside: OutsideResults, figures: Mapping[str, str]) -> str:
 
     generators = sorted({i["generator"] for i in outside.items if i["source"] == "phantom"})
     out = ["## Data the generator did not make", "",
-           "Every number above comes from the project's own synthetic knees. Here the same models and baselines "
+           "Every number above comes from the project's own synthetic generator. Here the same models and baselines "
            "run on multi-coil data made another way (`training/outside.py`, offline, reproducible from the seeds "
            "below), scored like Table 1 against a SENSE target (the noise-free image through the acquired band):",
            "",
@@ -702,7 +702,9 @@ def render_outside(outside: OutsideResults, figures: Mapping[str, str]) -> str:
            "Noise: complex Gaussian, sd per k-space sample = the stated level x the mean of the clean image over "
            "its foreground (2 %, 3 %, 5 %: image SNR 50, 33, 20). Tuning items chose the CS weight "
            + (f"({outside.cs_setting}) " if outside.cs_setting else "")
-           + "and are never scored here; only reported items are. No network was trained or tuned on any of them.",
+           + "and, with synthetic volumes of a seed of their own, the training data the demo uses "
+           "(`experiments/train_tuning.py`, docs/experiments/training-data.md); they are never scored here, only "
+           "reported items are. No network was trained on any of them.",
            "",
            _md_table(["Source", "Role", "Item", "Coils", "Noise", "Content", "Generator"],
                      [[i["source"].upper(), i["role"], i["name"], i["coils"], f"{100 * i['noise_level']:g} %",
