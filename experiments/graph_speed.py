@@ -44,12 +44,12 @@ def build(preset: str, size: tuple[int, int, int], out: Path):
 LEVELS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED", "basic": "ORT_ENABLE_BASIC"}
 
 
-def session(path: Path, profile_prefix: str | None = None, level: str = "all"):
+def session(path: Path, profile_prefix: str | None = None, level: str = "all", threads: int = 1):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    opts.intra_op_num_threads = 1
+    opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, LEVELS[level])
     if profile_prefix:
@@ -66,9 +66,9 @@ def timed_ms(fn) -> tuple[float, float]:
     return 1e3 * (time.perf_counter() - w0), 1e3 * (time.process_time() - c0)
 
 
-def ort_profile(path: Path, feeds: dict, runs: int, work: Path, level: str) -> dict[str, float]:
+def ort_profile(path: Path, feeds: dict, runs: int, work: Path, level: str, threads: int = 1) -> dict[str, float]:
     """ms per run summed by op type (node events of the last `runs` runs)."""
-    sess = session(path, str(work / "ort"), level)
+    sess = session(path, str(work / "ort"), level, threads)
     sess.run(None, feeds)
     for _ in range(runs):
         sess.run(None, feeds)
@@ -104,6 +104,7 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--profile", action="store_true")
     p.add_argument("--level", default="all", choices=sorted(LEVELS), help="onnxruntime graph optimisation level")
+    p.add_argument("--threads", type=int, default=1, help="threads on each side (onnxruntime intra-op, torch)")
     p.add_argument("--top", type=int, default=14, help="rows of each profile printed")
     a = p.parse_args()
 
@@ -115,12 +116,12 @@ def main() -> int:
     from registry.export import relative_max_error, run_onnx, run_torch
 
     logging.getLogger("onnx_ir").setLevel(logging.WARNING)
-    torch.set_num_threads(1)
+    torch.set_num_threads(a.threads)
     size = tuple(int(s) for s in a.size.lower().split("x"))
     with tempfile.TemporaryDirectory(prefix="graph-speed-") as tmp:
         work = Path(tmp)
         model, path, kspace, mask = build(a.preset, size, work)
-        sess = session(path, level=a.level)
+        sess = session(path, level=a.level, threads=a.threads)
         ref, _ = run_torch(model, kspace, mask)
         out, _ = run_onnx(sess, kspace, mask)
         parity = relative_max_error(ref, out)
@@ -139,7 +140,7 @@ def main() -> int:
             print(f"  {what:4s} median: onnxruntime {mo:7.1f} ms, torch eager {mt:7.1f} ms, ratio {mo / mt:.2f}  "
                   f"(onnxruntime {' '.join(f'{x:.0f}' for x in o)}; torch {' '.join(f'{x:.0f}' for x in t)})")
         if a.profile:
-            prof = ort_profile(path, feeds, 2, work, a.level)
+            prof = ort_profile(path, feeds, 2, work, a.level, a.threads)
             total = sum(v for k, v in prof.items() if not k.startswith("("))
             print(f"onnxruntime by op type (ms per run, node total {total:.0f}):")
             for k, v in list(prof.items())[:a.top]:
