@@ -100,14 +100,15 @@ def score(config: str, checkpoint: Path, out: Path) -> dict:
 
     from registry.export import run_torch
     from training.evaluate import CS_NAME, baseline_methods, evaluate
-    from training.evaluate import held_out_volumes, _volume_files
+    from dnirecon.fastmri_io import list_volumes
+    from training.evaluate import held_out_volumes
     from training.tracking import load_checkpoint
 
     model = load_checkpoint(checkpoint).model.eval()
     methods = {"SN": lambda k, m: run_torch(model, k, m), "CS": baseline_methods()[CS_NAME]}
     scores = {}
     for name, d in tuning_sets(out).items():
-        records = evaluate(methods, held_out_volumes(_volume_files(d, None), ACCELS, slices_per_volume=SLICES),
+        records = evaluate(methods, held_out_volumes(list_volumes(d), ACCELS, slices_per_volume=SLICES),
                            progress=False)
         for method in methods:
             for accel in ACCELS:

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from scipy import ndimage
 from scipy.interpolate import RectBivariateSpline
 
 from dnirecon.errors import ConfigError
@@ -707,6 +706,20 @@ def _attrs(contrast: str, rss: np.ndarray, seed_seq: np.random.SeedSequence) -> 
                 patient_id=seed_seq.generate_state(2, np.uint64).tobytes().hex(), synthetic="dnirecon.synth/1")
 
 
+def _slice_draws(rng: np.random.Generator, coils: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """A volume's per-coil phase (C, 1, 1), smooth-phase coefficients and signal amplitude, in this draw order."""
+    coil_phase = np.exp(1j * rng.uniform(0, 2 * np.pi, coils))[:, None, None]
+    phase_coeffs = rng.normal(0, [[0.6, 0.8, 0.6, 0.5, 0.5, 0.3, 3.0], [0.1, 0.15, 0.1, 0.1, 0.1, 0.05, 0.3]])
+    return coil_phase, phase_coeffs, float(rng.uniform(1.5e-4, 3.5e-4))
+
+
+def _zero_outside_band(k: np.ndarray, pad: tuple[int, int]) -> np.ndarray:
+    """k-space with the phase columns outside the acquired band [pad[0], pad[1]) set to 0 (in place)."""
+    k[..., :pad[0]] = 0
+    k[..., pad[1]:] = 0
+    return k
+
+
 def synth_volume(cfg: SynthConfig, contrast: str, seed_seq: np.random.SeedSequence) -> SynthVolume:
     """Generate one volume (all slices) in memory; with cfg.vary its acquisition is drawn too."""
     if cfg.vary:
@@ -719,9 +732,7 @@ def synth_volume(cfg: SynthConfig, contrast: str, seed_seq: np.random.SeedSequen
     p = KneeParams.sample(rng)
     layout = coil_layout(cfg.coils, rng)
     mix = noise_mixing(layout, rng)
-    coil_phase = np.exp(1j * rng.uniform(0, 2 * np.pi, cfg.coils))[:, None, None]
-    phase_coeffs = rng.normal(0, [[0.6, 0.8, 0.6, 0.5, 0.5, 0.3, 3.0], [0.1, 0.15, 0.1, 0.1, 0.1, 0.05, 0.3]])
-    amplitude = rng.uniform(1.5e-4, 3.5e-4)
+    coil_phase, phase_coeffs, amplitude = _slice_draws(rng, cfg.coils)
     noise_sd = TISSUE[contrast]["noise"] * cfg.noise_scale * amplitude
     ts = np.linspace(-1, 1, cfg.slices) * p.coverage if cfg.slices > 1 else np.zeros(1)
     shape = (cfg.slices, cfg.coils, 2 * h, enc_w)
@@ -735,9 +746,7 @@ def synth_volume(cfg: SynthConfig, contrast: str, seed_seq: np.random.SeedSequen
         S = normalise_maps(coil_fields(layout, 0.35 * float(t), grid) * coil_phase)
         k = fft2c((S * image).astype(np.complex64))
         white = (rng.standard_normal((cfg.coils, k[0].size)) + 1j * rng.standard_normal((cfg.coils, k[0].size)))
-        k = k + (noise_sd / np.sqrt(2) * (mix @ white)).reshape(k.shape)
-        k[..., :pad[0]] = 0
-        k[..., pad[1]:] = 0
+        k = _zero_outside_band(k + (noise_sd / np.sqrt(2) * (mix @ white)).reshape(k.shape), pad)
         kspace[i] = k
         maps[i] = S
         rss[i], sense[i] = rss_and_sense(ifft2c(k.astype(np.complex64)), S, (h, w))
@@ -762,9 +771,7 @@ def _varied_volume(cfg: SynthConfig, contrast: str, seed_seq: np.random.SeedSequ
     draw_slice = knee_slice if acq.content == "knee" else shapes_slice
     loops = varied_loops(acq.coils, acq.geometry, rng)
     mix = coupled_noise_mixing(np.array([c for c, *_ in loops]), rng)
-    coil_phase = np.exp(1j * rng.uniform(0, 2 * np.pi, acq.coils))[:, None, None]
-    phase_coeffs = rng.normal(0, [[0.6, 0.8, 0.6, 0.5, 0.5, 0.3, 3.0], [0.1, 0.15, 0.1, 0.1, 0.1, 0.05, 0.3]])
-    amplitude = rng.uniform(1.5e-4, 3.5e-4)
+    coil_phase, phase_coeffs, amplitude = _slice_draws(rng, acq.coils)
     ts = np.linspace(-1, 1, cfg.slices) * params.coverage if cfg.slices > 1 else np.zeros(1)
     shape = (cfg.slices, acq.coils, 2 * h, enc_w)
     kspace = np.zeros(shape, np.complex64)
@@ -774,9 +781,7 @@ def _varied_volume(cfg: SynthConfig, contrast: str, seed_seq: np.random.SeedSequ
         mag = draw_slice(params, float(t), content_grid, rng, contrast) * amplitude
         image = mag * np.exp(1j * smooth_phase(content_grid, phase_coeffs, float(t)))
         S = normalise_maps(loop_fields(loops, 0.35 * float(t), grid) * coil_phase)
-        k = fft2c((S * image).astype(np.complex64))
-        k[..., :pad[0]] = 0
-        k[..., pad[1]:] = 0
+        k = _zero_outside_band(fft2c((S * image).astype(np.complex64)), pad)
         kspace[i], maps[i] = k, S
         clean_sense[i] = rss_and_sense(ifft2c(k), S, (h, w))[1]
     level = acq.noise_level * cfg.noise_scale
@@ -785,10 +790,7 @@ def _varied_volume(cfg: SynthConfig, contrast: str, seed_seq: np.random.SeedSequ
     for i in range(cfg.slices):
         n = kspace[i, 0].size
         white = noise_rng.standard_normal((acq.coils, n)) + 1j * noise_rng.standard_normal((acq.coils, n))
-        k = kspace[i] + (noise_sd / np.sqrt(2) * (mix @ white)).reshape(kspace[i].shape)
-        k[..., :pad[0]] = 0
-        k[..., pad[1]:] = 0
-        kspace[i] = k
+        kspace[i] = _zero_outside_band(kspace[i] + (noise_sd / np.sqrt(2) * (mix @ white)).reshape(kspace[i].shape), pad)
         rss[i] = rss_and_sense(ifft2c(kspace[i]), maps[i], (h, w))[0]
     # the SENSE target is the noise-free image through the acquired band (as training.outside's): a model
     # trained on it learns to remove the noise, not to reproduce it
