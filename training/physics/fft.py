@@ -64,10 +64,10 @@ def split_length(n: int) -> tuple[int, int]:
 
 
 def _phase(a: Tensor, b: Tensor, n: int, sign: float) -> tuple[Tensor, Tensor]:
-    """cos and sin of sign 2 pi (a_i b_j mod n) / n, (len(a), len(b)) float32. The product is reduced
-    in int64 before the float conversion: at n = 640 a raw product reaches 1e5, where float32 would
-    lose ~1e-4 rad of phase, far above the 1e-5 parity budget."""
-    angle = torch.remainder(a[:, None] * b[None, :], n).to(torch.float32) * (sign * 2.0 * math.pi / n)
+    """cos and sin of sign 2 pi (a_i b_j mod n) / n, (..., len(a), len(b)) float32 (leading dims of a and
+    b broadcast). The product is reduced in int64 before the float conversion: at n = 640 a raw product
+    reaches 1e5, where float32 would lose ~1e-4 rad of phase, far above the 1e-5 parity budget."""
+    angle = torch.remainder(a[..., :, None] * b[..., None, :], n).to(torch.float32) * (sign * 2.0 * math.pi / n)
     return torch.cos(angle), torch.sin(angle)
 
 
@@ -144,6 +144,19 @@ def _register_flops() -> None:
 _register_flops()
 
 
+def _real_form_onnx(gr, gi, rows, cols, lead):
+    """`_real_form` as ONNX nodes: (lead..., rows, cols) complex -> (lead..., 2 rows, 2 cols) real; rows and
+    cols scalar int64, lead a list of 1-element int64 shapes."""
+    from onnxscript import opset18 as op
+
+    two = op.Constant(value_int=2)
+    top = op.Concat(op.Unsqueeze(gr, [-1]), op.Unsqueeze(gi, [-1]), axis=-1)
+    bottom = op.Concat(op.Unsqueeze(op.Neg(gi), [-1]), op.Unsqueeze(gr, [-1]), axis=-1)
+    r = op.Concat(op.Unsqueeze(top, [-3]), op.Unsqueeze(bottom, [-3]), axis=-3)
+    return op.Reshape(r, op.Concat(*lead, op.Unsqueeze(op.Mul(rows, two), [0]),
+                                   op.Unsqueeze(op.Mul(cols, two), [0]), axis=0))
+
+
 def _centred_dft_onnx(x, inverse: bool):
     """centred_dft as ONNX nodes (onnxscript, opset 18): the split is computed from the input's shape.
     Three real MatMul-friendly layouts, two products (each one large GEMM or a batch of N1 large ones)."""
@@ -165,23 +178,15 @@ def _centred_dft_onnx(x, inverse: bool):
         angle = op.Div(op.Mul(p, op.Constant(value_float=sign * 2.0 * math.pi)), op.Cast(m, to=1))
         return op.Cos(angle), op.Sin(angle)
 
-    def real_form(gr, gi, rows, cols, lead):
-        """(lead..., rows, cols) complex -> (lead..., 2 rows, 2 cols) real, as _real_form."""
-        top = op.Concat(op.Unsqueeze(gr, [-1]), op.Unsqueeze(gi, [-1]), axis=-1)
-        bottom = op.Concat(op.Unsqueeze(op.Neg(gi), [-1]), op.Unsqueeze(gr, [-1]), axis=-1)
-        r = op.Concat(op.Unsqueeze(top, [-3]), op.Unsqueeze(bottom, [-3]), axis=-3)
-        return op.Reshape(r, op.Concat(*lead, op.Unsqueeze(op.Mul(rows, two), [0]),
-                                       op.Unsqueeze(op.Mul(cols, two), [0]), axis=0))
-
     i1, i2 = op.Range(zero, n1, one), op.Range(zero, n2, one)
     g1r, g1i = phase(i1, op.Sub(i1, c), n1)  # [n1, k1]: the product is symmetric, no transpose
     twr, twi = phase(op.Sub(i1, c), op.Sub(i2, c), n)  # [k1, n2]
     g2r, g2i = phase(op.Sub(i2, c), i2, n2)  # [n2, k2]
     scale = op.Reciprocal(op.Sqrt(op.Cast(n, to=1)))
     twr, twi = op.Unsqueeze(op.Mul(twr, scale), [2]), op.Unsqueeze(op.Mul(twi, scale), [2])
-    r1 = real_form(g1r, g1i, n1, n1, [])
-    r2 = real_form(op.Sub(op.Mul(twr, g2r), op.Mul(twi, g2i)), op.Add(op.Mul(twr, g2i), op.Mul(twi, g2r)),
-                   n2, n2, [op.Unsqueeze(n1, [0])])
+    r1 = _real_form_onnx(g1r, g1i, n1, n1, [])
+    r2 = _real_form_onnx(op.Sub(op.Mul(twr, g2r), op.Mul(twi, g2i)), op.Add(op.Mul(twr, g2i), op.Mul(twi, g2r)),
+                         n2, n2, [op.Unsqueeze(n1, [0])])
     s1, s2 = op.Unsqueeze(n1, [0]), op.Unsqueeze(n2, [0])
     pair = op.Constant(value_ints=[2])
     y = op.Transpose(op.Reshape(x, op.Concat(minus_one, s1, s2, pair, axis=0)), perm=[0, 2, 1, 3])
