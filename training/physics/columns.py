@@ -5,16 +5,16 @@ centred orthonormal 2-D DFT F = F_H (x) F_W and the column mask M = I (x) diag(m
 
     F^H M F = I (x) F_W^H diag(m) F_W,
 
-the H transforms cancel. Data consistency on coil images is then a forward and an inverse transform
-along W with the mask between them, instead of a forward and an inverse 2-D transform per cascade;
-only the input needs a transform along H. Every transform is `training.physics.fft.centred_dft`
-(factorised, about N1 + N2 complex multiply-adds a point). The projector F_W^H diag(m) F_W has rank
-equal to the sampled columns r, so it could also be two thin W x r products (2 r a point, with the
-columns gathered per slice); the factorised pair costs 2 (N1 + N2) a point: 78 at W = 368 against
-2 r = 184 at 4x and 92 at 8x. On a narrow grid at 8x the thin form is cheaper (W = 110: 42 against
-about 28), but there the projectors are about 5 % of the graph's count, so one form serves all sizes.
-The operators are exact rewrites of the k-space form in
-`training.models.sn`; `tests/models/test_columns.py` checks the two agree.
+the H transforms cancel. Data consistency on coil images is then the projector F_W^H diag(m) F_W along
+W instead of a forward and an inverse 2-D transform per cascade; only the input needs a transform
+along H (`training.physics.fft.centred_dft`, factorised). The projector has rank r, the sampled
+columns, and is applied in its thin form `training.physics.fft.column_projection`: C U diag(m_S) U^H
+with U = F_W[:, S], two products of r complex multiply-adds a point each (2 r = 184 at W = 368 and
+4x, 92 at 8x). A factorised transform pair costs fewer FLOPs at wide grids (2 (N1 + N2) = 78 at W = 368), but
+each of its transforms moves the data with three Transposes, which onnxruntime runs on one thread;
+the thin form has none, only two batched matrix products that use every thread. The operators are
+exact rewrites of the k-space form in `training.models.sn`; `tests/models/test_columns.py` checks the
+two agree.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from training.physics.complex_ops import mul_real
-from training.physics.fft import dft_last, dft_rows
+from training.physics.fft import column_projection, dft_last, dft_rows
 
 
 def _scale_columns(x: Tensor, weights: Tensor) -> Tensor:
@@ -70,4 +70,4 @@ class ColumnDomain:
 
     def project(self, coil_images: Tensor) -> Tensor:
         """F^H M F c for coil images c (B, C, h, W) on this grid: their measured part."""
-        return dft_last(_scale_columns(dft_last(coil_images), self.mask), inverse=True)
+        return torch.view_as_complex(column_projection(torch.view_as_real(coil_images), self.mask))

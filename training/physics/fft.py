@@ -14,6 +14,9 @@
   MatMul/Transpose/Reshape, with the split computed from the input's shape at run time (dynamic sizes;
   contract 3: no `DFT` node). A length with no divisor above 1 up to its square root (a prime) gets
   N1 = 1: the dense transform.
+- `column_projection`: the data-consistency projector F^H diag(m) F along the last axis as two thin
+  products through the sampled columns (`training.physics.columns`), also one custom op with its own
+  ONNX translation: TopK/Gather/MatMul/Reshape, no Transpose.
 """
 
 from __future__ import annotations
@@ -130,6 +133,50 @@ def _(x: Tensor, inverse: bool) -> Tensor:
     return torch.empty_like(x)
 
 
+def projection_rank(mask: Tensor) -> int:
+    """r of the column projector for a batch of column weights (B, W): the most non-zero columns of any
+    sample, at least 1 (the graph computes the same from its input: `_column_projection_onnx`)."""
+    counts = (mask != 0).sum(dim=-1)
+    return max(int(counts.max()) if counts.numel() else 0, 1)
+
+
+def _column_factors(mask: Tensor) -> tuple[Tensor, Tensor]:
+    """The thin factors of F_W^H diag(m) F_W in row form, per sample of mask (B, W): U (B, 2W, 2r) and
+    diag(m_S) U^H (B, 2r, 2W) in real form, U = F[:, S] with S the r largest |m| (padding columns
+    of a sample with fewer than r carry m = 0). F is symmetric, so the second factor is F[S, :]^*."""
+    w = mask.shape[-1]
+    _, cols = torch.topk(mask.abs(), projection_rank(mask), dim=-1)  # [b, j]
+    weight = torch.gather(mask, -1, cols)[..., None] / math.sqrt(w)
+    n = torch.arange(w, device=mask.device, dtype=torch.int64) - w // 2
+    ur, ui = _phase(n, cols - w // 2, w, -1.0)  # [b, n, j]
+    vr, vi = _phase(cols - w // 2, n, w, 1.0)  # [b, j, n]
+    scale = 1.0 / math.sqrt(w)
+    return _real_form(ur * scale, ui * scale), _real_form(vr * weight, vi * weight)
+
+
+def _column_projection_eager(x: Tensor, mask: Tensor) -> Tensor:
+    first, second = _column_factors(mask.to(x.dtype))
+    rows = x.reshape(x.shape[0], -1, 2 * x.shape[-2])  # [b, C h, n c]: interleaved re/im along W
+    return torch.matmul(torch.matmul(rows, first), second).reshape(x.shape)
+
+
+@torch.library.custom_op("dnirecon::column_projection", mutates_args=())
+def column_projection(x: Tensor, mask: Tensor) -> Tensor:
+    """F_W^H diag(m) F_W along the last complex axis (W) of x (B, C, h, W, 2), the real view of complex
+    coil images, with column weights mask (B, W) (one row per sample; binary in practice, any float is
+    diag(m)). Exact, as two thin products through the r = `projection_rank(mask)` weighted columns:
+    2 r complex multiply-adds a point and no transpose of the data.
+
+    A custom op so that the exporter keeps it whole and writes it as `_column_projection_onnx`: r is
+    read from the mask's values at run time."""
+    return _column_projection_eager(x, mask)
+
+
+@column_projection.register_fake
+def _(x: Tensor, mask: Tensor) -> Tensor:
+    return torch.empty_like(x)
+
+
 def _register_flops() -> None:
     from torch.utils.flop_counter import register_flop_formula
 
@@ -139,6 +186,13 @@ def _register_flops() -> None:
         # the two stages as the graph's MatMul nodes count them: real (2n x 2k) products on the
         # interleaved rows, 2 FLOPs a multiply-add: 8 (N1 + N2) a complex point
         return 4 * math.prod(x_shape) * (n1 + n2)
+
+    # r depends on the mask's values, not its shape: the formula takes the raw tensors
+    @register_flop_formula(torch.ops.dnirecon.column_projection, get_raw=True)
+    def _(x: Tensor, mask: Tensor, *args, **kwargs) -> int:
+        # the graph's two MatMuls, (2W x 2r) and (2r x 2W) real products on the interleaved rows:
+        # 16 r FLOPs a complex point
+        return 8 * x.numel() * projection_rank(mask)
 
 
 _register_flops()
@@ -197,9 +251,45 @@ def _centred_dft_onnx(x, inverse: bool):
     return op.Reshape(y, shape)
 
 
+def _column_projection_onnx(x, mask):
+    """column_projection as ONNX nodes (onnxscript, opset 18): r, the columns (TopK) and the DFT entries
+    are computed from the inputs at run time; Reshape, two batched MatMuls, no Transpose of the data."""
+    from onnxscript import opset18 as op
+
+    float32, int64 = 1, 7
+    zero, one, two = op.Constant(value_int=0), op.Constant(value_int=1), op.Constant(value_int=2)
+    shape = op.Shape(x)
+    b, w1 = op.Shape(mask, start=0, end=1), op.Shape(mask, start=1, end=2)
+    w = op.Squeeze(w1)
+    counts = op.ReduceSum(op.Cast(op.Not(op.Equal(mask, op.Constant(value_float=0.0))), to=int64),
+                          op.Constant(value_ints=[-1]), keepdims=0)
+    r1 = op.Max(op.ReduceMax(counts, keepdims=1), op.Constant(value_ints=[1]))  # (1,): K of TopK
+    _, cols = op.TopK(op.Abs(mask), r1, axis=-1)  # [b, j]
+    weight = op.Unsqueeze(op.GatherElements(mask, cols, axis=1), [2])
+    c = op.Div(w, two)
+    n = op.Sub(op.Range(zero, w, one), c)
+    s = op.Sub(cols, c)
+    scale = op.Reciprocal(op.Sqrt(op.Cast(w, to=float32)))
+
+    def phase(prod, sign):
+        p = op.Cast(op.Mod(prod, w), to=float32)
+        angle = op.Div(op.Mul(p, op.Constant(value_float=sign * 2.0 * math.pi)), op.Cast(w, to=float32))
+        return op.Cos(angle), op.Sin(angle)
+
+    ur, ui = phase(op.Mul(op.Unsqueeze(n, [1]), op.Unsqueeze(s, [1])), -1.0)  # [b, n, j]
+    vr, vi = phase(op.Mul(op.Unsqueeze(s, [2]), op.Unsqueeze(n, [0])), 1.0)  # [b, j, n]
+    weight = op.Mul(weight, scale)
+    r = op.Squeeze(r1)
+    first = _real_form_onnx(op.Mul(ur, scale), op.Mul(ui, scale), w, r, [b])
+    second = _real_form_onnx(op.Mul(vr, weight), op.Mul(vi, weight), r, w, [b])
+    rows = op.Reshape(x, op.Concat(b, op.Constant(value_ints=[-1]), op.Mul(w1, two), axis=0))
+    return op.Reshape(op.MatMul(op.MatMul(rows, first), second), shape)
+
+
 def onnx_translation_table() -> dict:
     """torch.onnx.export's custom_translation_table for the ops of this module."""
-    return {torch.ops.dnirecon.centred_dft.default: _centred_dft_onnx}
+    return {torch.ops.dnirecon.centred_dft.default: _centred_dft_onnx,
+            torch.ops.dnirecon.column_projection.default: _column_projection_onnx}
 
 
 def dft_last(x: Tensor, inverse: bool = False) -> Tensor:
