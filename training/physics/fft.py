@@ -145,12 +145,12 @@ def _column_factors(mask: Tensor) -> tuple[Tensor, Tensor]:
     diag(m_S) U^H (B, 2r, 2W) in real form, U = F[:, S] with S the r largest |m| (padding columns
     of a sample with fewer than r carry m = 0). F is symmetric, so the second factor is F[S, :]^*."""
     w = mask.shape[-1]
+    scale = 1.0 / math.sqrt(w)
     _, cols = torch.topk(mask.abs(), projection_rank(mask), dim=-1)  # [b, j]
-    weight = torch.gather(mask, -1, cols)[..., None] / math.sqrt(w)
+    weight = torch.gather(mask, -1, cols)[..., None] * scale
     n = torch.arange(w, device=mask.device, dtype=torch.int64) - w // 2
     ur, ui = _phase(n, cols - w // 2, w, -1.0)  # [b, n, j]
     vr, vi = _phase(cols - w // 2, n, w, 1.0)  # [b, j, n]
-    scale = 1.0 / math.sqrt(w)
     return _real_form(ur * scale, ui * scale), _real_form(vr * weight, vi * weight)
 
 
