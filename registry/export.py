@@ -174,6 +174,88 @@ def _graph_with_weights(module: nn.Module, args: tuple, tmp: Path, opset: int, c
     return model
 
 
+def _constant_of(name: str, inits: dict, producers: dict) -> np.ndarray | None:
+    """The value of `name` if it is an initializer or a Constant node, possibly through Reshape,
+    Unsqueeze and Identity nodes with constant operands (the exporter writes a PReLU slope as
+    Reshape(weight, shape)); None if it depends on a graph input."""
+    from onnx import numpy_helper
+
+    if name in inits:
+        return numpy_helper.to_array(inits[name])
+    node = producers.get(name)
+    if node is None:
+        return None
+    if node.op_type == "Constant":
+        value = next((a for a in node.attribute if a.name == "value"), None)
+        return None if value is None else numpy_helper.to_array(value.t)
+    args = [_constant_of(i, inits, producers) for i in node.input]
+    if any(a is None for a in args):
+        return None
+    if node.op_type == "Identity":
+        return args[0]
+    if node.op_type == "Reshape":
+        shape = [d if d != 0 else args[0].shape[i] for i, d in enumerate(args[1].tolist())]
+        return args[0].reshape(shape)
+    if node.op_type == "Unsqueeze" and len(args) == 2:
+        return np.expand_dims(args[0], tuple(int(a) for a in args[1]))
+    return None
+
+
+def prelu_as_nchwc_ops(model) -> int:
+    """Rewrite each PRelu with a constant per-channel slope a into operators onnxruntime's CPU provider
+    keeps in its blocked NCHWc layout; returns how many were rewritten.
+
+    onnxruntime runs PRelu on one thread and outside NCHWc, so each one costs a reorder out of the layout
+    and one back in around it. A per-channel scale is a BatchNormalization (mean 0, variance 1), which
+    onnxruntime turns into an NCHWc depthwise convolution and fuses with a following Relu:
+      all a <= 1:  y + Relu((a - 1) y)                (y < 0: y + (a - 1) y = a y; y >= 0: y)
+      otherwise:   a y + (1 - a) Relu(y)
+    Exact algebra; the float rounding differs from PRelu by ~1e-7 of the image (the bake's parity
+    gate checks the result). Slopes computed in the graph (the continuous model's) are left alone.
+    """
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    producers = {o: n for n in g.node for o in n.output}
+    eps = 1e-5  # cuDNN's smallest BatchNormalization epsilon; variance 1 - eps makes the divisor 1.0 in float32
+    nodes, done = [], 0
+    for node in g.node:
+        slope = _constant_of(node.input[1], inits, producers) if node.op_type == "PRelu" else None
+        per_channel = slope is not None and slope.ndim in (3, 4) and slope.shape[-2:] == (1, 1) and \
+            slope.size == slope.shape[-3] >= 2  # (C, 1, 1) or (1, C, 1, 1): one slope per channel
+        if not per_channel:
+            nodes.append(node)
+            continue
+        a = slope.reshape(-1).astype(np.float32)
+        y, out, pre = node.input[0], node.output[0], f"dni_prelu{done}_"
+
+        def const(tag: str, value) -> str:
+            g.initializer.append(numpy_helper.from_array(np.asarray(value, np.float32), pre + tag))
+            return pre + tag
+
+        zero, var = const("mean", np.zeros_like(a)), const("var", np.full_like(a, 1.0 - eps))
+
+        def scale(x: str, s: np.ndarray, tag: str) -> str:
+            nodes.append(helper.make_node("BatchNormalization", [x, const(tag, s), zero, zero, var], [pre + tag + "_out"],
+                                          epsilon=eps, name=pre + tag))
+            return pre + tag + "_out"
+
+        if np.all(a <= 1.0):
+            neg = scale(y, a - 1.0, "slope_minus_one")
+            nodes.append(helper.make_node("Relu", [neg], [pre + "relu"], name=pre + "relu"))
+            nodes.append(helper.make_node("Add", [y, pre + "relu"], [out], name=pre + "add"))
+        else:
+            nodes.append(helper.make_node("Relu", [y], [pre + "relu"], name=pre + "relu"))
+            pos = scale(pre + "relu", 1.0 - a, "one_minus_slope")
+            lin = scale(y, a, "slope")
+            nodes.append(helper.make_node("Add", [lin, pos], [out], name=pre + "add"))
+        done += 1
+    del g.node[:]
+    g.node.extend(nodes)
+    return done
+
+
 def make_continuous(model, sn_weights: Mapping[str, np.ndarray], gan_weights: Mapping[str, np.ndarray]):
     """Turn a baked graph into the continuous one: each float weight initializer W becomes
     W = (1 - alpha) * W_SN + alpha * W_SN-GAN computed in the graph from a new input `alpha` (1,).
@@ -250,6 +332,8 @@ def export_reconstruction(model: nn.Module, path: Path | str, alpha_input: bool 
             sn_w = _weights_by_initializer(boundary)
             gan_w = {f"sn.{k}": v.detach().cpu().numpy() for k, v in gan_state.items() if v.is_floating_point()}
             graph = make_continuous(graph, sn_w, gan_w)
+        else:
+            prelu_as_nchwc_ops(graph)
         onnx.save(graph, str(tmp))
         check_onnx_file(tmp)
         os.replace(tmp, path)  # atomic: a reader never sees a half-written model
