@@ -119,8 +119,10 @@ def build_untrained(preset: str, out_dir: Path):
     return model, out_dir
 
 
-def torch_eager_ms(model, kspace: np.ndarray, mask: np.ndarray, n: int, threads: int) -> tuple[float, float | None]:
-    """(median ms per slice, GFLOP per slice from torch.utils.flop_counter) of the eager SN."""
+def eager_vs_onnx_ms(model, onnx_run, kspace: np.ndarray, mask: np.ndarray, n: int,
+                     threads: int) -> tuple[float, float, float]:
+    """(median ms of the in-process onnxruntime run, median ms of the eager SN, GFLOP per slice from
+    torch.utils.flop_counter), the two timed alternately, so that both see the same machine load."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -129,15 +131,19 @@ def torch_eager_ms(model, kspace: np.ndarray, mask: np.ndarray, n: int, threads:
     if threads:
         torch.set_num_threads(threads)
     run_torch(model, kspace, mask)
-    times = []
+    onnx_run()
+    t_onnx, t_torch = [], []
     for _ in range(n):
         t0 = time.perf_counter()
+        onnx_run()
+        t1 = time.perf_counter()
         run_torch(model, kspace, mask)
-        times.append(time.perf_counter() - t0)
+        t_onnx.append(t1 - t0)
+        t_torch.append(time.perf_counter() - t1)
     counter = FlopCounterMode(display=False)
     with counter:
         run_torch(model, kspace, mask)
-    return _median_ms(times), counter.get_total_flops() / 1e9
+    return _median_ms(t_onnx), _median_ms(t_torch), counter.get_total_flops() / 1e9
 
 
 def onnx_gflop(path: Path, kspace: np.ndarray, mask: np.ndarray) -> float:
@@ -343,7 +349,7 @@ def run_bench(args) -> int:
                 onnx_path = graphs[index][1]
                 inproc = OnnxModel(onnx_path, providers, intra_op_threads=args.threads, spinning=spinning,
                                    cpu_mem_arena=arena)
-                row = {"size": f"{c}x{h}x{w}", "graph": onnx_path.name}
+                row = {"size": f"{c}x{h}x{w}", "graph": onnx_path.name, "graph_path": onnx_path}
                 row.update(_grpc_sequential(client, kspace, mask, args.slices, lambda: inproc.run(ri, mask[None])))
                 row.update(_mrd_sequential(f"127.0.0.1:{server.mrd_port}", kspace, mask, args.slices))
                 del inproc
@@ -378,8 +384,15 @@ def run_bench(args) -> int:
         gc.collect()
         for row, (c, h, w) in zip(rows, sizes):
             kspace, mask = test_slice(c, h, w)
-            row["torch_ms"], row["gflop"] = torch_eager_ms(model, kspace, mask, max(1, min(args.slices, 5)), args.threads)
-            log.info("torch eager %s: %.1f ms", row["size"], row["torch_ms"])
+            ri = np.stack([kspace.real, kspace.imag], -1)[None].astype(np.float32)
+            inproc = OnnxModel(row["graph_path"], providers, intra_op_threads=args.threads, spinning=spinning,
+                               cpu_mem_arena=arena)
+            row["alt_onnx_ms"], row["torch_ms"], row["gflop"] = eager_vs_onnx_ms(
+                model, lambda: inproc.run(ri, mask[None]), kspace, mask, max(3, min(args.slices, 7)), args.threads)
+            del inproc
+            gc.collect()
+            log.info("%s alternating: onnxruntime %.1f ms, torch eager %.1f ms", row["size"], row["alt_onnx_ms"],
+                     row["torch_ms"])
     report = render(rows, throughput, rss, info, cpu, cores, peak, args, small, model is not None, baked)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if getattr(args, "append", False) and args.out.exists():
@@ -427,8 +440,9 @@ def render(rows, throughput, rss, info, cpu, cores, peak, args, small, have_torc
         "",
         "| slice (CxHxW) | in-process ms | gRPC round trip ms | round trip / in-process | server: last chunk -> image sent ms | "
         "compute ms | added by gRPC (round trip - compute) | bytes sent / slice | bytes back / slice | zero-filled bytes | "
-        "torch eager ms | GFLOP / slice, ONNX graph | GFLOP / slice, torch flop_counter | in-process / torch eager | graph |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "in-process ms, alternating with torch | torch eager ms | in-process / torch eager | GFLOP / slice, ONNX graph | "
+        "GFLOP / slice, torch flop_counter | graph |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in rows:
         over = 100 * (r["rtt_ms"] / r["inproc_ms"] - 1)
@@ -437,12 +451,14 @@ def render(rows, throughput, rss, info, cpu, cores, peak, args, small, have_torc
             f"| {r['size']} | {r['inproc_ms']:.2f} | {r['rtt_ms']:.2f} | {over:+.1f}% | {r['server_ms']:.2f} | {r['compute_ms']:.2f} | "
             f"{added:.2f} ms ({100 * added / r['compute_ms']:.1f}%) | "
             f"{r['sent_bytes']:,} | {r['received_bytes']:,} | {r['zero_filled_bytes']:,} | "
-            f"{r.get('torch_ms', float('nan')):.2f} | {r['onnx_gflop']:.4g} | {r.get('gflop', float('nan')):.4g} | "
-            f"{r['inproc_ms'] / r.get('torch_ms', float('nan')):.2f} | {r['graph']} |"
+            f"{r.get('alt_onnx_ms', float('nan')):.2f} | {r.get('torch_ms', float('nan')):.2f} | "
+            f"{r.get('alt_onnx_ms', float('nan')) / r.get('torch_ms', float('nan')):.2f} | "
+            f"{r['onnx_gflop']:.4g} | {r.get('gflop', float('nan')):.4g} | {r['graph']} |"
         )
-    lines += ["", "In-process runs are timed between the gRPC slices (same load); torch eager runs after the server "
-              "has exited. On a shared machine the ratio "
-              "is noisy, the 'added by gRPC' column (same slice, same server) less so. "
+    lines += ["", "The first in-process column is timed between the gRPC slices (same load as the round trips); the "
+              "in-process / torch eager ratio comes from a second in-process session timed alternately with torch "
+              "eager after the server has exited (same process, same load, threads as above). On a shared machine "
+              "the timings are noisy, the 'added by gRPC' column (same slice, same server) less so. "
               "Bytes are protobuf message sizes (HTTP/2 and TLS framing not counted). "
               "Each slice runs the graph of the set of cascades its mask routes it to (the graph column); "
               "torch eager runs the whole SN, which routes the same way.", ""]

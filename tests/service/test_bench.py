@@ -28,7 +28,7 @@ def test_quick_bench_writes_every_section(baked_dir, tmp_path):
     cols = text.split("| 2x32x24 |")[1].split("|")
     coils, h, w = 2, 32, 24
     dft = 2 * (4 * h * h * w + 4 * h * w * w) * coils  # stand-in: two complex matmul DFTs, 4 real products each
-    assert float(cols[10]) == pytest.approx(dft / 1e9, rel=0.01)
+    assert float(cols[12]) == pytest.approx(dft / 1e9, rel=0.01)  # the ONNX graph GFLOP column
     assert "| 10 |" in text and "RSS ratio after 10 vs 5 slices" in text
     sent = int(text.split("| 3x32x24 |")[1].split("|")[7].strip().replace(",", ""))
     assert sent < 3 * 32 * 24 * 8  # acquired lines only, under the zero-filled matrix
@@ -68,3 +68,18 @@ def test_graph_gflop_from_the_torch_twin_equals_the_onnx_count(tmp_path):
     from_onnx = bench.graph_gflop(None, path, kspace, mask)
     assert from_torch == pytest.approx(from_onnx, rel=0.03)
     assert from_torch > 0
+
+
+def test_onnx_and_torch_eager_are_timed_alternately_with_the_torch_flop_count():
+    import torch
+
+    from training.models.sn import SensitivityNetwork
+    from training.presets import SNConfig
+
+    torch.manual_seed(0)
+    model = SensitivityNetwork(SNConfig(cascades=1, width=4, blocks=1)).eval()
+    kspace, mask = bench.test_slice(2, 16, 12)
+    calls = []
+    onnx_ms, torch_ms, gflop = bench.eager_vs_onnx_ms(model, lambda: calls.append(1), kspace, mask, n=3, threads=1)
+    assert len(calls) == 4  # one warm-up, then one before each of the 3 timed torch runs
+    assert onnx_ms >= 0 and torch_ms > 0 and gflop > 0
