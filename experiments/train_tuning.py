@@ -38,13 +38,18 @@ class Config:
     sn: dict = dataclasses.field(default_factory=dict)  # SNConfig changes of the cpu preset
 
 
+NO_TAPER = dict(maps_support=0.0)  # the configurations run before the coil-map taper became the default
+
 CONFIGS: dict[str, Config] = {
-    "today": Config("the knee cartoon, 8 coils, 96 x 96, one orientation, noise 1.2 % of the tissue scale, noisy target"),
+    "today": Config("the knee cartoon, 8 coils, 96 x 96, one orientation, noise 1.2 % of the tissue scale, noisy target",
+                    sn=NO_TAPER),
     "varied": Config("--vary: noise 1-8 %, 4-16 coils in two array families, 80-112 matrices, transposes/flips, "
-                     "knee or shape phantoms, noise-free target", dict(vary=True)),
-    "varied-knee": Config("as varied, knee content only", dict(vary=True), dict(CONTENTS=("knee",))),
-    "varied-18ep": Config("as varied, 18 SN epochs instead of 12", dict(vary=True), epochs=18),
-    "varied-wide": Config("as varied, Down-Up width 24 instead of 16", dict(vary=True), sn=dict(width=24)),
+                     "knee or shape phantoms, noise-free target", dict(vary=True), sn=NO_TAPER),
+    "varied-knee": Config("as varied, knee content only", dict(vary=True), dict(CONTENTS=("knee",)), sn=NO_TAPER),
+    "varied-18ep": Config("as varied, 18 SN epochs instead of 12", dict(vary=True), epochs=18, sn=NO_TAPER),
+    "varied-crop": Config("as varied-18ep, coil maps tapered to the object (SNConfig.maps_support 0.05 of the "
+                          "low-resolution RSS peak)", dict(vary=True), epochs=18, sn=dict(maps_support=0.05)),
+    "varied-wide": Config("as varied, Down-Up width 24 instead of 16", dict(vary=True), sn=dict(width=24, **NO_TAPER)),
 }
 
 

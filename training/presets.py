@@ -36,10 +36,17 @@ class SNConfig:
     # (a1, a2, ...): one set of cascades (Down-Up networks and DC weights) per acceleration; a slice runs
     # the set whose acceleration is nearest, on a log scale, to 1 / its sampled fraction. (): one set.
     accel_branches: tuple[float, ...] = ()
+    # The coil maps (ACS low-resolution images over their RSS) are tapered to zero where that RSS falls
+    # below this fraction of its peak, n^2 / (n^2 + (f peak)^2): maps confined to the object, as ESPIRiT's
+    # crop confines its own, so the SENSE combination does not carry noise from the air. 0: no taper.
+    maps_support: float = 0.05
 
     def __post_init__(self):
         _check_fields(self, ("cascades", "width", "blocks", "readout_oversampling"),
                       ("sampling_input",))
+        ms = self.maps_support
+        if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not 0 <= ms < 1:
+            raise ConfigError(f"SNConfig.maps_support: expected a fraction of the peak in [0, 1), got {ms!r}")
         branches = self.accel_branches
         if not isinstance(branches, (list, tuple)) or any(
                 isinstance(a, bool) or not isinstance(a, (int, float)) or not a >= 1 for a in branches):

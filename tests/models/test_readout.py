@@ -70,7 +70,7 @@ def test_output_is_on_the_input_grid_with_zero_rows_outside():
 def test_data_consistent_on_the_model_grid_at_hard_dc_weight():
     k, _, _ = _object_in_central_fov(1, 1, 24, 10)
     mask = random_mask(1, 10, acs=4)
-    crop, _ = _pair()
+    crop, _ = _pair(SNConfig(**{**CROP.__dict__, "maps_support": 0.0}))  # untapered maps: S^H S = I
     with torch.no_grad():
         for dc in crop.dc:
             dc.weight.fill_(1.0)

@@ -60,3 +60,27 @@ def test_acs_maps_recover_true_relative_sensitivities():
     overlap = (est.conj() * true).sum(dim=1)[0].abs()
     assert torch.allclose(overlap[support], torch.ones(()), atol=1e-3)
     assert SenseOp(est, torch.ones(1, 24)).maps is est
+
+
+
+def test_the_maps_taper_to_zero_in_the_air_and_keep_about_unit_rss_on_the_object():
+    from training.physics.sensitivity import maps_from_low_res
+
+    g = torch.Generator().manual_seed(0)
+    low_res = torch.randn(1, 4, 16, 16, generator=g, dtype=torch.complex64) * 1e-3  # air: noise only
+    low_res[..., 4:12, 4:12] += 1.0 + 0.2 * torch.randn(1, 4, 8, 8, generator=g, dtype=torch.complex64)  # object
+    plain, tapered = rss(maps_from_low_res(low_res), dim=1)[0], rss(maps_from_low_res(low_res, support=0.05), dim=1)[0]
+    assert torch.allclose(plain, torch.ones(16, 16), atol=0.01)  # untapered: unit RSS, air included
+    assert tapered[4:12, 4:12].min() > 0.99
+    assert tapered[:2].max() < 0.01
+
+
+def test_maps_support_must_be_a_fraction_below_one():
+    import pytest
+
+    from dnirecon.errors import ConfigError
+    from training.presets import SNConfig
+
+    for bad in (1.0, -0.1, True, "0.05"):
+        with pytest.raises(ConfigError, match="SNConfig.maps_support"):
+            SNConfig(maps_support=bad)

@@ -145,7 +145,7 @@ class SensitivityNetwork(nn.Module):
         if self.fourier.column_domain:
             domain = ColumnDomain(kspace, mask, self.config.readout_oversampling)
             m = domain.mask
-            maps = maps_from_low_res(domain.images(m * acs_columns(m)))
+            maps = maps_from_low_res(domain.images(m * acs_columns(m)), support=self.config.maps_support)
             # The k-space DC step adds w M (M y - F c): on coil images w (F^H M^2 y - c P). M^2 = M for
             # the binary masks the service admits; kept apart so a float mask means what it means there.
             measured = domain.images(m * m)
@@ -159,7 +159,7 @@ class SensitivityNetwork(nn.Module):
             y = self.crop_readout(kspace)
             m = mask.to(y.real.dtype)
             measured = mul_real(y, expand_mask(m))
-            maps = acs_maps(measured, m, self.fourier)
+            maps = acs_maps(measured, m, self.fourier, support=self.config.maps_support)
             x, measured, scale = _normalised(coil_combine(self.fourier.ifft(measured), maps), measured)
             consistency = KSpaceConsistency(maps, measured, m, self.fourier)
 

@@ -32,7 +32,8 @@ def acs_columns(mask: Tensor) -> Tensor:
     return (between < 0.5).to(mask.dtype)
 
 
-def acs_maps(kspace: Tensor, mask: Tensor, fourier: FourierPair = TORCH_FFT, eps: float = 1e-6) -> Tensor:
+def acs_maps(kspace: Tensor, mask: Tensor, fourier: FourierPair = TORCH_FFT, eps: float = 1e-6,
+             support: float = 0.0) -> Tensor:
     """Sensitivity maps (B, C, H, W) complex, sum_c |S_c|^2 ~ 1 wherever the low-res images have signal.
 
     kspace: complex (B, C, H, W) (zero-filled); mask: float (B, W). Low-resolution coil images from the
@@ -40,12 +41,19 @@ def acs_maps(kspace: Tensor, mask: Tensor, fourier: FourierPair = TORCH_FFT, eps
     do not depend on the k-space scale.
     """
     low_res = fourier.ifft(mul_real(kspace, expand_mask(acs_columns(mask)).to(kspace.real.dtype)))
-    return maps_from_low_res(low_res, eps)
+    return maps_from_low_res(low_res, eps, support)
 
 
-def maps_from_low_res(low_res: Tensor, eps: float = 1e-6) -> Tensor:
-    """The low-resolution coil images (B, C, H, W) divided by their RSS: acs_maps' second half."""
+def maps_from_low_res(low_res: Tensor, eps: float = 1e-6, support: float = 0.0) -> Tensor:
+    """The low-resolution coil images (B, C, H, W) divided by their RSS: acs_maps' second half.
+
+    support > 0 tapers the maps towards zero where the low-resolution RSS falls below `support` times
+    its peak (weight n^2 / (n^2 + (support peak)^2)): maps confined to the object, as ESPIRiT's crop."""
     norm = rss(low_res, dim=1)
     peak = torch.amax(norm, dim=(-2, -1), keepdim=True)
+    weight = 1.0
+    if support > 0:
+        n2 = norm * norm
+        weight = n2 / (n2 + (support * peak) ** 2 + torch.finfo(norm.dtype).tiny)
     norm = norm + eps * peak + torch.finfo(norm.dtype).tiny
-    return mul_real(low_res, 1.0 / norm[:, None])
+    return mul_real(low_res, (weight / norm)[:, None])
