@@ -77,6 +77,11 @@ def cpu_description() -> tuple[str, int, float | None]:
     return model, cores, peak
 
 
+# GFLOP per slice of the `cpu` graph when every transform was a dense DFT matrix (docs/benchmarks.md as this
+# bench wrote it at d3a3079): the reference the factorised transforms are compared with.
+DENSE_DFT_GFLOP = {"15x640x368": 100.968, "8x192x110": 4.492}
+
+
 def _median_ms(times: list[float]) -> float:
     return 1e3 * statistics.median(times)
 
@@ -482,6 +487,10 @@ def render(rows, throughput, rss, info, cpu, cores, peak, args, small, have_torc
             lines.append(f"- {r['size']}: {r['onnx_gflop']:.3f} GFLOP per slice (ONNX MatMul/Conv nodes, the factorised "
                          f"FFTs' products included; counted on the torch MATMUL_FFT twin when the bench built the model), {achieved:.1f} GFLOP/s in onnxruntime = {100 * achieved / peak:.1f}% of an "
                          f"estimated fp32 peak of {peak:.0f} GFLOP/s (cores x clock x FMA width)")
+        before = [f"{DENSE_DFT_GFLOP[r['size']]:.3f} at {r['size']}" for r in rows if r["size"] in DENSE_DFT_GFLOP]
+        if (baked.preset or args.preset) == "cpu" and before:
+            lines.append(f"- the `cpu` graph with dense DFT matrices (before the factorised transforms and the thin "
+                         f"projector; this bench at d3a3079): {', '.join(before)} GFLOP per slice")
         lines += ["", "torch's flop_counter does not count torch.fft, so its figure omits the Fourier transforms "
                   "that the ONNX graph does as matrix products.", ""]
     c, h, w = small
