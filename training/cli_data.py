@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="draw each volume's acquisition: noise 1-8%% of the mean foreground signal (log-uniform), "
                         "4-16 coils on a cylinder or two plates, recon size within +-1/6 of --recon-size, "
                         "orientation, knee or shape-phantom content (--coils and --enc-width are then drawn)")
+    s.add_argument("--noise-measurement", action="store_true",
+                   help="also write each volume's `noise` dataset: noise-only samples of its receiver noise, which "
+                        "`data to-ismrmrd` sends as noise readouts (the MRD endpoint prewhitens with them)")
     s.set_defaults(func=_run_synth)
 
     f = dsub.add_parser("figure", help="save a picture of synthetic slices of each contrast")
@@ -53,7 +56,7 @@ def _run_synth(args: argparse.Namespace) -> int:
     cfg = SynthConfig(volumes_per_contrast=args.volumes_per_contrast, slices=args.slices, coils=args.coils,
                       recon_size=tuple(args.recon_size), enc_width=args.enc_width, seed=args.seed,
                       contrasts=tuple(args.contrasts), noise_scale=args.noise_scale, vary=args.vary)
-    files = synthesize(args.out, cfg, progress=True)
+    files = synthesize(args.out, cfg, progress=True, with_noise_measurement=args.noise_measurement)
     print(f"wrote {len(files)} volumes to {args.out}")
     return 0
 

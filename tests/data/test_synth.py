@@ -141,6 +141,14 @@ def test_cli_synth_writes_named_files(tmp_path):
         assert vol.header.enc_size == (32, 20) and vol.header.acquisition == "CORPDFS_FBK"
 
 
+def test_cli_synth_noise_measurement_adds_the_noise_dataset(tmp_path):
+    rc = main(["data", "synth", "--out", str(tmp_path), "--volumes-per-contrast", "1", "--slices", "1",
+               "--coils", "3", "--recon-size", "16", "16", "--contrasts", "pd", "--noise-measurement"])
+    assert rc == 0
+    with h5py.File(tmp_path / "synth_pd_000.h5", "r") as f:
+        assert f["noise"].shape == (3, synth.NOISE_MEASUREMENT_SAMPLES) and f["noise"].dtype == np.complex64
+
+
 def test_bad_options_raise_config_errors(tmp_path, capsys):
     with pytest.raises(ConfigError, match="--enc-width must be >= the recon width 32"):
         synth.synthesize(tmp_path, SynthConfig(recon_size=(32, 32), enc_width=30))

@@ -21,7 +21,7 @@ from service.mrd_client import acquisition_bytes, read_raw, stream, stream_file
 from service.mrd_protocol import acquisition_message
 
 from .conftest import HEADER_XML
-from .test_mrd_e2e import start_mrd_server
+from .test_mrd_e2e import mrd_server, start_mrd_server  # noqa: F401 (mrd_server: a fixture)
 
 COILS, H, W = 8, 32, 24  # HEADER_XML's encoded matrix, phase columns [1, 23) inside its encoding limits
 NOISE_SAMPLES = 4096
@@ -75,15 +75,6 @@ def scan(tmp_path_factory):
     return paths[0], paths[1], clean, noisy, noise
 
 
-@pytest.fixture(scope="module")
-def server(baked_dir, tmp_path_factory):
-    s = start_mrd_server(baked_dir, tmp_path_factory.mktemp("mrdnoisesrv"))
-    try:
-        yield s
-    finally:
-        s.stop()
-
-
 CLOSING = re.compile(r"^.*mrd session (mrd-\d+): [^;\n]*; \d+ acquisitions.*$", re.M)
 
 
@@ -117,14 +108,14 @@ def combined(k: np.ndarray) -> np.ndarray:
     return center_crop(rss(ifft2c(k)), (16, 16))
 
 
-def test_a_session_with_noise_readouts_is_prewhitened_and_logs_it(server, scan):
+def test_a_session_with_noise_readouts_is_prewhitened_and_logs_it(mrd_server, scan):
     with_noise, _without, _clean, _noisy, noise = scan
-    before = len(closing_lines(server))
-    result = stream_file(server.mrd_target, with_noise, timeout=60)
+    before = len(closing_lines(mrd_server))
+    result = stream_file(mrd_server.mrd_target, with_noise, timeout=60)
     assert result.errors == [] and result.closed and len(result.images) == 2
     assert all(im.meta["DnireconPrewhitened"] == "8" for im in result.images)
     summary = whitener(noise).summary
-    line = closing_line_after(server, before)
+    line = closing_line_after(mrd_server, before)
     readouts = -(-NOISE_SAMPLES // H)
     assert f"prewhitened with {readouts} noise readouts: 8 channels, noise sd " in line
     sd_range = re.search(r"noise sd ([\d.e+-]+)\.\.([\d.e+-]+), largest correlation ([\d.]+)", line)
@@ -133,13 +124,13 @@ def test_a_session_with_noise_readouts_is_prewhitened_and_logs_it(server, scan):
     assert float(sd_range[3]) == pytest.approx(summary.max_correlation, abs=2e-3) and summary.max_correlation > 0.3
 
 
-def test_mrd_images_with_noise_readouts_equal_the_grpc_path_on_prewhitened_kspace(server, scan):
+def test_mrd_images_with_noise_readouts_equal_the_grpc_path_on_prewhitened_kspace(mrd_server, scan):
     with_noise, _without, _clean, noisy, noise = scan
-    result = stream_file(server.mrd_target, with_noise, timeout=60)
+    result = stream_file(mrd_server.mrd_target, with_noise, timeout=60)
     white = prewhiten(noisy, whitener(noise).matrix)
     mask = np.zeros(W, np.float32)
     mask[1:23] = 1
-    with ReconClient(server.target) as client:
+    with ReconClient(mrd_server.target) as client:
         expected = {r.slice_index: wire.image_from_result(r)
                     for r in client.stream(((i, white[i], mask) for i in range(2)), (16, 16), timeout=60)}
     for im in result.images:
@@ -147,7 +138,7 @@ def test_mrd_images_with_noise_readouts_equal_the_grpc_path_on_prewhitened_kspac
         np.testing.assert_allclose(im.image, expected[im.head.slice], atol=1e-4 * top, rtol=0)
 
 
-def test_prewhitening_lowers_the_error_against_the_noise_free_image(server, scan):
+def test_prewhitening_lowers_the_error_against_the_noise_free_image(mrd_server, scan):
     """Relative error of the coil-combined image against the same combination of the noise-free data, in
     each session's own units (prewhitened: SNR units). Measured: 0.029 without, 0.0096 with prewhitening."""
     with_noise, without, clean, _noisy, noise = scan
@@ -155,19 +146,19 @@ def test_prewhitening_lowers_the_error_against_the_noise_free_image(server, scan
     errors = {}
     cases = (("with", with_noise, combined(prewhiten(clean, Wm))), ("without", without, combined(clean)))
     for name, path, target in cases:
-        images = stream_file(server.mrd_target, path, timeout=60).images
+        images = stream_file(mrd_server.mrd_target, path, timeout=60).images
         got = np.stack([im.image for im in images])
         errors[name] = float(np.linalg.norm(got - target) / np.linalg.norm(target))
     assert errors["with"] < 0.5 * errors["without"], errors
 
 
-def test_a_session_without_noise_readouts_says_it_was_not_prewhitened(server, scan):
+def test_a_session_without_noise_readouts_says_it_was_not_prewhitened(mrd_server, scan):
     _with_noise, without, _clean, noisy, _noise = scan
-    before = len(closing_lines(server))
-    result = stream_file(server.mrd_target, without, timeout=60)
+    before = len(closing_lines(mrd_server))
+    result = stream_file(mrd_server.mrd_target, without, timeout=60)
     assert result.errors == [] and len(result.images) == 2
     assert "DnireconPrewhitened" not in result.images[0].meta
-    assert "not prewhitened (no noise readouts)" in closing_line_after(server, before)
+    assert "not prewhitened (no noise readouts)" in closing_line_after(mrd_server, before)
     np.testing.assert_allclose(result.images[0].image, combined(noisy[0]), rtol=0,
                                atol=1e-4 * float(combined(noisy[0]).max()))
 
@@ -206,13 +197,13 @@ BAD_NOISE = [
 
 
 @pytest.mark.parametrize("case,noise,expected", BAD_NOISE, ids=[c[0] for c in BAD_NOISE])
-def test_bad_noise_readouts_get_a_clear_err_and_the_server_goes_on(server, scan, case, noise, expected):
+def test_bad_noise_readouts_get_a_clear_err_and_the_server_goes_on(mrd_server, scan, case, noise, expected):
     with_noise, without, *_ = scan
     xml, _records = read_raw(without)
-    result = stream(server.mrd_target, xml, noise + image_messages(without), timeout=60)
+    result = stream(mrd_server.mrd_target, xml, noise + image_messages(without), timeout=60)
     assert result.images == [] and result.closed
     assert any(re.match(expected, t) for t in result.errors), result.texts
-    good = stream_file(server.mrd_target, with_noise, timeout=60)
+    good = stream_file(mrd_server.mrd_target, with_noise, timeout=60)
     assert good.errors == [] and len(good.images) == 2
 
 
@@ -239,7 +230,7 @@ def test_noise_readouts_beyond_the_memory_limits_end_the_session_and_give_their_
         server.stop()
 
 
-def test_noise_readouts_hold_their_bytes_of_the_memory_budget_until_the_first_image_line(server, scan):
+def test_noise_readouts_hold_their_bytes_of_the_memory_budget_until_the_first_image_line(mrd_server, scan):
     import threading
 
     from service.mrd_client import MrdResult, receive
@@ -250,21 +241,21 @@ def test_noise_readouts_hold_their_bytes_of_the_memory_budget_until_the_first_im
     with_noise, *_ = scan
     xml, records = read_raw(with_noise)
     is_noise = (records["head"]["flags"] & np.uint64(flag("noise"))) != 0
-    host, port = server.mrd_target.rsplit(":", 1)
+    host, port = mrd_server.mrd_target.rsplit(":", 1)
     result = MrdResult()
     with socket.create_connection((host, int(port)), timeout=30) as sock:
         reader = threading.Thread(target=receive, args=(sock, result))
         reader.start()
         sock.sendall(config_file_message("dnirecon") + text_message(xml.decode(), MessageId.HEADER)
                      + b"".join(acquisition_bytes(r) for r in records[is_noise]))
-        wait_metric(server, "dnirecon_slice_memory_reserved_bytes", NOISE_BYTES)
+        wait_metric(mrd_server, "dnirecon_slice_memory_reserved_bytes", NOISE_BYTES)
         sock.sendall(b"".join(acquisition_bytes(r) for r in records[~is_noise]) + close_message())
         reader.join(60)
     assert result.errors == [] and len(result.images) == 2
-    wait_metric(server, "dnirecon_slice_memory_reserved_bytes", 0)
+    wait_metric(mrd_server, "dnirecon_slice_memory_reserved_bytes", 0)
 
 
-def test_the_client_sends_noise_readouts_first_wherever_the_file_keeps_them(server, scan, tmp_path):
+def test_the_client_sends_noise_readouts_first_wherever_the_file_keeps_them(mrd_server, scan, tmp_path):
     with_noise, *_ = scan
     xml, records = read_raw(with_noise)
     is_noise = (records["head"]["flags"] & np.uint64(flag("noise"))) != 0
@@ -273,18 +264,18 @@ def test_the_client_sends_noise_readouts_first_wherever_the_file_keeps_them(serv
         g = f.create_group("dataset")
         g.create_dataset("xml", data=[xml], dtype=h5py.special_dtype(vlen=bytes))
         g.create_dataset("data", data=np.concatenate([records[~is_noise], records[is_noise]]))
-    result = stream_file(server.mrd_target, moved, timeout=60)
+    result = stream_file(mrd_server.mrd_target, moved, timeout=60)
     assert result.errors == [] and [im.meta.get("DnireconPrewhitened") for im in result.images] == ["8", "8"]
 
 
-def test_noise_readouts_after_the_first_image_line_are_not_used_and_the_log_says_so(server, scan):
+def test_noise_readouts_after_the_first_image_line_are_not_used_and_the_log_says_so(mrd_server, scan):
     _with_noise, without, _clean, noisy, _noise = scan
     xml, _records = read_raw(without)
-    before = len(closing_lines(server))
-    result = stream(server.mrd_target, xml, image_messages(without) + [noise_message(8, 256)] * 2, timeout=60)
+    before = len(closing_lines(mrd_server))
+    result = stream(mrd_server.mrd_target, xml, image_messages(without) + [noise_message(8, 256)] * 2, timeout=60)
     assert result.errors == [] and len(result.images) == 2
     assert "DnireconPrewhitened" not in result.images[0].meta
-    line = closing_line_after(server, before)
+    line = closing_line_after(mrd_server, before)
     assert "not prewhitened (2 noise readouts after the first image line, not used)" in line
 
 

@@ -198,6 +198,16 @@ def _register_flops() -> None:
 _register_flops()
 
 
+def _phase_onnx(prod, m, sign: float):
+    """`_phase` as ONNX nodes: cos and sin of sign 2 pi (prod mod m) / m for an int64 product tensor prod
+    and a scalar int64 m, the product reduced before the float cast as `_phase` does."""
+    from onnxscript import opset18 as op
+
+    p = op.Cast(op.Mod(prod, m), to=1)
+    angle = op.Div(op.Mul(p, op.Constant(value_float=sign * 2.0 * math.pi)), op.Cast(m, to=1))
+    return op.Cos(angle), op.Sin(angle)
+
+
 def _real_form_onnx(gr, gi, rows, cols, lead):
     """`_real_form` as ONNX nodes: (lead..., rows, cols) complex -> (lead..., 2 rows, 2 cols) real; rows and
     cols scalar int64, lead a list of 1-element int64 shapes."""
@@ -228,9 +238,7 @@ def _centred_dft_onnx(x, inverse: bool):
     c = op.Div(n, two)
 
     def phase(a, b, m):
-        p = op.Cast(op.Mod(op.Mul(op.Unsqueeze(a, [1]), op.Unsqueeze(b, [0])), m), to=1)
-        angle = op.Div(op.Mul(p, op.Constant(value_float=sign * 2.0 * math.pi)), op.Cast(m, to=1))
-        return op.Cos(angle), op.Sin(angle)
+        return _phase_onnx(op.Mul(op.Unsqueeze(a, [1]), op.Unsqueeze(b, [0])), m, sign)
 
     i1, i2 = op.Range(zero, n1, one), op.Range(zero, n2, one)
     g1r, g1i = phase(i1, op.Sub(i1, c), n1)  # [n1, k1]: the product is symmetric, no transpose
@@ -271,13 +279,8 @@ def _column_projection_onnx(x, mask):
     s = op.Sub(cols, c)
     scale = op.Reciprocal(op.Sqrt(op.Cast(w, to=float32)))
 
-    def phase(prod, sign):
-        p = op.Cast(op.Mod(prod, w), to=float32)
-        angle = op.Div(op.Mul(p, op.Constant(value_float=sign * 2.0 * math.pi)), op.Cast(w, to=float32))
-        return op.Cos(angle), op.Sin(angle)
-
-    ur, ui = phase(op.Mul(op.Unsqueeze(n, [1]), op.Unsqueeze(s, [1])), -1.0)  # [b, n, j]
-    vr, vi = phase(op.Mul(op.Unsqueeze(s, [2]), op.Unsqueeze(n, [0])), 1.0)  # [b, j, n]
+    ur, ui = _phase_onnx(op.Mul(op.Unsqueeze(n, [1]), op.Unsqueeze(s, [1])), w, -1.0)  # [b, n, j]
+    vr, vi = _phase_onnx(op.Mul(op.Unsqueeze(s, [2]), op.Unsqueeze(n, [0])), w, 1.0)  # [b, j, n]
     weight = op.Mul(weight, scale)
     r = op.Squeeze(r1)
     first = _real_form_onnx(op.Mul(ur, scale), op.Mul(ui, scale), w, r, [b])
