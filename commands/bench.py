@@ -78,7 +78,7 @@ def cpu_description() -> tuple[str, int, float | None]:
 
 
 # GFLOP per slice of the `cpu` graph when every transform was a dense DFT matrix (docs/benchmarks.md as this
-# bench wrote it at d3a3079): the reference the factorised transforms are compared with.
+# bench wrote it at d3a3079): the reference today's transforms are compared with.
 DENSE_DFT_GFLOP = {"15x640x368": 100.968, "8x192x110": 4.492}
 
 
@@ -187,8 +187,8 @@ def onnx_gflop(path: Path, kspace: np.ndarray, mask: np.ndarray) -> float:
 
 def graph_gflop(model, onnx_path: Path, kspace: np.ndarray, mask: np.ndarray) -> float:
     """GFLOP of the exported graph for one slice. With the torch SN (the one-set SN the graph was
-    exported from) at hand: torch's flop_counter on its MATMUL_FFT twin, the same factorised-FFT
-    matrix products and convolutions the ONNX graph holds, in eager
+    exported from) at hand: torch's flop_counter on its MATMUL_FFT twin, the same transform
+    products and convolutions the ONNX graph holds, in eager
     no-grad memory. Without it: onnx_gflop, which materialises every MatMul/Conv operand at once (at
     the paper preset and 15x640x368 that is ~20 GB: the OOM kill of the first paper-preset bench)."""
     if model is None:
@@ -390,7 +390,9 @@ def run_bench(args) -> int:
         for row, (c, h, w) in zip(rows, sizes):
             kspace, mask = test_slice(c, h, w)
             ri = np.stack([kspace.real, kspace.imag], -1)[None].astype(np.float32)
-            inproc = OnnxModel(row["graph_path"], providers, intra_op_threads=args.threads, spinning=spinning,
+            # no spinning here: idle onnxruntime threads that spin would take the cores from the torch run
+            # that follows each onnxruntime run (which then looks slower than it is)
+            inproc = OnnxModel(row["graph_path"], providers, intra_op_threads=args.threads, spinning=False,
                                cpu_mem_arena=arena)
             row["alt_onnx_ms"], row["torch_ms"], row["gflop"] = eager_vs_onnx_ms(
                 model, lambda: inproc.run(ri, mask[None]), kspace, mask, max(3, min(args.slices, 7)), args.threads)
@@ -462,7 +464,8 @@ def render(rows, throughput, rss, info, cpu, cores, peak, args, small, have_torc
         )
     lines += ["", "The first in-process column is timed between the gRPC slices (same load as the round trips); the "
               "in-process / torch eager ratio comes from a second in-process session timed alternately with torch "
-              "eager after the server has exited (same process, same load, threads as above). On a shared machine "
+              "eager after the server has exited (same process, same load, threads as above, onnxruntime's idle "
+              "threads not spinning: they would take the cores from each torch run that follows). On a shared machine "
               "the timings are noisy, the 'added by gRPC' column (same slice, same server) less so. "
               "Bytes are protobuf message sizes (HTTP/2 and TLS framing not counted). "
               "Each slice runs the graph of the set of cascades its mask routes it to (the graph column); "
@@ -484,13 +487,13 @@ def render(rows, throughput, rss, info, cpu, cores, peak, args, small, have_torc
         lines += ["### FLOPs vs the machine's peak", ""]
         for r in rows:
             achieved = r["onnx_gflop"] / (r["inproc_ms"] / 1e3)
-            lines.append(f"- {r['size']}: {r['onnx_gflop']:.3f} GFLOP per slice (ONNX MatMul/Conv nodes, the factorised "
-                         f"FFTs' products included; counted on the torch MATMUL_FFT twin when the bench built the model), {achieved:.1f} GFLOP/s in onnxruntime = {100 * achieved / peak:.1f}% of an "
+            lines.append(f"- {r['size']}: {r['onnx_gflop']:.3f} GFLOP per slice (ONNX MatMul/Conv nodes, the "
+                         f"transforms' products included; counted on the torch MATMUL_FFT twin when the bench built the model), {achieved:.1f} GFLOP/s in onnxruntime = {100 * achieved / peak:.1f}% of an "
                          f"estimated fp32 peak of {peak:.0f} GFLOP/s (cores x clock x FMA width)")
         before = [f"{DENSE_DFT_GFLOP[r['size']]:.3f} at {r['size']}" for r in rows if r["size"] in DENSE_DFT_GFLOP]
         if (baked.preset or args.preset) == "cpu" and before:
-            lines.append(f"- the `cpu` graph with dense DFT matrices (before the factorised transforms and the thin "
-                         f"projector; this bench at d3a3079): {', '.join(before)} GFLOP per slice")
+            lines.append(f"- the `cpu` graph with dense DFT matrices (before the thin transforms through the sampled "
+                         f"columns; this bench at d3a3079): {', '.join(before)} GFLOP per slice")
         lines += ["", "torch's flop_counter does not count torch.fft, so its figure omits the Fourier transforms "
                   "that the ONNX graph does as matrix products.", ""]
     c, h, w = small

@@ -256,6 +256,46 @@ def prelu_as_nchwc_ops(model) -> int:
     return done
 
 
+def depth_to_space_as_conv_transpose(model) -> int:
+    """Rewrite each DepthToSpace (mode CRD, what torch's PixelShuffle exports) whose input comes from a
+    Conv with a constant weight into a grouped ConvTranspose with one-hot weights; returns how many.
+
+    With blocksize b and C output channels, out[c, b y + i, b x + j] = in[c b^2 + i b + j, y, x]: a
+    ConvTranspose of stride b, a b x b kernel and C groups of b^2 input channels, weight 1 at tap (i, j)
+    of input channel c b^2 + i b + j and 0 elsewhere. Exact (each output is one input times 1);
+    onnxruntime runs it as a multi-threaded product where its DepthToSpace moves the data on one thread.
+    The channel count is read from the producing Conv's weight (shapes are symbolic in the graph).
+    """
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    producers = {o: n for n in g.node for o in n.output}
+    nodes, done = [], 0
+    for node in g.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        source = producers.get(node.input[0]) if node.op_type == "DepthToSpace" else None
+        weight = _constant_of(source.input[1], inits, producers) if source is not None and source.op_type == "Conv" else None
+        mode = attrs.get("mode", b"DCR")
+        if weight is None or (mode.decode() if isinstance(mode, bytes) else mode) != "CRD":
+            nodes.append(node)
+            continue
+        b = int(attrs["blocksize"])
+        channels = weight.shape[0] // (b * b)
+        one_hot = np.zeros((channels * b * b, 1, b, b), np.float32)
+        for i in range(b):
+            for j in range(b):
+                one_hot[i * b + j:: b * b, 0, i, j] = 1.0
+        name = f"dni_pixel_shuffle{done}_weight"
+        g.initializer.append(numpy_helper.from_array(one_hot, name))
+        nodes.append(helper.make_node("ConvTranspose", [node.input[0], name], list(node.output), name=f"dni_pixel_shuffle{done}",
+                                      group=channels, kernel_shape=[b, b], strides=[b, b]))
+        done += 1
+    del g.node[:]
+    g.node.extend(nodes)
+    return done
+
+
 def make_continuous(model, sn_weights: Mapping[str, np.ndarray], gan_weights: Mapping[str, np.ndarray]):
     """Turn a baked graph into the continuous one: each float weight initializer W becomes
     W = (1 - alpha) * W_SN + alpha * W_SN-GAN computed in the graph from a new input `alpha` (1,).
@@ -323,6 +363,7 @@ def export_reconstruction(model: nn.Module, path: Path | str, alpha_input: bool 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         graph = _graph_with_weights(boundary, _example_inputs(), tmp, opset, config)
+        depth_to_space_as_conv_transpose(graph)
         if alpha_input:
             if gan_state is None:
                 raise ModelError("the continuous export needs gan_state (the SN-GAN state_dict)")

@@ -145,15 +145,14 @@ class SensitivityNetwork(nn.Module):
         if self.fourier.column_domain:
             domain = ColumnDomain(kspace, mask, self.config.readout_oversampling)
             m = domain.mask
-            maps = maps_from_low_res(domain.images(m * acs_columns(m)), support=self.config.maps_support)
             # The k-space DC step adds w M (M y - F c): on coil images w (F^H M^2 y - c P). M^2 = M for
             # the binary masks the service admits; kept apart so a float mask means what it means there.
-            measured = domain.images(m * m)
-            x, measured, scale = _normalised(coil_combine(domain.zero_filled, maps), measured)
+            zero_filled, measured, low_res = domain.images(m, m * m, m * acs_columns(m))
+            maps = maps_from_low_res(low_res, support=self.config.maps_support)
+            x, measured, scale = _normalised(coil_combine(zero_filled, maps), measured)
             consistency = ColumnConsistency(maps, measured, domain)
 
             def residual(image: Tensor, maps: Tensor) -> Tensor:  # Parseval: the norms on coil images
-                zero_filled = domain.zero_filled
                 return relative_residual(domain.project(coil_expand(image, maps)) - zero_filled, zero_filled)
         else:
             y = self.crop_readout(kspace)

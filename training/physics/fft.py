@@ -1,22 +1,21 @@
-"""Centred orthonormal FFTs in two interchangeable implementations.
+"""Centred orthonormal FFTs in two interchangeable implementations, and the exported graph's transforms.
 
 `fft2c(x) = fftshift(fft2(ifftshift(x), norm="ortho"))` over the last two dims (the convention of
 `dnirecon.fftc`).
 
 - `TORCH_FFT`: torch.fft, for training.
-- `MATMUL_FFT`: for the ONNX export. Every transform is `centred_dft`, a 1-D centred DFT factorised as a
-  Cooley-Tukey split N = N1 x N2, about N1 + N2 complex multiply-adds per point instead of N for a dense
-  DFT matrix. It works on the real view (re, im in a last axis of 2: the graph's layout for complex
-  values), where a complex product is one real matrix product with the matrix in its real form: an
-  N1-point product over all rows as one GEMM, an N2-point product with the twiddles folded in (one
-  matrix per k1), and transposes that bring each contracted axis last. The shifts are folded into the
-  factors, so there is no roll at all. In the exported graph it is one ONNX function made of
-  MatMul/Transpose/Reshape, with the split computed from the input's shape at run time (dynamic sizes;
-  contract 3: no `DFT` node). A length with no divisor above 1 up to its square root (a prime) gets
-  N1 = 1: the dense transform.
+- `MATMUL_FFT`: exportable (no `DFT` node: contract 3). Its 2-D transforms are `centred_dft`, a 1-D
+  centred DFT factorised as a Cooley-Tukey split N = N1 x N2, about N1 + N2 complex multiply-adds per
+  point instead of N, on the real view (re, im in a last axis of 2: the graph's layout for complex
+  values), where a complex product is one real matrix product with the matrix in its real form; the
+  shifts are folded into the factors. A model built with `MATMUL_FFT` takes the column form
+  (`column_domain`, `training.physics.columns`), which uses the two ops below instead.
+- `column_images`: the SN's input stage, coil images of weighted k-space through the sampled columns
+  only (one product along H with the kept rows, thin products along W), no Transpose.
 - `column_projection`: the data-consistency projector F^H diag(m) F along the last axis as two thin
-  products through the sampled columns (`training.physics.columns`), also one custom op with its own
-  ONNX translation: TopK/Gather/MatMul/Reshape, no Transpose.
+  products through the sampled columns (`training.physics.columns`), no Transpose.
+Each is a torch custom op with its own ONNX translation (`onnx_translation_table`), whose sizes are
+computed from the inputs at run time (dynamic shapes; r from the mask's values).
 """
 
 from __future__ import annotations
@@ -177,6 +176,59 @@ def _(x: Tensor, mask: Tensor) -> Tensor:
     return torch.empty_like(x)
 
 
+def sampled_columns(weights: Tensor) -> Tensor:
+    """The columns (int64, ascending) where any of the column weights (..., W) is non-zero: the union over
+    the batch (the graph computes the same from its input: `_column_images_onnx`)."""
+    return torch.nonzero(weights.abs().reshape(-1, weights.shape[-1]).amax(dim=0) > 0).flatten()
+
+
+def _column_images_eager(x: Tensor, weights: Tensor, oversampling: int) -> Tensor:
+    _check_column_images(x, weights)
+    b, c, h_full, w = x.shape[:4]
+    h = h_full // oversampling
+    top = (h_full - h) // 2
+    cols = sampled_columns(weights)
+    sampled = torch.view_as_complex(x.index_select(3, cols).contiguous())  # [b, c, H, r]
+    rows = torch.arange(top, top + h, device=x.device, dtype=torch.int64) - h_full // 2
+    gr, gi = _phase(rows, torch.arange(h_full, device=x.device, dtype=torch.int64) - h_full // 2, h_full, 1.0)
+    y = torch.complex(gr, gi) @ sampled / math.sqrt(h_full)  # [b, c, h, r]
+    vr, vi = _phase(cols - w // 2, torch.arange(w, device=x.device, dtype=torch.int64) - w // 2, w, 1.0)
+    weight = weights.index_select(-1, cols)[..., None] / math.sqrt(w)  # [k, b, r, 1]
+    out = y.reshape(1, b, c * h, -1) @ torch.complex(vr * weight, vi * weight)  # [k, b, c h, w]
+    return torch.view_as_real(out.reshape(weights.shape[0], b, c, h, w)).contiguous()
+
+
+@torch.library.custom_op("dnirecon::column_images", mutates_args=())
+def column_images(x: Tensor, weights: Tensor, oversampling: int) -> Tensor:
+    """Coil images of multi-coil k-space x (B, C, H, W, 2) (the real view) with its columns weighted by
+    each of K column weights (K, B, W): (K, B, C, H // oversampling, W, 2), the central H // oversampling
+    rows of F^H diag(w_k) x for each k (a mask: the zero-filled images).
+
+    Only the r sampled columns (`sampled_columns`: where any weight is non-zero, over the whole batch)
+    take part: they are gathered first, transformed along H by one product with the inverse DFT's
+    kept rows (h x H: the readout crop is free), then brought to W by one thin product per weight
+    through those r columns, U diag(w_S) with U = F_W^H[:, S]. r / W of the data along H, no transpose.
+
+    A custom op so that the exporter keeps it whole and writes it as `_column_images_onnx`: r is read
+    from the weights' values at run time."""
+    return _column_images_eager(x, weights, oversampling)
+
+
+def _check_column_images(x: Tensor, weights: Tensor) -> None:
+    torch._check(x.dim() == 5 and x.shape[-1] == 2, lambda: f"column_images: x must be (B, C, H, W, 2), got {tuple(x.shape)}")
+    torch._check(weights.dim() == 3, lambda: f"column_images: weights must be (K, B, W), got {tuple(weights.shape)}")
+    # also what ties the mask's sizes to the k-space's in the exported graph (B and W named once)
+    torch._check(weights.shape[1] == x.shape[0], lambda: f"column_images: {weights.shape[1]} weight rows for {x.shape[0]} samples")
+    torch._check(weights.shape[2] == x.shape[3], lambda: f"column_images: weights of width {weights.shape[2]} for k-space of width {x.shape[3]}")
+
+
+@column_images.register_fake
+def _(x: Tensor, weights: Tensor, oversampling: int) -> Tensor:
+    _check_column_images(x, weights)
+    b, c, h_full, w = x.shape[:4]
+    return x.new_empty((weights.shape[0], b, c, h_full // oversampling, w, 2))
+
+
 def _register_flops() -> None:
     from torch.utils.flop_counter import register_flop_formula
 
@@ -193,6 +245,14 @@ def _register_flops() -> None:
         # the graph's two MatMuls, (2W x 2r) and (2r x 2W) real products on the interleaved rows:
         # 16 r FLOPs a complex point
         return 8 * x.numel() * projection_rank(mask)
+
+    @register_flop_formula(torch.ops.dnirecon.column_images, get_raw=True)
+    def _(x: Tensor, weights: Tensor, oversampling: int, *args, **kwargs) -> int:
+        # the graph's two MatMuls on real forms: (h x 2H) @ (2H x 2r) per coil image along H, then
+        # (C h x 2r) @ (2r x 2W) per sample and weight
+        b, c, h_full, w = x.shape[:4]
+        h, r = h_full // oversampling, int(sampled_columns(weights).numel())
+        return 8 * b * c * h * h_full * r + 8 * weights.shape[0] * b * c * h * r * w
 
 
 _register_flops()
@@ -289,10 +349,60 @@ def _column_projection_onnx(x, mask):
     return op.Reshape(op.MatMul(op.MatMul(rows, first), second), shape)
 
 
+def _column_images_onnx(x, weights, oversampling: int):
+    """column_images as ONNX nodes (onnxscript, opset 18). The sampled columns (NonZero) are gathered
+    twice from the interleaved rows, as (re, im) and as (-im, re), so that the complex product along H is
+    one real MatMul with the inverse DFT's kept rows interleaved (re, im) along its columns; the thin
+    products along W as in `_column_projection_onnx`. Gather, Mul, two MatMuls, Reshapes: no Transpose."""
+    from onnxscript import opset18 as op
+
+    float32 = 1
+    zero, one, two = op.Constant(value_int=0), op.Constant(value_int=1), op.Constant(value_int=2)
+    minus_one = op.Constant(value_ints=[-1])
+    b1, c1 = op.Shape(x, start=0, end=1), op.Shape(x, start=1, end=2)
+    hf1, w1, k1 = op.Shape(x, start=2, end=3), op.Shape(x, start=3, end=4), op.Shape(weights, start=0, end=1)
+    hf, w = op.Squeeze(hf1), op.Squeeze(w1)
+    h = op.Div(hf, op.Constant(value_int=oversampling))
+    top = op.Div(op.Sub(hf, h), two)
+    score = op.ReduceMax(op.Abs(weights), op.Constant(value_ints=[0, 1]), keepdims=0)
+    cols = op.Reshape(op.NonZero(op.Greater(score, op.Constant(value_float=0.0))), minus_one)  # [r]
+    r1 = op.Shape(cols)
+
+    # [2, 2r]: (2s, 2s + 1) and (2s + 1, 2s) for each sampled column s, the second row's re slot negated
+    even = op.Unsqueeze(op.Mul(cols, two), [1])
+    odd = op.Add(even, one)
+    index = op.Concat(op.Reshape(op.Concat(even, odd, axis=1), [1, -1]),
+                      op.Reshape(op.Concat(odd, even, axis=1), [1, -1]), axis=0)
+    pattern = op.Constant(value_floats=[1.0, 1.0, -1.0, 1.0])
+    sign = op.Tile(op.Reshape(pattern, [2, 2]), op.Concat(op.Constant(value_ints=[1]), r1, axis=0))
+    flat = op.Reshape(x, op.Concat(b1, c1, hf1, op.Mul(w1, two), axis=0))
+    sampled = op.Mul(op.Gather(flat, index, axis=3), sign)  # [b, c, H, 2, 2r]
+    sampled = op.Reshape(sampled, op.Concat(b1, c1, op.Mul(hf1, two), op.Mul(r1, two), axis=0))
+
+    c = op.Div(hf, two)
+    gr, gi = _phase_onnx(op.Mul(op.Unsqueeze(op.Sub(op.Range(top, op.Add(top, h), one), c), [1]),
+                                op.Unsqueeze(op.Sub(op.Range(zero, hf, one), c), [0])), hf, 1.0)  # [h, H]
+    along_h = op.Reshape(op.Concat(op.Unsqueeze(gr, [-1]), op.Unsqueeze(gi, [-1]), axis=-1),
+                         op.Concat(op.Unsqueeze(h, [0]), op.Mul(hf1, two), axis=0))
+    along_h = op.Mul(along_h, op.Reciprocal(op.Sqrt(op.Cast(hf, to=float32))))
+    y = op.MatMul(along_h, sampled)  # [b, c, h, 2r]
+
+    cw = op.Div(w, two)
+    vr, vi = _phase_onnx(op.Mul(op.Unsqueeze(op.Sub(cols, cw), [1]), op.Unsqueeze(op.Sub(op.Range(zero, w, one), cw), [0])),
+                         w, 1.0)  # [r, W]
+    weight = op.Unsqueeze(op.Gather(weights, cols, axis=2), [3])  # [k, b, r, 1]
+    weight = op.Mul(weight, op.Reciprocal(op.Sqrt(op.Cast(w, to=float32))))
+    second = _real_form_onnx(op.Mul(vr, weight), op.Mul(vi, weight), op.Squeeze(r1), w, [k1, b1])
+    rows = op.Reshape(y, op.Concat(op.Constant(value_ints=[1]), b1, minus_one, op.Mul(r1, two), axis=0))
+    out = op.MatMul(rows, second)  # [k, b, c h, 2W]
+    return op.Reshape(out, op.Concat(k1, b1, c1, op.Unsqueeze(h, [0]), w1, op.Constant(value_ints=[2]), axis=0))
+
+
 def onnx_translation_table() -> dict:
     """torch.onnx.export's custom_translation_table for the ops of this module."""
     return {torch.ops.dnirecon.centred_dft.default: _centred_dft_onnx,
-            torch.ops.dnirecon.column_projection.default: _column_projection_onnx}
+            torch.ops.dnirecon.column_projection.default: _column_projection_onnx,
+            torch.ops.dnirecon.column_images.default: _column_images_onnx}
 
 
 def dft_last(x: Tensor, inverse: bool = False) -> Tensor:
