@@ -273,11 +273,10 @@ def depth_to_space_as_conv_transpose(model) -> int:
     producers = {o: n for n in g.node for o in n.output}
     nodes, done = [], 0
     for node in g.node:
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        source = producers.get(node.input[0]) if node.op_type == "DepthToSpace" else None
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute} if node.op_type == "DepthToSpace" else {}
+        source = producers.get(node.input[0]) if attrs.get("mode", b"DCR") == b"CRD" else None
         weight = _constant_of(source.input[1], inits, producers) if source is not None and source.op_type == "Conv" else None
-        mode = attrs.get("mode", b"DCR")
-        if weight is None or (mode.decode() if isinstance(mode, bytes) else mode) != "CRD":
+        if weight is None:
             nodes.append(node)
             continue
         b = int(attrs["blocksize"])
